@@ -1,0 +1,2 @@
+//! mqttgate
+pub mod mqtt;
