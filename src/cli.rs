@@ -1,0 +1,172 @@
+//! What the subcommands do: `run`, `check` and `thumbprint`. Kept in the library so tests
+//! can call them; `main.rs` only parses arguments.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tracing::info;
+
+use crate::cert::Thumbprint;
+use crate::config::Config;
+use crate::registry::{Scheme, State};
+use crate::server::Server;
+use crate::state::{unix_now, Trust};
+
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Warn when a certificate mqttgate depends on expires within this many days.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// `mqttgate run`: serve until SIGTERM or SIGINT, reloading on SIGHUP.
+pub fn run(config_file: &Path) -> Result<(), CliError> {
+    let config = Config::load(config_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        serve_signals(server).await
+    })
+}
+
+async fn serve_signals(server: Arc<Server>) -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                // A failed reload is logged and keeps the previous state.
+                let _ = server.reload();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("shutting down: draining sessions");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn date(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+fn days_left(ts: i64, now: i64) -> i64 {
+    (ts - now).div_euclid(86_400)
+}
+
+/// `mqttgate check`: load everything and describe it. An `Err` means mqttgate would
+/// refuse to start with this configuration.
+pub fn check(config_file: &Path) -> Result<String, CliError> {
+    use std::fmt::Write;
+    let config = Config::load(config_file)?;
+    let trust = Trust::load(&config, 0)?;
+    let now = unix_now();
+    let mut out = String::new();
+    let mut warnings = Vec::new();
+    writeln!(out, "config: {} (ok)", config_file.display())?;
+    writeln!(
+        out,
+        "listen {} -> upstream {}; admin {}",
+        config.listen, config.upstream, config.admin_listen
+    )?;
+    let sc = &trust.server_cert;
+    writeln!(
+        out,
+        "server certificate: {} expires {} ({} days)",
+        sc.subject_dn,
+        date(sc.not_after),
+        days_left(sc.not_after, now)
+    )?;
+    if days_left(sc.not_after, now) < EXPIRY_WARNING_DAYS {
+        warnings.push(format!("the server certificate expires {}", date(sc.not_after)));
+    }
+    writeln!(out, "CA certificates: {}", trust.anchors.anchors.len())?;
+    for a in &trust.anchors.anchors {
+        writeln!(
+            out,
+            "  {}  expires {} ({} days)  {}  {}",
+            a.info.subject_dn,
+            date(a.info.not_after),
+            days_left(a.info.not_after, now),
+            a.info.thumbprint,
+            a.file.display()
+        )?;
+        if days_left(a.info.not_after, now) < EXPIRY_WARNING_DAYS {
+            warnings.push(format!(
+                "CA certificate {} expires {}",
+                a.info.subject_dn,
+                date(a.info.not_after)
+            ));
+        }
+    }
+    let clients = trust.registry.clients();
+    writeln!(out, "clients: {}", clients.len())?;
+    let mut by_scheme: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for c in clients {
+        let e = by_scheme.entry(c.scheme.as_str()).or_default();
+        match c.state {
+            State::Enabled => e.0 += 1,
+            State::Disabled => e.1 += 1,
+        }
+    }
+    for (scheme, (enabled, disabled)) in &by_scheme {
+        writeln!(out, "  {scheme}: {enabled} enabled, {disabled} disabled")?;
+    }
+    let chain_clients = clients
+        .iter()
+        .filter(|c| c.scheme != Scheme::ThumbprintMatch)
+        .count();
+    if chain_clients > 0 && trust.anchors.anchors.is_empty() {
+        warnings.push(format!(
+            "{chain_clients} clients use a certificate-chain scheme but no CA certificate is registered: they can never connect"
+        ));
+    }
+    if clients.is_empty() {
+        warnings.push("the registry is empty: every client will be refused".to_string());
+    }
+    if config.name_sources.is_empty() {
+        writeln!(
+            out,
+            "alternativeAuthenticationNameSources: none (clients must send a username)"
+        )?;
+    } else {
+        let names: Vec<_> = config.name_sources.iter().map(|s| s.azure_name()).collect();
+        writeln!(out, "alternativeAuthenticationNameSources: {}", names.join(", "))?;
+    }
+    if warnings.is_empty() {
+        writeln!(out, "problems: none")?;
+    } else {
+        writeln!(out, "warnings:")?;
+        for w in &warnings {
+            writeln!(out, "  - {w}")?;
+        }
+    }
+    Ok(out)
+}
+
+/// `mqttgate thumbprint CERT`: the SHA-256 thumbprint of the first certificate in a file.
+pub fn thumbprint(cert: &Path) -> Result<Thumbprint, CliError> {
+    let bytes = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let der = match CertificateDer::pem_slice_iter(&bytes).next() {
+        Some(Ok(der)) => der,
+        Some(Err(e)) => return Err(format!("{}: bad PEM: {e}", cert.display()).into()),
+        // Not PEM: take the file as DER if it parses as a certificate.
+        None => {
+            if x509_parser::parse_x509_certificate(&bytes).is_err() {
+                return Err(format!("{}: no certificate found", cert.display()).into());
+            }
+            CertificateDer::from(bytes)
+        }
+    };
+    Ok(Thumbprint::of(&der))
+}

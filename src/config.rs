@@ -1,0 +1,450 @@
+//! The mqttgate configuration file: TOML structs, their defaults, and validation into
+//! typed values. Loading the files the configuration points at (certificates, registry)
+//! happens in `state.rs`; this module only reads and checks the TOML itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{NameSource, SubjectMatch};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:1883";
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_CONNECT_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_BUSY_ANSWERS: usize = 64;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
+
+/// An error in the configuration file, always naming the file and, where it applies, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: {field}: {message}")]
+    Field {
+        file: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The file as written, before validation. Unknown keys are errors so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(rename = "alternativeAuthenticationNameSources", default)]
+    alternative_sources: Vec<String>,
+    #[serde(default)]
+    subject_match: Option<String>,
+    tls: RawTls,
+    registry: RawRegistry,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    #[serde(default)]
+    ca_certificates: Vec<PathBuf>,
+    #[serde(default)]
+    min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    clients: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Option<String>,
+    username: Option<String>,
+    client_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connect_timeout_ms: Option<u64>,
+    dial_timeout_ms: Option<u64>,
+    max_connect_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    busy_answers: Option<usize>,
+    drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    #[serde(default)]
+    reason_strings: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+/// What the upstream broker is told the username is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsernameMode {
+    /// Username = the client's authenticationName, no password.
+    Rewrite,
+    /// The client's own CONNECT bytes, username and password included.
+    Passthrough,
+}
+
+/// What the upstream broker is told the client identifier is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientIdMode {
+    /// ClientId = authenticationName: one session per identity, as Azure does.
+    AuthenticationName,
+    /// The client's own ClientId: lets one identity take over another's session.
+    Passthrough,
+    /// `<authenticationName, '/' and '%' percent-escaped>/<ClientId>`: many sessions per
+    /// identity, and identities can never collide.
+    PerIdentity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// One deadline from TCP accept through the TLS handshake to a complete CONNECT.
+    pub connect_timeout: Duration,
+    pub dial_timeout: Duration,
+    pub max_connect_bytes: usize,
+    /// Proxied connections served normally.
+    pub max_connections: usize,
+    /// Connections past `max_connections` that still get a TLS handshake and a
+    /// "server busy" CONNACK; past that, new TCP connections are closed before any TLS work.
+    pub busy_answers: usize,
+    pub drain_timeout: Duration,
+}
+
+/// The validated configuration. Paths are resolved against the configuration file's folder.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub name_sources: Vec<NameSource>,
+    pub subject_match: SubjectMatch,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub ca_files: Vec<PathBuf>,
+    pub min_tls: TlsVersion,
+    pub registry_file: PathBuf,
+    pub upstream: String,
+    pub username_mode: UsernameMode,
+    pub client_id_mode: ClientIdMode,
+    pub limits: Limits,
+    pub reason_strings: bool,
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, file)
+    }
+
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let field_err = |field: &'static str, message: String| ConfigError::Field {
+            file: file.to_path_buf(),
+            field,
+            message,
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
+            s.parse()
+                .map_err(|_| field_err(field, format!("{s:?} is not an address like 0.0.0.0:8883")))
+        };
+
+        let name_sources = raw
+            .alternative_sources
+            .iter()
+            .map(|s| {
+                NameSource::from_azure(s).ok_or_else(|| {
+                    field_err(
+                        "alternativeAuthenticationNameSources",
+                        format!(
+                            "{s:?} is not one of ClientCertificateSubject, ClientCertificateDns, \
+                             ClientCertificateUri, ClientCertificateIp, ClientCertificateEmail"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, s) in name_sources.iter().enumerate() {
+            if name_sources[..i].contains(s) {
+                return Err(field_err(
+                    "alternativeAuthenticationNameSources",
+                    format!("{} is listed twice", s.azure_name()),
+                ));
+            }
+        }
+        let subject_match = match raw.subject_match.as_deref() {
+            None | Some("cn") => SubjectMatch::CommonName,
+            Some("rfc4514") => SubjectMatch::Rfc4514,
+            Some(other) => {
+                return Err(field_err(
+                    "subject_match",
+                    format!("{other:?} is not \"cn\" or \"rfc4514\""),
+                ))
+            }
+        };
+        let min_tls = match raw.tls.min_version.as_deref() {
+            None | Some("1.2") => TlsVersion::V12,
+            Some("1.3") => TlsVersion::V13,
+            Some(other) => {
+                return Err(field_err(
+                    "tls.min_version",
+                    format!("{other:?} is not \"1.2\" or \"1.3\""),
+                ))
+            }
+        };
+        let username_mode = match raw.upstream.username.as_deref() {
+            None | Some("rewrite") => UsernameMode::Rewrite,
+            Some("passthrough") => UsernameMode::Passthrough,
+            Some(other) => {
+                return Err(field_err(
+                    "upstream.username",
+                    format!("{other:?} is not \"rewrite\" or \"passthrough\""),
+                ))
+            }
+        };
+        let client_id_mode = match raw.upstream.client_id.as_deref() {
+            None | Some("authentication-name") => ClientIdMode::AuthenticationName,
+            Some("passthrough") => ClientIdMode::Passthrough,
+            Some("per-identity") => ClientIdMode::PerIdentity,
+            Some(other) => {
+                return Err(field_err(
+                    "upstream.client_id",
+                    format!(
+                        "{other:?} is not \"authentication-name\", \"passthrough\" or \"per-identity\""
+                    ),
+                ))
+            }
+        };
+        let upstream = raw
+            .upstream
+            .address
+            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
+        if !upstream.contains(':') {
+            return Err(field_err(
+                "upstream.address",
+                format!("{upstream:?} needs a port, like 127.0.0.1:1883"),
+            ));
+        }
+
+        let l = raw.limits;
+        let positive = |field: &'static str, v: u64| -> Result<u64, ConfigError> {
+            if v == 0 {
+                Err(field_err(field, "must be greater than 0".to_string()))
+            } else {
+                Ok(v)
+            }
+        };
+        let max_connect_bytes = l.max_connect_bytes.unwrap_or(DEFAULT_MAX_CONNECT_BYTES);
+        // A CONNECT can't be shorter than a v3.1.1 header with an empty client id (14 bytes),
+        // and the MQTT remaining length tops out at 256 MiB.
+        if !(14..=268_435_460).contains(&max_connect_bytes) {
+            return Err(field_err(
+                "limits.max_connect_bytes",
+                format!("{max_connect_bytes} is outside 14..=268435460"),
+            ));
+        }
+        let limits = Limits {
+            connect_timeout: Duration::from_millis(positive(
+                "limits.connect_timeout_ms",
+                l.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            )?),
+            dial_timeout: Duration::from_millis(positive(
+                "limits.dial_timeout_ms",
+                l.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
+            )?),
+            max_connect_bytes,
+            max_connections: positive(
+                "limits.max_connections",
+                l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as u64,
+            )? as usize,
+            busy_answers: l.busy_answers.unwrap_or(DEFAULT_BUSY_ANSWERS),
+            drain_timeout: Duration::from_millis(
+                l.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
+            ),
+        };
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            listen: addr("listen", &raw.listen)?,
+            admin_listen: addr(
+                "admin.listen",
+                raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )?,
+            name_sources,
+            subject_match,
+            server_cert: resolve(&raw.tls.certificate),
+            server_key: resolve(&raw.tls.private_key),
+            ca_files: raw.tls.ca_certificates.iter().map(|p| resolve(p)).collect(),
+            min_tls,
+            registry_file: resolve(&raw.registry.clients),
+            upstream,
+            username_mode,
+            client_id_mode,
+            limits,
+            reason_strings: raw.mqtt.reason_strings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tls]
+certificate = "server.pem"
+private_key = "server.key"
+ca_certificates = ["ca.pem"]
+[registry]
+clients = "clients.json"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/mqttgate/mqttgate.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.upstream, "127.0.0.1:1883");
+        assert_eq!(c.username_mode, UsernameMode::Rewrite);
+        assert_eq!(c.client_id_mode, ClientIdMode::AuthenticationName);
+        assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.dial_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connect_bytes, 65536);
+        assert_eq!(c.min_tls, TlsVersion::V12);
+        assert!(!c.reason_strings);
+        assert!(c.name_sources.is_empty());
+        assert_eq!(c.subject_match, SubjectMatch::CommonName);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server_cert, Path::new("/etc/mqttgate/server.pem"));
+        assert_eq!(c.registry_file, Path::new("/etc/mqttgate/clients.json"));
+        assert_eq!(c.ca_files, vec![PathBuf::from("/etc/mqttgate/ca.pem")]);
+    }
+
+    #[test]
+    fn name_sources_keep_their_order() {
+        let text = format!(
+            "alternativeAuthenticationNameSources = [\"ClientCertificateDns\", \"ClientCertificateSubject\"]\n{MINIMAL}"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.name_sources, vec![NameSource::Dns, NameSource::Subject]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_file_and_key() {
+        let text = MINIMAL.replace("[registry]", "[registry]\nclinets = \"x\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/mqttgate/mqttgate.toml:"), "{err}");
+        assert!(err.contains("clinets"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (
+                "alternativeAuthenticationNameSources = [\"CertificateDns\"]\n",
+                "alternativeAuthenticationNameSources",
+            ),
+            ("listen = \"8883\"\n", "listen"),
+            ("subject_match = \"dn\"\n", "subject_match"),
+        ];
+        for (prefix, field) in cases {
+            let err = parse(&format!("{prefix}{MINIMAL}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("/etc/mqttgate/mqttgate.toml: {field}:")),
+                "{err}"
+            );
+        }
+        let err = parse(&format!("{MINIMAL}[upstream]\nusername = \"keep\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.username:"), "{err}");
+        let err = parse(&format!("{MINIMAL}[limits]\nconnect_timeout_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.connect_timeout_ms:"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_name_source_is_refused() {
+        let text = format!(
+            "alternativeAuthenticationNameSources = [\"ClientCertificateIp\", \"ClientCertificateIp\"]\n{MINIMAL}"
+        );
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let err = parse("[tls]\ncertificate = \"a\"\nprivate_key = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry"), "{err}");
+    }
+}

@@ -1,0 +1,779 @@
+//! One client connection, start to finish:
+//!
+//! ```text
+//! 1 handshake     mutual TLS under the connect deadline          tls.rs
+//! 2 read_connect  buffer until mqtt::parse_connect says complete  mqtt.rs
+//! 3 authorize     auth::decide against the current registry       auth.rs
+//!                 └ refused → refuse(): CONNACK, close
+//! 4 dial          the upstream broker, under its own deadline
+//! 5 forward       rewritten CONNECT + pipelined bytes, then relay both ways,
+//!                 re-deciding on every reload and closing at certificate expiry
+//! 6 record        one outcome for metrics, one "closed" log line
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::UnixTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::auth::{self, Denial, Identity, Peer};
+use crate::cert::CertInfo;
+use crate::config::{ClientIdMode, Limits, UsernameMode};
+use crate::metrics::{self, Metrics};
+use crate::mqtt::{self, Connect, ParseError, Refusal, Version};
+use crate::relay::{Ended, Relay};
+use crate::state::{unix_now, Trust, TrustWatch};
+use crate::tls::HandshakeFailure;
+
+/// How long a stopping session may take to reach a broker packet boundary before it is
+/// closed without a DISCONNECT.
+const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
+/// How long, once one side has closed, the other side may take to close too.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The server's lifecycle as connections see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    /// Stop accepting; MQTT 5 sessions get DISCONNECT 0x8B, others keep flowing.
+    Draining,
+    /// The drain time is over: close everything.
+    Closing,
+}
+
+/// What every connection shares.
+pub struct Ctx {
+    pub limits: Limits,
+    pub upstream: String,
+    pub username_mode: UsernameMode,
+    pub client_id_mode: ClientIdMode,
+    pub reason_strings: bool,
+    pub trust: TrustWatch,
+    pub lifecycle: watch::Receiver<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Whether this connection is within the connection limit or only gets a "server busy".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Normal,
+    Busy,
+}
+
+/// Why a connection was refused after its TLS handshake. Each variant is one metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("no complete CONNECT before the deadline")]
+    ConnectTimeout { version: Option<Version> },
+    #[error("client closed before sending a complete CONNECT")]
+    ClientGone,
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("client certificate is {}", if *.0 == HandshakeFailure::Expired { "expired" } else { "not yet valid" })]
+    CertificateDates(HandshakeFailure),
+    #[error("{}", .0.reason)]
+    Denied(Denial, Version),
+    #[error("past the connection limit")]
+    Busy(Version),
+    #[error("upstream broker unavailable: {1}")]
+    Upstream(Version, String),
+    #[error("read failed: {0}")]
+    Io(std::io::Error),
+}
+
+impl Refused {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::ConnectTimeout { .. } => "connect_timeout",
+            Refused::ClientGone => "client_gone",
+            Refused::Parse(ParseError::NotConnect { .. }) => "not_connect",
+            Refused::Parse(ParseError::TooLarge { .. }) => "connect_too_large",
+            Refused::Parse(ParseError::UnsupportedProtocol { .. }) => "unsupported_protocol",
+            Refused::Parse(ParseError::Malformed { .. }) => "malformed",
+            Refused::CertificateDates(f) => f.label(),
+            Refused::Denied(..) => "denied",
+            Refused::Busy(_) => "busy",
+            Refused::Upstream(..) => "upstream_unavailable",
+            Refused::Io(_) => "io",
+        }
+    }
+
+    /// SPEC §3: which refusal the client hears, in its own protocol version.
+    fn answer(&self) -> (Option<Refusal>, Option<Version>) {
+        match self {
+            Refused::ConnectTimeout { version } => (Some(Refusal::Malformed), *version),
+            Refused::Parse(e) => (Some(e.refusal()), e.version()),
+            Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
+            Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
+            Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
+            Refused::ClientGone | Refused::CertificateDates(_) | Refused::Io(_) => (None, None),
+        }
+    }
+}
+
+/// Why a proxied session ended; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    Client,
+    Upstream,
+    Revoked,
+    CertificateExpired,
+    Shutdown,
+    Error,
+}
+
+impl Closed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Client => "client",
+            Closed::Upstream => "upstream",
+            Closed::Revoked => "revoked",
+            Closed::CertificateExpired => "certificate_expired",
+            Closed::Shutdown => "shutdown",
+            Closed::Error => "error",
+        }
+    }
+}
+
+/// What was decided about an admitted client, kept for the life of the session. The
+/// certificate itself stays in rustls (which keeps the peer chain anyway) and is parsed
+/// again only when a reload asks for a new decision.
+struct Session {
+    connect: Connect,
+    /// Bytes the client sent after its CONNECT, in order.
+    pipelined: Vec<u8>,
+    identity: Identity,
+    not_after: i64,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+    let accepted = Instant::now();
+    let deadline = tokio::time::Instant::from_std(accepted + ctx.limits.connect_timeout);
+    let mut trust_rx = ctx.trust.clone();
+    let trust = trust_rx.borrow_and_update().clone();
+    let m = &ctx.metrics;
+
+    let mut tls = match handshake(&trust.acceptor, tcp, deadline).await {
+        Ok(tls) => {
+            m.handshake_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+            m.handshakes
+                .get_or_create(&metrics::ResultReason { result: "ok", reason: "" })
+                .inc();
+            tls
+        }
+        Err(failure) => {
+            m.handshakes
+                .get_or_create(&metrics::ResultReason {
+                    result: "failed",
+                    reason: failure.label(),
+                })
+                .inc();
+            debug!(%peer, reason = failure.label(), "tls handshake failed");
+            return;
+        }
+    };
+
+    let session = match authorize(&ctx, &trust, &mut tls, peer, deadline, admission).await {
+        Ok(session) => session,
+        Err(refused) => {
+            refuse(&ctx, &mut tls, &refused, peer).await;
+            m.accept_to_connect_seconds
+                .get_or_create(&metrics::Outcome { outcome: "refused" })
+                .observe(accepted.elapsed().as_secs_f64());
+            m.closed
+                .get_or_create(&metrics::Reason {
+                    reason: refused.label(),
+                })
+                .inc();
+            return;
+        }
+    };
+
+    let version = session.connect.version;
+    let upstream = match dial(&ctx).await {
+        Ok(s) => s,
+        Err(e) => {
+            let refused = Refused::Upstream(version, e);
+            refuse(&ctx, &mut tls, &refused, peer).await;
+            m.closed
+                .get_or_create(&metrics::Reason {
+                    reason: refused.label(),
+                })
+                .inc();
+            return;
+        }
+    };
+
+    let name = session.identity.authentication_name.clone();
+    let (closed, (up, down)) = forward(&ctx, tls, upstream, session, trust_rx, accepted).await;
+    m.closed
+        .get_or_create(&metrics::Reason {
+            reason: closed.label(),
+        })
+        .inc();
+    info!(
+        target: "mqttgate::audit",
+        event = "closed",
+        %peer,
+        authentication_name = %name,
+        reason = closed.label(),
+        bytes_to_broker = up,
+        bytes_to_client = down,
+        duration_ms = accepted.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+/// Phase 1: the TLS handshake, which also verifies the client certificate.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(HandshakeFailure::classify(&e)),
+        Err(_) => Err(HandshakeFailure::Timeout),
+    }
+}
+
+/// Phases 2 and 3: read the CONNECT and decide.
+async fn authorize(
+    ctx: &Ctx,
+    trust: &Trust,
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    admission: Admission,
+) -> Result<Session, Refused> {
+    let (connect, pipelined) =
+        read_connect(tls, deadline, ctx.limits.max_connect_bytes).await?;
+    let version = connect.version;
+    if admission == Admission::Busy {
+        return Err(Refused::Busy(version));
+    }
+    let (_, conn) = tls.get_ref();
+    let certs = conn
+        .peer_certificates()
+        .expect("client authentication is mandatory");
+    let (leaf, intermediates) = certs.split_first().expect("at least one certificate");
+    let info = CertInfo::parse(leaf).map_err(|_| Refused::CertificateDates(HandshakeFailure::BadCertificate))?;
+    // A resumed TLS session skips certificate verification, so the dates are checked here
+    // for every connection.
+    let now = unix_now();
+    if now > info.not_after {
+        return Err(Refused::CertificateDates(HandshakeFailure::Expired));
+    }
+    if now < info.not_before {
+        return Err(Refused::CertificateDates(HandshakeFailure::NotYetValid));
+    }
+    let chains = chains(trust, &info, leaf, intermediates);
+    let decision = auth::decide(
+        &Peer {
+            cert: &info,
+            chains,
+        },
+        connect.username.as_deref(),
+        &trust.registry,
+        &trust.policy,
+    );
+    let (cipher, tls_version) = (
+        conn.negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default(),
+        conn.protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+    );
+    audit_decision(ctx, &decision, &info, &connect, peer, &tls_version, &cipher);
+    match decision {
+        Ok(identity) => Ok(Session {
+            connect,
+            pipelined,
+            identity,
+            not_after: info.not_after,
+        }),
+        Err(denial) => Err(Refused::Denied(denial, version)),
+    }
+}
+
+/// Did the handshake admit this leaf by chain? Only pinned leaves need a second look:
+/// the verifier admits an unpinned leaf only when it chains.
+fn chains(
+    trust: &Trust,
+    info: &CertInfo,
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+    intermediates: &[rustls::pki_types::CertificateDer<'_>],
+) -> bool {
+    !trust.registry.has_thumbprint(&info.thumbprint)
+        || trust.verifier.chains(leaf, intermediates, UnixTime::now())
+}
+
+fn audit_decision(
+    ctx: &Ctx,
+    decision: &Result<Identity, Denial>,
+    cert: &CertInfo,
+    connect: &Connect,
+    peer: SocketAddr,
+    tls_version: &str,
+    cipher: &str,
+) {
+    let (result, reason, scheme, source, name) = match decision {
+        Ok(id) => (
+            "allowed",
+            "",
+            id.scheme.label(),
+            id.source.label(),
+            Some(id.authentication_name.as_str()),
+        ),
+        Err(d) => (
+            "denied",
+            d.reason.label(),
+            d.scheme.map(|s| s.label()).unwrap_or(""),
+            d.source.map(|s| s.label()).unwrap_or(""),
+            d.name.as_deref(),
+        ),
+    };
+    ctx.metrics
+        .decisions
+        .get_or_create(&metrics::Decision {
+            result,
+            reason,
+            scheme,
+            source,
+        })
+        .inc();
+    // The password never appears here: only the fields below are logged.
+    info!(
+        target: "mqttgate::audit",
+        event = "decision",
+        result,
+        reason,
+        %peer,
+        client_id = %connect.client_id,
+        authentication_name = name.unwrap_or(""),
+        source,
+        scheme,
+        subject = %cert.subject_dn,
+        dns = ?cert.dns,
+        uris = ?cert.uris,
+        emails = ?cert.emails,
+        ips = ?cert.ips,
+        thumbprint = %cert.thumbprint,
+        issuer = %cert.issuer_dn,
+        serial = %cert.serial_hex,
+        tls_version,
+        cipher,
+        mqtt = connect.version.label(),
+        "authentication decision"
+    );
+}
+
+/// Phase 2: buffers exactly the first packet, bounded by `max` bytes and the deadline.
+/// Returns the CONNECT and any bytes the client pipelined after it.
+async fn read_connect(
+    tls: &mut TlsStream<TcpStream>,
+    deadline: tokio::time::Instant,
+    max: usize,
+) -> Result<(Connect, Vec<u8>), Refused> {
+    // Most CONNECTs fit in a few hundred bytes; grow only when the header says so.
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    loop {
+        match mqtt::parse_connect(&buf, max) {
+            Ok(Some((connect, len))) => {
+                let pipelined = buf.split_off(len);
+                return Ok((connect, pipelined));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Refused::Parse(e)),
+        }
+        // parse_connect refuses a packet over `max` before it is complete, so an
+        // incomplete CONNECT never needs more than `max` bytes.
+        let want = max.saturating_sub(buf.len()).clamp(1, 4096);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let read = timeout_at(deadline, tls.read(&mut buf[start..])).await;
+        match read {
+            Ok(Ok(0)) => return Err(Refused::ClientGone),
+            Ok(Ok(n)) => buf.truncate(start + n),
+            Ok(Err(e)) => return Err(Refused::Io(e)),
+            Err(_) => {
+                buf.truncate(start);
+                return Err(Refused::ConnectTimeout {
+                    version: mqtt::peek_version(&buf),
+                });
+            }
+        }
+    }
+}
+
+/// Answers a refusal with the CONNACK SPEC §3 gives it (if any), then closes.
+async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, peer: SocketAddr) {
+    let (refusal, version) = refused.answer();
+    debug!(%peer, reason = refused.label(), error = %refused, "refused");
+    if let Some(bytes) = refusal.and_then(|r| {
+        let reason = ctx.reason_strings.then(|| refused.to_string());
+        r.connack(version, reason.as_deref())
+    }) {
+        let code = bytes[3];
+        let protocol = match version {
+            Some(v) if bytes.len() > 4 => v.label(),
+            Some(Version::V5) | None => "3.1.1",
+            Some(v) => v.label(),
+        };
+        ctx.metrics
+            .connacks
+            .get_or_create(&metrics::Connack {
+                protocol,
+                code: code_label(code),
+            })
+            .inc();
+        // The client may have stopped reading; a refusal never waits on it for long.
+        let _ = timeout(Duration::from_secs(1), async {
+            tls.write_all(&bytes).await?;
+            tls.shutdown().await
+        })
+        .await;
+    } else {
+        let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+    }
+}
+
+/// Metric label for a CONNACK code: a fixed string per known code, so no number a client
+/// could influence becomes a label.
+fn code_label(code: u8) -> &'static str {
+    match code {
+        0x01 => "0x01",
+        0x03 => "0x03",
+        0x05 => "0x05",
+        0x81 => "0x81",
+        0x87 => "0x87",
+        0x88 => "0x88",
+        0x89 => "0x89",
+        0x95 => "0x95",
+        _ => "other",
+    }
+}
+
+/// Phase 4: the TCP connection to the broker, under the dial deadline.
+async fn dial(ctx: &Ctx) -> Result<TcpStream, String> {
+    let started = Instant::now();
+    let result = match timeout(ctx.limits.dial_timeout, TcpStream::connect(&ctx.upstream)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(("refused", e.to_string())),
+        Err(_) => Err(("timeout", "dial timed out".to_string())),
+    };
+    ctx.metrics
+        .dial_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(_) => "ok",
+        Err((l, _)) => l,
+    };
+    ctx.metrics
+        .dials
+        .get_or_create(&metrics::Result_ { result: label })
+        .inc();
+    let stream = result.map_err(|(_, e)| e)?;
+    // MQTT is request/response with small packets: don't let Nagle delay them.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// SPEC §4: the CONNECT the broker sees.
+pub fn upstream_connect(
+    connect: &Connect,
+    identity: &Identity,
+    username: UsernameMode,
+    client_id: ClientIdMode,
+) -> Connect {
+    let mut c = connect.clone();
+    if username == UsernameMode::Rewrite {
+        c.username = Some(identity.authentication_name.clone());
+        c.password = None;
+    }
+    match client_id {
+        ClientIdMode::AuthenticationName => {
+            c.client_id = identity.authentication_name.clone();
+        }
+        ClientIdMode::Passthrough => {}
+        ClientIdMode::PerIdentity => {
+            c.client_id = per_identity_client_id(&identity.authentication_name, &connect.client_id);
+        }
+    }
+    c
+}
+
+/// An injective encoding of (authentication name, client id): the name has '%' and '/'
+/// percent-escaped, so the first '/' always ends it.
+pub fn per_identity_client_id(name: &str, client_id: &str) -> String {
+    let mut out = String::with_capacity(name.len() + client_id.len() + 1);
+    for ch in name.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out.push('/');
+    out.push_str(client_id);
+    out
+}
+
+/// Phase 5: send the CONNECT and pipelined bytes, then relay until the session ends.
+async fn forward(
+    ctx: &Ctx,
+    mut tls: TlsStream<TcpStream>,
+    mut upstream: TcpStream,
+    session: Session,
+    mut trust_rx: TrustWatch,
+    accepted: Instant,
+) -> (Closed, (u64, u64)) {
+    let m = &ctx.metrics;
+    let mut first = if ctx.username_mode == UsernameMode::Passthrough
+        && ctx.client_id_mode == ClientIdMode::Passthrough
+    {
+        // The exact bytes the client sent; nothing to re-encode.
+        session.connect.encode()
+    } else {
+        upstream_connect(
+            &session.connect,
+            &session.identity,
+            ctx.username_mode,
+            ctx.client_id_mode,
+        )
+        .encode()
+    };
+    first.extend_from_slice(&session.pipelined);
+    if let Err(e) = timeout(ctx.limits.dial_timeout, upstream.write_all(&first)).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+        warn!(error = %e, "writing the CONNECT upstream failed");
+        return (Closed::Error, (0, 0));
+    }
+    m.accept_to_connect_seconds
+        .get_or_create(&metrics::Outcome {
+            outcome: "forwarded",
+        })
+        .observe(accepted.elapsed().as_secs_f64());
+    drop(first);
+
+    let version = session.connect.version;
+    let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
+    let mut lifecycle = ctx.lifecycle.clone();
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(session.not_after.saturating_sub(unix_now()).max(0) as u64 + 1);
+    let expiry = tokio::time::sleep_until(expires);
+    tokio::pin!(expiry);
+
+    let stop = loop {
+        tokio::select! {
+            ended = relay.run(&mut tls, &mut upstream) => {
+                let closed = match ended {
+                    Ended::Client => Closed::Client,
+                    Ended::Upstream => Closed::Upstream,
+                    Ended::Error(_) => Closed::Error,
+                };
+                return (closed, relay.bytes());
+            }
+            changed = trust_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let trust = trust_rx.borrow_and_update().clone();
+                if !still_allowed(&trust, &tls, &session) {
+                    break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION);
+                }
+            }
+            _ = &mut expiry => break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION),
+            changed = lifecycle.changed() => {
+                let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
+                match state {
+                    Lifecycle::Running => {}
+                    Lifecycle::Draining if version != Version::V5 => {}
+                    _ => break (Closed::Shutdown, mqtt::code::V5_SERVER_SHUTTING_DOWN),
+                }
+            }
+        }
+    };
+    let (closed, reason) = stop;
+    end_session(&mut relay, &mut tls, &mut upstream, version, reason).await;
+    (closed, relay.bytes())
+}
+
+/// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an
+/// MQTT 5 client why, close both sides.
+async fn end_session(
+    relay: &mut Relay,
+    tls: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    version: Version,
+    reason: u8,
+) {
+    let at_boundary = matches!(
+        timeout(BOUNDARY_GRACE, relay.finish_at_boundary(tls, upstream)).await,
+        Ok(Ok(()))
+    );
+    let _ = timeout(LINGER, async {
+        if at_boundary && version == Version::V5 {
+            tls.write_all(&mqtt::disconnect_v5(reason)).await?;
+        }
+        tls.shutdown().await
+    })
+    .await;
+    let _ = upstream.shutdown().await;
+}
+
+/// SPEC §5: would this session be allowed under the new trust state?
+fn still_allowed(trust: &Trust, tls: &TlsStream<TcpStream>, session: &Session) -> bool {
+    let Some((leaf, intermediates)) = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.split_first())
+    else {
+        return false;
+    };
+    let Ok(info) = CertInfo::parse(leaf) else {
+        return false;
+    };
+    let pinned = trust.registry.has_thumbprint(&info.thumbprint);
+    let chained = trust.verifier.chains(leaf, intermediates, UnixTime::now());
+    // The handshake would refuse it now: neither chained nor pinned.
+    if !pinned && !chained {
+        return false;
+    }
+    match auth::decide(
+        &Peer {
+            cert: &info,
+            chains: chained,
+        },
+        session.connect.username.as_deref(),
+        &trust.registry,
+        &trust.policy,
+    ) {
+        Ok(id) => auth::same_name(&id.authentication_name, &session.identity.authentication_name),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::IdentitySource;
+    use crate::registry::Scheme;
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            authentication_name: name.into(),
+            client_name: name.into(),
+            scheme: Scheme::SubjectMatchesAuthenticationName,
+            source: IdentitySource::Username,
+        }
+    }
+
+    fn connect() -> Connect {
+        Connect {
+            version: Version::V311,
+            clean_start: true,
+            keep_alive: 60,
+            properties: vec![],
+            client_id: "device-chosen".into(),
+            will: None,
+            username: Some("sensor-17".into()),
+            password: Some(b"secret".to_vec()),
+        }
+    }
+
+    #[test]
+    fn rewrite_sets_username_and_client_id_and_drops_password() {
+        let c = upstream_connect(
+            &connect(),
+            &identity("Sensor-17"),
+            UsernameMode::Rewrite,
+            ClientIdMode::AuthenticationName,
+        );
+        assert_eq!(c.username.as_deref(), Some("Sensor-17"));
+        assert_eq!(c.password, None);
+        assert_eq!(c.client_id, "Sensor-17");
+        assert_eq!(c.keep_alive, 60);
+    }
+
+    #[test]
+    fn passthrough_keeps_what_the_client_sent() {
+        let c = upstream_connect(
+            &connect(),
+            &identity("sensor-17"),
+            UsernameMode::Passthrough,
+            ClientIdMode::Passthrough,
+        );
+        assert_eq!(c, connect());
+    }
+
+    #[test]
+    fn per_identity_client_ids_never_collide() {
+        assert_eq!(per_identity_client_id("a", "b/c"), "a/b/c");
+        assert_ne!(
+            per_identity_client_id("a/b", "c"),
+            per_identity_client_id("a", "b/c")
+        );
+        assert_eq!(per_identity_client_id("a/b", "c"), "a%2Fb/c");
+        assert_ne!(
+            per_identity_client_id("a%2Fb", "c"),
+            per_identity_client_id("a/b", "c")
+        );
+    }
+
+    #[test]
+    fn every_refusal_maps_to_the_spec_table() {
+        let denial = Denial {
+            reason: auth::Denied::UnknownClient,
+            name: None,
+            source: None,
+            scheme: None,
+        };
+        let cases: Vec<(Refused, Option<Vec<u8>>)> = vec![
+            (Refused::Denied(denial.clone(), Version::V5), Some(vec![0x20, 3, 0, 0x87, 0])),
+            (Refused::Denied(denial, Version::V311), Some(vec![0x20, 2, 0, 0x05])),
+            (Refused::Upstream(Version::V5, "x".into()), Some(vec![0x20, 3, 0, 0x88, 0])),
+            (Refused::Upstream(Version::V31, "x".into()), Some(vec![0x20, 2, 0, 0x03])),
+            (Refused::Busy(Version::V5), Some(vec![0x20, 3, 0, 0x89, 0])),
+            (Refused::Busy(Version::V311), Some(vec![0x20, 2, 0, 0x03])),
+            (
+                Refused::Parse(ParseError::TooLarge { len: 1, max: 0, version: Some(Version::V5) }),
+                Some(vec![0x20, 3, 0, 0x95, 0]),
+            ),
+            (
+                Refused::Parse(ParseError::TooLarge { len: 1, max: 0, version: Some(Version::V311) }),
+                None,
+            ),
+            (
+                Refused::Parse(ParseError::UnsupportedProtocol { level: 6 }),
+                Some(vec![0x20, 2, 0, 0x01]),
+            ),
+            (
+                Refused::Parse(ParseError::Malformed { version: Some(Version::V5), reason: "x" }),
+                Some(vec![0x20, 3, 0, 0x81, 0]),
+            ),
+            (
+                Refused::Parse(ParseError::Malformed { version: Some(Version::V311), reason: "x" }),
+                None,
+            ),
+            (Refused::Parse(ParseError::NotConnect { packet_type: 3 }), None),
+            (Refused::ConnectTimeout { version: None }, None),
+            (Refused::ConnectTimeout { version: Some(Version::V5) }, Some(vec![0x20, 3, 0, 0x81, 0])),
+        ];
+        for (refused, want) in cases {
+            let (r, v) = refused.answer();
+            assert_eq!(r.and_then(|r| r.connack(v, None)), want, "{refused:?}");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Copies bytes both ways between the client's TLS stream and the broker's TCP stream,
+//! unchanged, until either side closes or the connection is told to stop.
+//!
+//! Why not `tokio::io::copy_bidirectional`: an idle MQTT connection spends almost all its
+//! life waiting, and copy_bidirectional holds two 8 KiB buffers the whole time. Here a
+//! direction borrows a buffer from a per-thread pool only while it has bytes in flight and
+//! hands it back when its read would block, so an idle connection holds none. The
+//! broker-to-client direction also tracks MQTT packet boundaries, so mqttgate can end a
+//! session with a DISCONNECT that never lands in the middle of a broker packet.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::mqtt::PacketBoundary;
+
+/// Large enough for one full TLS record of plaintext, so bulk transfers move a record per
+/// read.
+const BUF_SIZE: usize = 16 * 1024;
+/// Buffers kept per worker thread for reuse; beyond this they go back to the allocator.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buffer(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
+
+/// One direction of the copy.
+#[derive(Default, Debug)]
+struct Half {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    /// The reader reached EOF (or we stopped reading) and every byte was written.
+    read_done: bool,
+    /// The writer was shut down after `read_done`.
+    shut: bool,
+    need_flush: bool,
+    bytes: u64,
+    /// Shared byte counter, advanced as bytes are written so long sessions show up live.
+    counter: Option<Counter>,
+}
+
+impl Half {
+    /// Copies until the reader would block (Pending), EOF has been passed on (Ready(Ok)),
+    /// or an error. With `boundary`, bytes are fed to the packet tracker; with `stop` also
+    /// set, reading ends at the next packet boundary.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        mut boundary: Option<&mut PacketBoundary>,
+        stop: bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos < self.end {
+                let buf = self.buf.as_ref().expect("bytes in flight have a buffer");
+                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.bytes += n as u64;
+                if let Some(c) = &self.counter {
+                    c.inc_by(n as u64);
+                }
+                self.need_flush = true;
+                continue;
+            }
+            self.pos = 0;
+            self.end = 0;
+            if stop && boundary.as_ref().is_none_or(|b| b.at_boundary()) {
+                self.read_done = true;
+            }
+            if self.read_done {
+                if let Some(buf) = self.buf.take() {
+                    give_buffer(buf);
+                }
+                if !self.shut {
+                    ready!(w.as_mut().poll_flush(cx))?;
+                    ready!(w.as_mut().poll_shutdown(cx))?;
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let buf = self.buf.get_or_insert_with(take_buffer);
+            let mut rb = ReadBuf::new(buf);
+            match r.as_mut().poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    // Nothing in flight: give the buffer back so an idle direction holds none.
+                    if let Some(buf) = self.buf.take() {
+                        give_buffer(buf);
+                    }
+                    if self.need_flush {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                self.read_done = true;
+                continue;
+            }
+            let mut take = n;
+            if let Some(b) = boundary.as_deref_mut() {
+                if stop {
+                    // Forward only up to the end of the packet in progress.
+                    take = 0;
+                    while take < n {
+                        b.feed(&buf[take..take + 1]);
+                        take += 1;
+                        if b.at_boundary() {
+                            break;
+                        }
+                    }
+                } else {
+                    b.feed(&buf[..n]);
+                }
+            }
+            self.end = take;
+        }
+    }
+}
+
+/// How the copy ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The client closed its side first.
+    Client,
+    /// The broker closed its side first.
+    Upstream,
+    Error(io::Error),
+}
+
+/// Both directions of one proxied connection.
+#[derive(Default, Debug)]
+pub struct Relay {
+    up: Half,
+    down: Half,
+    boundary: PacketBoundary,
+    first_eof: Option<bool>,
+}
+
+impl Relay {
+    pub fn new() -> Relay {
+        Relay::default()
+    }
+
+    /// A relay that also advances the given byte counters (client to broker, broker to client).
+    pub fn with_counters(up: Counter, down: Counter) -> Relay {
+        let mut r = Relay::default();
+        r.up.counter = Some(up);
+        r.down.counter = Some(down);
+        r
+    }
+
+    /// Bytes written to the broker and to the client.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.up.bytes, self.down.bytes)
+    }
+
+    /// Copies both ways until both directions have ended. When one side ends first, the
+    /// other side's writer is shut down, which for MQTT peers ends the other direction too.
+    pub async fn run<C, U>(&mut self, client: &mut C, upstream: &mut U) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        poll_fn(|cx| self.poll_both(cx, client, upstream)).await
+    }
+
+    fn poll_both<C, U>(&mut self, cx: &mut Context<'_>, client: &mut C, upstream: &mut U) -> Poll<Ended>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let up = self
+            .up
+            .poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), None, false);
+        if let Poll::Ready(Err(e)) = up {
+            return Poll::Ready(Ended::Error(e));
+        }
+        if up.is_ready() && self.first_eof.is_none() {
+            self.first_eof = Some(true);
+        }
+        let down = self.down.poll_copy(
+            cx,
+            Pin::new(&mut *upstream),
+            Pin::new(&mut *client),
+            Some(&mut self.boundary),
+            false,
+        );
+        if let Poll::Ready(Err(e)) = down {
+            return Poll::Ready(Ended::Error(e));
+        }
+        if down.is_ready() && self.first_eof.is_none() {
+            self.first_eof = Some(false);
+        }
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(if self.first_eof == Some(true) {
+                Ended::Client
+            } else {
+                Ended::Upstream
+            });
+        }
+        Poll::Pending
+    }
+
+    /// Stops reading from the client, passes on what is already read, and forwards broker
+    /// bytes only to the end of the packet in progress. Then the client can be sent a
+    /// DISCONNECT without splitting a packet. Callers bound this with a deadline.
+    pub async fn finish_at_boundary<C, U>(&mut self, client: &mut C, upstream: &mut U) -> io::Result<()>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        self.up.read_done = true;
+        self.down.shut = true; // the client's side is closed by the caller, after its DISCONNECT
+        poll_fn(|cx| {
+            let up = self
+                .up
+                .poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), None, true)?;
+            let down = self.down.poll_copy(
+                cx,
+                Pin::new(&mut *upstream),
+                Pin::new(&mut *client),
+                Some(&mut self.boundary),
+                true,
+            )?;
+            if up.is_ready() && down.is_ready() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Hands any pooled buffer back; called when the relay ends early.
+    pub fn release(&mut self) {
+        for h in [&mut self.up, &mut self.down] {
+            if let Some(buf) = h.buf.take() {
+                give_buffer(buf);
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_reports_who_closed() {
+        let (mut client_app, mut client) = duplex(64);
+        let (mut upstream, mut broker) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut relay = Relay::new();
+            let ended = relay.run(&mut client, &mut upstream).await;
+            (ended, relay.bytes())
+        });
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let send = big.clone();
+        let writer = tokio::spawn(async move {
+            client_app.write_all(&send).await.unwrap();
+            client_app.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client_app.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        broker.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, big);
+        broker.write_all(b"\x20\x02\x00\x00").await.unwrap();
+        broker.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"\x20\x02\x00\x00");
+        let (ended, bytes) = task.await.unwrap();
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+        assert_eq!(bytes, (100_000, 4));
+    }
+
+    #[tokio::test]
+    async fn finish_at_boundary_never_splits_a_broker_packet() {
+        let (mut client_app, mut client) = duplex(1024);
+        let (mut upstream, mut broker) = duplex(1024);
+        // A whole PINGRESP, then the first 3 bytes of a 6-byte PUBLISH.
+        broker.write_all(&[0xd0, 0x00, 0x30, 0x04, 0x00]).await.unwrap();
+        let mut relay = Relay::new();
+        tokio::time::timeout(std::time::Duration::from_millis(50), relay.run(&mut client, &mut upstream))
+            .await
+            .expect_err("nothing ended yet");
+        let finisher = tokio::spawn(async move {
+            relay.finish_at_boundary(&mut client, &mut upstream).await.unwrap();
+            client.write_all(&[0xe0, 0x00]).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        broker.write_all(&[0x01, b't', b'x', 0xd0, 0x00]).await.unwrap();
+        finisher.await.unwrap();
+        let mut seen = Vec::new();
+        client_app.read_to_end(&mut seen).await.unwrap();
+        // The PUBLISH completes, the PINGRESP after it is not forwarded, then the DISCONNECT.
+        assert_eq!(seen, [0xd0, 0x00, 0x30, 0x04, 0x00, 0x01, b't', b'x', 0xe0, 0x00]);
+    }
+}

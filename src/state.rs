@@ -1,0 +1,113 @@
+//! The trust state: everything a decision reads that comes from files (registry, CA
+//! certificates, server certificate and key), built as one immutable value so a reload
+//! either replaces all of it or none of it. Connections hold an `Arc<Trust>` and are told
+//! through a `watch` channel when a new one is published.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::anchors::{AnchorError, Anchors};
+use crate::auth::Policy;
+use crate::cert::CertInfo;
+use crate::config::Config;
+use crate::registry::{Registry, RegistryError};
+use crate::tls::{self, ClientVerifier, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Anchors(#[from] AnchorError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl LoadError {
+    /// The component that failed to load; a metric label.
+    pub fn component(&self) -> &'static str {
+        match self {
+            LoadError::Registry(_) => "registry",
+            LoadError::Anchors(_) => "ca_certificates",
+            LoadError::Tls(_) => "server_certificate",
+        }
+    }
+}
+
+/// One generation of everything loaded from files.
+pub struct Trust {
+    pub generation: u64,
+    pub registry: Registry,
+    pub anchors: Anchors,
+    pub verifier: Arc<ClientVerifier>,
+    pub acceptor: TlsAcceptor,
+    pub policy: Policy,
+    pub server_cert: CertInfo,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust")
+            .field("generation", &self.generation)
+            .field("clients", &self.registry.len())
+            .field("anchors", &self.anchors.anchors.len())
+            .finish()
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Trust {
+    /// Reads and checks every file the configuration names.
+    pub fn load(config: &Config, generation: u64) -> Result<Trust, LoadError> {
+        let now = unix_now();
+        let registry = Registry::load(&config.registry_file)?;
+        let anchors = Anchors::load(&config.ca_files, now)?;
+        let pins: HashSet<_> = registry
+            .clients()
+            .iter()
+            .flat_map(|c| c.thumbprints.iter().copied())
+            .collect();
+        let provider = tls::provider();
+        let verifier = Arc::new(ClientVerifier::new(
+            &anchors,
+            pins,
+            Vec::new(),
+            provider.clone(),
+        )?);
+        let (chain, key) = tls::load_server_identity(&config.server_cert, &config.server_key)?;
+        let server_cert = CertInfo::parse(&chain[0]).map_err(|e| TlsError::File {
+            file: config.server_cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let server = tls::server_config(chain, key, verifier.clone(), config.min_tls, provider)?;
+        Ok(Trust {
+            generation,
+            registry,
+            anchors,
+            verifier,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            policy: Policy {
+                name_sources: config.name_sources.clone(),
+                subject_match: config.subject_match,
+            },
+            server_cert,
+        })
+    }
+}
+
+/// The published trust state and its change notifications.
+pub type TrustWatch = watch::Receiver<Arc<Trust>>;
+
+pub fn publish(initial: Trust) -> (watch::Sender<Arc<Trust>>, TrustWatch) {
+    watch::channel(Arc::new(initial))
+}

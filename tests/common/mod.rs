@@ -1,0 +1,452 @@
+//! The integration-test harness: a PKI generated per test, a real Mosquitto on an ephemeral
+//! loopback port, mqttgate started in-process in front of it, and the clients that talk to
+//! it (mosquitto_pub/mosquitto_sub, paho-mqtt, and a byte-level Rust client).
+//!
+//! Mosquitto and its clients are found on PATH or /usr/sbin; when absent and we are root,
+//! they are installed with apt-get. A test never skips for lack of them: it fails.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use mqttgate::config::Config;
+use mqttgate::pki::{self, Ca, Issued, LeafSpec};
+use mqttgate::server::Server;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+static INSTALL: Once = Once::new();
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds a Mosquitto tool, installing the Debian packages once if it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    if let Some(p) = find_tool(name) {
+        return p;
+    }
+    INSTALL.call_once(|| {
+        let _ = Command::new("apt-get").arg("update").status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "mosquitto", "mosquitto-clients"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    });
+    find_tool(name).unwrap_or_else(|| {
+        panic!("{name} is not installed and could not be installed: run `apt-get install mosquitto mosquitto-clients`")
+    })
+}
+
+/// A free loopback port. Mosquitto can't be told to pick one itself, so the harness picks
+/// it and retries the start if another test took it first.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// A real Mosquitto on 127.0.0.1 that trusts the username mqttgate injects, with the ACL
+/// `pattern readwrite devices/%u/#`.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let bin = tool("mosquitto");
+        let acl = write(dir, "acl", "pattern readwrite devices/%u/#\n");
+        for _ in 0..20 {
+            let port = free_port();
+            let conf = write(
+                dir,
+                "mosquitto.conf",
+                &format!(
+                    "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nmax_packet_size 4194304\n",
+                    acl.display()
+                ),
+            );
+            let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+            let mut child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start mosquitto");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Mosquitto { child, port };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mosquitto did not start; see {}", dir.join("mosquitto.log").display());
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The PKI of one test: a root, an intermediate under it, and the server certificate.
+pub struct Pki {
+    pub root: Ca,
+    pub inter: Ca,
+    pub server: Issued,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let root = Ca::root("Test Root CA").unwrap();
+        let inter = root.intermediate("Test Intermediate CA").unwrap();
+        let server = root.issue(&LeafSpec::server()).unwrap();
+        Pki {
+            root,
+            inter,
+            server,
+        }
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+/// What to start mqttgate with.
+pub struct Setup {
+    pub clients_json: String,
+    /// CA files to register, as PEM text.
+    pub ca_pems: Vec<String>,
+    pub sources: Vec<&'static str>,
+    /// Extra TOML appended to the generated config (whole sections).
+    pub extra: String,
+    pub upstream: Option<String>,
+}
+
+impl Setup {
+    pub fn new(clients_json: &str) -> Setup {
+        Setup {
+            clients_json: clients_json.to_string(),
+            ca_pems: Vec::new(),
+            sources: Vec::new(),
+            extra: String::new(),
+            upstream: None,
+        }
+    }
+}
+
+/// A running test environment: Mosquitto, mqttgate in front of it, and the files.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub mosquitto: Mosquitto,
+    pub gate: Arc<Server>,
+    pub config_file: PathBuf,
+    pub registry_file: PathBuf,
+}
+
+impl Env {
+    pub async fn start(pki: Pki, setup: Setup) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mosquitto = Mosquitto::start(dir.path());
+        let config_file = write_config(dir.path(), &pki, &setup, mosquitto.port);
+        let config = Config::load(&config_file).expect("test config loads");
+        let gate = Server::start(config).await.expect("mqttgate starts");
+        let registry_file = dir.path().join("clients.json");
+        Env {
+            dir,
+            pki,
+            mosquitto,
+            gate,
+            config_file,
+            registry_file,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gate.local_addr()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a client's certificate (with `chain` after it) and key; returns their paths.
+    pub fn client_files(&self, name: &str, leaf: &Issued, chain: &[&Issued]) -> (PathBuf, PathBuf) {
+        let mut pem = leaf.cert_pem.clone();
+        for c in chain {
+            pem.push_str(&c.cert_pem);
+        }
+        let cert = write(self.dir.path(), &format!("{name}.pem"), &pem);
+        let key = write(self.dir.path(), &format!("{name}.key"), &leaf.key_pem);
+        (cert, key)
+    }
+
+    /// The CA file clients use to verify mqttgate's server certificate.
+    pub fn server_ca(&self) -> PathBuf {
+        self.path("server-ca.pem")
+    }
+
+    /// Runs mosquitto_pub through mqttgate. `args` are extra arguments (topic, message,
+    /// -u, -V...).
+    pub fn pub_(&self, cert: &Path, key: &Path, args: &[&str]) -> Output {
+        run_client("mosquitto_pub", self.port(), &self.server_ca(), cert, key, args)
+    }
+
+    pub fn sub_(&self, cert: &Path, key: &Path, args: &[&str]) -> Output {
+        run_client("mosquitto_sub", self.port(), &self.server_ca(), cert, key, args)
+    }
+
+    /// Starts mosquitto_sub in the background (it prints each message on its own line).
+    pub fn spawn_sub(&self, cert: &Path, key: &Path, args: &[&str]) -> Child {
+        client_command("mosquitto_sub", self.port(), &self.server_ca(), cert, key, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// A byte-level TLS client presenting `leaf` (plus `chain`).
+    pub async fn tls(&self, leaf: &Issued, chain: &[&Issued]) -> std::io::Result<TlsStream<TcpStream>> {
+        tls_connect(self.addr(), &self.pki.root.cert.cert_pem, leaf, chain).await
+    }
+
+    pub fn mosquitto_log(&self) -> String {
+        std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> PathBuf {
+    write(dir, "server.pem", &pki.server.cert_pem);
+    write(dir, "server.key", &pki.server.key_pem);
+    write(dir, "server-ca.pem", &pki.root.cert.cert_pem);
+    write(dir, "clients.json", &setup.clients_json);
+    let mut cas = Vec::new();
+    for (i, pem) in setup.ca_pems.iter().enumerate() {
+        let name = format!("ca{i}.pem");
+        write(dir, &name, pem);
+        cas.push(format!("\"{name}\""));
+    }
+    let sources: Vec<String> = setup.sources.iter().map(|s| format!("\"{s}\"")).collect();
+    let upstream = setup
+        .upstream
+        .clone()
+        .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
+        sources.join(", "),
+        cas.join(", "),
+        setup.extra
+    );
+    write(dir, "mqttgate.toml", &text)
+}
+
+fn client_command(
+    tool_name: &str,
+    port: u16,
+    cafile: &Path,
+    cert: &Path,
+    key: &Path,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(tool(tool_name));
+    cmd.args(["-h", "localhost", "-p", &port.to_string()])
+        .arg("--cafile")
+        .arg(cafile)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(args);
+    cmd
+}
+
+pub fn run_client(
+    tool_name: &str,
+    port: u16,
+    cafile: &Path,
+    cert: &Path,
+    key: &Path,
+    args: &[&str],
+) -> Output {
+    client_command(tool_name, port, cafile, cert, key, args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The text a mosquitto client printed, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_ca_pem: &str,
+    leaf: &Issued,
+    chain: &[&Issued],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut certs = vec![CertificateDer::from(leaf.der.clone())];
+    certs.extend(chain.iter().map(|c| CertificateDer::from(c.der.clone())));
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(mqttgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    // In TLS 1.3 a client-certificate refusal arrives after the client's handshake is
+    // done; a zero-length flush lets it surface on the next read.
+    tls.flush().await?;
+    Ok(tls)
+}
+
+/// Reads until the peer closes (or `wait` passes) and returns everything read.
+pub async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes within `wait`.
+pub async fn read_exact<S: tokio::io::AsyncRead + Unpin>(s: &mut S, n: usize, wait: Duration) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(wait, s.read_exact(&mut buf))
+        .await
+        .expect("timed out")
+        .expect("read failed");
+    buf
+}
+
+/// A minimal CONNECT for the byte-level client.
+pub fn connect_packet(version: u8, client_id: &str, username: Option<&str>) -> Vec<u8> {
+    let c = mqttgate::mqtt::Connect {
+        version: match version {
+            3 => mqttgate::mqtt::Version::V31,
+            4 => mqttgate::mqtt::Version::V311,
+            _ => mqttgate::mqtt::Version::V5,
+        },
+        clean_start: true,
+        keep_alive: 30,
+        properties: vec![],
+        client_id: client_id.to_string(),
+        will: None,
+        username: username.map(str::to_string),
+        password: None,
+    };
+    c.encode()
+}
+
+/// A registry entry in Azure's client-resource shape.
+pub fn chain_client(name: &str, scheme: &str) -> String {
+    format!(
+        r#"{{"name":"{name}","properties":{{"authenticationName":"{name}","clientCertificateAuthentication":{{"validationScheme":"{scheme}"}},"state":"Enabled"}}}}"#
+    )
+}
+
+pub fn thumbprint_client(name: &str, thumbprints: &[String]) -> String {
+    let list: Vec<String> = thumbprints.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"{{"name":"{name}","properties":{{"clientCertificateAuthentication":{{"validationScheme":"ThumbprintMatch","allowedThumbprints":[{}]}}}}}}"#,
+        list.join(",")
+    )
+}
+
+pub fn thumbprint_of(i: &Issued) -> String {
+    mqttgate::cert::Thumbprint::of(&i.der).to_string()
+}
+
+pub fn leaf(cn: &str) -> LeafSpec {
+    LeafSpec::client(cn)
+}
+
+pub fn self_signed(spec: &LeafSpec, ca: bool) -> Issued {
+    pki::self_signed(spec, ca).unwrap()
+}
+
+/// Python with paho-mqtt, for tests that drive a real paho client. Fails (never skips)
+/// when paho-mqtt is missing after trying to install it.
+pub fn python_with_paho() -> PathBuf {
+    let python = find_tool("python3").expect("python3 is needed for paho-mqtt tests");
+    let ok = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import paho.mqtt.client"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !ok(&python) {
+        let _ = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "paho-mqtt==2.1.0"])
+            .status();
+    }
+    assert!(ok(&python), "paho-mqtt is not importable and could not be installed");
+    python
+}
+
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
