@@ -1,2 +1,3 @@
 //! mqttgate
+pub mod cert;
 pub mod mqtt;
