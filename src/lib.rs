@@ -1,3 +1,4 @@
 //! mqttgate
+pub mod anchors;
 pub mod cert;
 pub mod mqtt;
