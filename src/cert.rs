@@ -273,7 +273,7 @@ fn short_name(oid: &str) -> Option<&'static str> {
 
 /// Formats a name as RFC 4514 §2: RDNs last-to-first, `,` between RDNs, `+` inside a
 /// multi-valued RDN.
-pub fn rfc4514(name: &X509Name<'_>) -> String {
+fn rfc4514(name: &X509Name<'_>) -> String {
     let mut rdns: Vec<String> = name
         .iter_rdn()
         .map(|rdn| {

@@ -2,3 +2,4 @@
 pub mod anchors;
 pub mod cert;
 pub mod mqtt;
+pub mod registry;
