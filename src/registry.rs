@@ -297,6 +297,7 @@ impl Registry {
                 index: i,
                 name: Some(registry.clients[i].name.clone()),
             };
+            // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
             if let Some(&i) = names.get(&fold_case(&client.name)) {
                 return Err(at.err(
                     "name",
