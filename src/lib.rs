@@ -1,2 +1,5 @@
 //! mqttgate
+pub mod anchors;
+pub mod cert;
 pub mod mqtt;
+pub mod registry;

@@ -1,0 +1,1151 @@
+//! The client registry (SPEC §1 "Clients"): loads the JSON Azure uses for Event Grid
+//! namespace client resources, enforces every rule at load, and finds a client by
+//! authentication name ignoring case. It does not decide whether a certificate matches a
+//! client (auth.rs) nor hold the CA certificates (anchors.rs).
+//!
+//! Accepted shapes, so Azure's output can be fed unchanged:
+//! - the REST/ARM shape, fields under `properties`, as a top-level array or as
+//!   `{"value": [...]}` (an ARM list response);
+//! - the Azure CLI shape: `az eventgrid namespace client list` flattens `properties`
+//!   into each entry, so `authenticationName`, `clientCertificateAuthentication`,
+//!   `state`, `attributes` and `description` sit beside `name`.
+//!
+//! Anything Azure adds that mqttgate does not use (`id`, `type`, `systemData`,
+//! `provisioningState`, …) is ignored. A JSON `null` counts as absent, as Azure writes
+//! null for unset optional properties.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::cert::{Thumbprint, ThumbprintError};
+
+/// How a client's certificate is checked (Azure's `validationScheme`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    SubjectMatchesAuthenticationName,
+    DnsMatchesAuthenticationName,
+    UriMatchesAuthenticationName,
+    IpMatchesAuthenticationName,
+    EmailMatchesAuthenticationName,
+    ThumbprintMatch,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 6] = [
+        Scheme::SubjectMatchesAuthenticationName,
+        Scheme::DnsMatchesAuthenticationName,
+        Scheme::UriMatchesAuthenticationName,
+        Scheme::IpMatchesAuthenticationName,
+        Scheme::EmailMatchesAuthenticationName,
+        Scheme::ThumbprintMatch,
+    ];
+
+    /// Azure's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::SubjectMatchesAuthenticationName => "SubjectMatchesAuthenticationName",
+            Scheme::DnsMatchesAuthenticationName => "DnsMatchesAuthenticationName",
+            Scheme::UriMatchesAuthenticationName => "UriMatchesAuthenticationName",
+            Scheme::IpMatchesAuthenticationName => "IpMatchesAuthenticationName",
+            Scheme::EmailMatchesAuthenticationName => "EmailMatchesAuthenticationName",
+            Scheme::ThumbprintMatch => "ThumbprintMatch",
+        }
+    }
+
+    /// Short metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scheme::SubjectMatchesAuthenticationName => "subject",
+            Scheme::DnsMatchesAuthenticationName => "dns",
+            Scheme::UriMatchesAuthenticationName => "uri",
+            Scheme::IpMatchesAuthenticationName => "ip",
+            Scheme::EmailMatchesAuthenticationName => "email",
+            Scheme::ThumbprintMatch => "thumbprint",
+        }
+    }
+
+    /// The scheme with exactly this Azure spelling (case-sensitive, as Azure is).
+    pub fn parse(s: &str) -> Option<Scheme> {
+        Scheme::ALL.into_iter().find(|scheme| scheme.as_str() == s)
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    Int(i64),
+    Bool(bool),
+    String(String),
+    Strings(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub name: String,
+    /// Original case: this is what goes upstream.
+    pub authentication_name: String,
+    pub scheme: Scheme,
+    /// Primary then secondary, for `ThumbprintMatch`; empty for the other schemes.
+    pub thumbprints: Vec<Thumbprint>,
+    pub state: State,
+    pub attributes: BTreeMap<String, AttributeValue>,
+    pub description: Option<String>,
+}
+
+/// The loaded clients, indexed by case-folded authentication name.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    clients: Vec<Client>,
+    index: HashMap<String, usize>,
+    thumbprints: HashSet<Thumbprint>,
+}
+
+/// The case fold used for authentication names and client names: Rust's Unicode
+/// `to_lowercase`. It is simple lowercasing, not full case folding (`"ß"` and `"SS"`
+/// differ), which is enough for the DNS names, URIs and device ids used in practice and
+/// is the same on every platform.
+pub fn fold_case(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// Which entry of the file an error is about. `index` is the 0-based array position
+/// (as in `jq '.[3]'`); `name` is its `name` when it has a readable one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRef {
+    pub index: usize,
+    pub name: Option<String>,
+}
+
+impl fmt::Display for EntryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "entry {} ({name:?})", self.index),
+            None => write!(f, "entry {}", self.index),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("{}: cannot read: {source}", .file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: file is UTF-16; save it as UTF-8", .file.display())]
+    Utf16 { file: PathBuf },
+    #[error("{}: invalid JSON: {source}", .file.display())]
+    Json {
+        file: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: expected a JSON array of clients or an object with a \"value\" array", .file.display())]
+    Shape { file: PathBuf },
+    #[error(transparent)]
+    Entry(Box<EntryError>),
+}
+
+/// A rule broken by one entry. `field` is a path like
+/// `properties.clientCertificateAuthentication.allowedThumbprints[1]`; empty when the
+/// problem is the entry itself.
+#[derive(Debug, Error)]
+#[error("{}: {entry}: {}{problem}", .file.display(), field_prefix(.field))]
+pub struct EntryError {
+    pub file: PathBuf,
+    pub entry: EntryRef,
+    pub field: String,
+    pub problem: Problem,
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+/// What is wrong with one field of one entry.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Problem {
+    #[error("required")]
+    Missing,
+    #[error("expected {expected}, got {got}")]
+    Type {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be 1 to 128 characters, got {0}")]
+    Length(usize),
+    #[error("{value:?} is already used by {other} (compared ignoring case)")]
+    Duplicate { value: String, other: EntryRef },
+    #[error("unknown validation scheme {0:?}; expected one of {list}", list = scheme_list())]
+    UnknownScheme(String),
+    #[error("required with ThumbprintMatch")]
+    ThumbprintsMissing,
+    #[error("must hold 1 or 2 thumbprints (primary, secondary), got {0}")]
+    ThumbprintCount(usize),
+    #[error("not allowed with {0}; only ThumbprintMatch uses thumbprints")]
+    ThumbprintsForbidden(Scheme),
+    #[error(transparent)]
+    Thumbprint(ThumbprintError),
+    #[error("repeats allowedThumbprints[{0}]")]
+    RepeatedThumbprint(usize),
+    #[error("expected \"Enabled\" or \"Disabled\", got {0:?}")]
+    UnknownState(String),
+    #[error("key must match [A-Za-z0-9_]+")]
+    AttributeKey,
+    #[error("value must be an integer, a boolean, a string or an array of strings")]
+    AttributeValue,
+    // Reading one and ignoring the other could silently change a client's scheme.
+    #[error("given both at the top level and under properties; use one shape")]
+    BothShapes,
+}
+
+fn scheme_list() -> String {
+    Scheme::ALL.map(Scheme::as_str).join(", ")
+}
+
+/// The fields Azure keeps under `properties` and the CLI flattens.
+const PROPERTY_FIELDS: [&str; 5] = [
+    "authenticationName",
+    "clientCertificateAuthentication",
+    "state",
+    "attributes",
+    "description",
+];
+
+const MAX_AUTHENTICATION_NAME: usize = 128;
+
+impl Registry {
+    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
+        let json = std::fs::read(path).map_err(|source| RegistryError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Registry::from_json(&json, path)
+    }
+
+    /// Parses and validates a whole document; the first problem refuses it, so a reload
+    /// with a mistake keeps the previous registry. `source` only names the file in errors.
+    pub fn from_json(json: &[u8], source: &Path) -> Result<Registry, RegistryError> {
+        let file = source.to_path_buf();
+        // Windows PowerShell 5 redirects `az` output as UTF-16; other editors add a BOM.
+        if json.starts_with(&[0xff, 0xfe]) || json.starts_with(&[0xfe, 0xff]) {
+            return Err(RegistryError::Utf16 { file });
+        }
+        let json = json.strip_prefix(b"\xef\xbb\xbf").unwrap_or(json);
+        let doc: Value = serde_json::from_slice(json).map_err(|source| RegistryError::Json {
+            file: file.clone(),
+            source,
+        })?;
+        let entries = match &doc {
+            Value::Array(entries) => entries,
+            Value::Object(list) => match list.get("value") {
+                Some(Value::Array(entries)) => {
+                    if let Some(Value::String(next)) = list.get("nextLink") {
+                        if !next.is_empty() {
+                            tracing::warn!(
+                                file = %file.display(),
+                                "registry is one page of a paged list (nextLink is set); \
+                                 clients on later pages are unknown"
+                            );
+                        }
+                    }
+                    entries
+                }
+                _ => return Err(RegistryError::Shape { file }),
+            },
+            _ => return Err(RegistryError::Shape { file }),
+        };
+
+        let mut registry = Registry {
+            clients: Vec::with_capacity(entries.len()),
+            index: HashMap::with_capacity(entries.len()),
+            thumbprints: HashSet::new(),
+        };
+        let mut names: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let client = parse_entry(entry, index, &file)?;
+            let at = Ctx {
+                file: &file,
+                entry: EntryRef {
+                    index,
+                    name: Some(client.name.clone()),
+                },
+                prefix: "",
+            };
+            // Array position equals position in `clients`: any error stops the load.
+            let other = |i: usize| EntryRef {
+                index: i,
+                name: Some(registry.clients[i].name.clone()),
+            };
+            // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
+            if let Some(&i) = names.get(&fold_case(&client.name)) {
+                return Err(at.err(
+                    "name",
+                    Problem::Duplicate {
+                        value: client.name.clone(),
+                        other: other(i),
+                    },
+                ));
+            }
+            if let Some(&i) = registry.index.get(&fold_case(&client.authentication_name)) {
+                let field = if entry_is_flat(entry) {
+                    "authenticationName"
+                } else {
+                    "properties.authenticationName"
+                };
+                return Err(at.err(
+                    field,
+                    Problem::Duplicate {
+                        value: client.authentication_name.clone(),
+                        other: other(i),
+                    },
+                ));
+            }
+            names.insert(fold_case(&client.name), index);
+            registry
+                .index
+                .insert(fold_case(&client.authentication_name), index);
+            registry
+                .thumbprints
+                .extend(client.thumbprints.iter().copied());
+            registry.clients.push(client);
+        }
+        Ok(registry)
+    }
+
+    /// The client with this authentication name, ignoring case (see [`fold_case`]).
+    pub fn get(&self, authentication_name: &str) -> Option<&Client> {
+        self.index
+            .get(&fold_case(authentication_name))
+            .map(|&i| &self.clients[i])
+    }
+
+    /// Whether any client lists this thumbprint; the TLS handshake admits such a
+    /// certificate without a chain, and the client check after CONNECT decides the rest.
+    pub fn has_thumbprint(&self, t: &Thumbprint) -> bool {
+        self.thumbprints.contains(t)
+    }
+
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// Where errors in the entry being parsed point.
+struct Ctx<'a> {
+    file: &'a Path,
+    entry: EntryRef,
+    /// `"properties."` for the ARM shape, `""` for the CLI shape.
+    prefix: &'static str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl fmt::Display, problem: Problem) -> RegistryError {
+        RegistryError::Entry(Box::new(EntryError {
+            file: self.file.to_path_buf(),
+            entry: self.entry.clone(),
+            field: format!("{}{field}", self.prefix),
+            problem,
+        }))
+    }
+
+    fn type_err(
+        &self,
+        field: impl fmt::Display,
+        expected: &'static str,
+        got: &Value,
+    ) -> RegistryError {
+        self.err(
+            field,
+            Problem::Type {
+                expected,
+                got: kind(got),
+            },
+        )
+    }
+
+    fn string<'v>(
+        &self,
+        obj: &'v Map<String, Value>,
+        key: &str,
+    ) -> Result<Option<&'v str>, RegistryError> {
+        match present(obj, key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.type_err(key, "a string", other)),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The value of `key`, treating null as absent.
+fn present<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn entry_is_flat(entry: &Value) -> bool {
+    entry
+        .as_object()
+        .is_some_and(|obj| present(obj, "properties").is_none())
+}
+
+fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, RegistryError> {
+    let mut at = Ctx {
+        file,
+        entry: EntryRef { index, name: None },
+        prefix: "",
+    };
+    let Some(obj) = entry.as_object() else {
+        return Err(at.type_err("", "an object", entry));
+    };
+    let name = match at.string(obj, "name")? {
+        None => return Err(at.err("name", Problem::Missing)),
+        Some("") => return Err(at.err("name", Problem::Empty)),
+        Some(name) => name.to_string(),
+    };
+    at.entry.name = Some(name.clone());
+
+    let props = match present(obj, "properties") {
+        None => obj,
+        Some(Value::Object(props)) => {
+            if let Some(key) = PROPERTY_FIELDS.iter().find(|k| present(obj, k).is_some()) {
+                return Err(at.err(key, Problem::BothShapes));
+            }
+            at.prefix = "properties.";
+            props
+        }
+        Some(other) => return Err(at.type_err("properties", "an object", other)),
+    };
+
+    let authentication_name = match at.string(props, "authenticationName")? {
+        Some(given) => {
+            check_length(given).map_err(|p| at.err("authenticationName", p))?;
+            given.to_string()
+        }
+        None => {
+            check_length(&name)
+                .map_err(|p| at.err("authenticationName (defaulted from name)", p))?;
+            name.clone()
+        }
+    };
+
+    let (scheme, thumbprints) = parse_certificate_authentication(props, &at)?;
+
+    let state = match at.string(props, "state")? {
+        None | Some("Enabled") => State::Enabled,
+        Some("Disabled") => State::Disabled,
+        Some(other) => return Err(at.err("state", Problem::UnknownState(other.to_string()))),
+    };
+
+    let attributes = match present(props, "attributes") {
+        None => BTreeMap::new(),
+        Some(Value::Object(attrs)) => attrs
+            .iter()
+            .map(|(key, value)| {
+                let field = format!("attributes[{key:?}]");
+                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(at.err(&field, Problem::AttributeKey));
+                }
+                let value = attribute_value(value)
+                    .ok_or_else(|| at.err(&field, Problem::AttributeValue))?;
+                Ok((key.clone(), value))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(at.type_err("attributes", "an object", other)),
+    };
+
+    let description = at.string(props, "description")?.map(str::to_string);
+
+    Ok(Client {
+        name,
+        authentication_name,
+        scheme,
+        thumbprints,
+        state,
+        attributes,
+        description,
+    })
+}
+
+fn check_length(name: &str) -> Result<(), Problem> {
+    let chars = name.chars().count();
+    if (1..=MAX_AUTHENTICATION_NAME).contains(&chars) {
+        Ok(())
+    } else {
+        Err(Problem::Length(chars))
+    }
+}
+
+fn parse_certificate_authentication(
+    props: &Map<String, Value>,
+    at: &Ctx<'_>,
+) -> Result<(Scheme, Vec<Thumbprint>), RegistryError> {
+    const CCA: &str = "clientCertificateAuthentication";
+    let empty = Map::new();
+    let cca = match present(props, CCA) {
+        None => &empty,
+        Some(Value::Object(cca)) => cca,
+        Some(other) => return Err(at.type_err(CCA, "an object", other)),
+    };
+    let scheme = match present(cca, "validationScheme") {
+        None => Scheme::SubjectMatchesAuthenticationName,
+        Some(Value::String(s)) => Scheme::parse(s).ok_or_else(|| {
+            at.err(
+                format_args!("{CCA}.validationScheme"),
+                Problem::UnknownScheme(s.clone()),
+            )
+        })?,
+        Some(other) => {
+            return Err(at.type_err(format_args!("{CCA}.validationScheme"), "a string", other))
+        }
+    };
+
+    let field = format!("{CCA}.allowedThumbprints");
+    let listed = match present(cca, "allowedThumbprints") {
+        None => None,
+        Some(Value::Array(list)) => Some(list),
+        Some(other) => return Err(at.type_err(&field, "an array", other)),
+    };
+    if scheme != Scheme::ThumbprintMatch {
+        // An empty list grants nothing, so it is tolerated like an absent one.
+        return match listed {
+            Some(list) if !list.is_empty() => {
+                Err(at.err(&field, Problem::ThumbprintsForbidden(scheme)))
+            }
+            _ => Ok((scheme, Vec::new())),
+        };
+    }
+    let list = listed.ok_or_else(|| at.err(&field, Problem::ThumbprintsMissing))?;
+    if !(1..=2).contains(&list.len()) {
+        return Err(at.err(&field, Problem::ThumbprintCount(list.len())));
+    }
+    let mut thumbprints: Vec<Thumbprint> = Vec::with_capacity(list.len());
+    for (i, value) in list.iter().enumerate() {
+        let item = format!("{field}[{i}]");
+        let Value::String(text) = value else {
+            return Err(at.type_err(&item, "a string", value));
+        };
+        let thumbprint: Thumbprint = text
+            .parse()
+            .map_err(|e| at.err(&item, Problem::Thumbprint(e)))?;
+        if let Some(first) = thumbprints.iter().position(|t| *t == thumbprint) {
+            return Err(at.err(&item, Problem::RepeatedThumbprint(first)));
+        }
+        thumbprints.push(thumbprint);
+    }
+    Ok((scheme, thumbprints))
+}
+
+fn attribute_value(value: &Value) -> Option<AttributeValue> {
+    Some(match value {
+        Value::Number(n) => AttributeValue::Int(n.as_i64()?),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::String(s) => AttributeValue::String(s.clone()),
+        Value::Array(items) => AttributeValue::Strings(
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<_>>()?,
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SHA-256 of "test" and of "foo": real 64-digit values, as in the SPEC example.
+    const T1: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const T2: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    const SHA1: &str = "A94A8FE5CCB19BA61C4C0873D391E987982FBBD3";
+
+    fn load(json: &str) -> Result<Registry, RegistryError> {
+        Registry::from_json(json.as_bytes(), Path::new("clients.json"))
+    }
+
+    fn refused(json: &str) -> String {
+        load(json)
+            .expect_err("registry should be refused")
+            .to_string()
+    }
+
+    fn spec_example() -> String {
+        format!(
+            r#"[
+  {{ "name": "sensor-17",
+    "properties": {{
+      "authenticationName": "sensor-17.plant.example.com",
+      "clientCertificateAuthentication": {{ "validationScheme": "DnsMatchesAuthenticationName" }},
+      "state": "Enabled",
+      "attributes": {{ "room": "345", "floor": 12, "types": ["Fan", "Light"] }},
+      "description": "line 3 vibration sensor" }} }},
+  {{ "name": "legacy-gw",
+    "properties": {{
+      "clientCertificateAuthentication": {{
+        "validationScheme": "ThumbprintMatch",
+        "allowedThumbprints": ["{T1}", "{T2}"] }} }} }}
+]"#
+        )
+    }
+
+    #[test]
+    fn test_thumbprints_are_what_they_claim() {
+        assert_eq!(Thumbprint::of(b"test").to_string(), T1);
+        assert_eq!(Thumbprint::of(b"foo").to_string(), T2);
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let registry = load(&spec_example()).unwrap();
+        assert_eq!(registry.len(), 2);
+        let sensor = registry.get("sensor-17.plant.example.com").unwrap();
+        assert_eq!(sensor.name, "sensor-17");
+        assert_eq!(sensor.scheme, Scheme::DnsMatchesAuthenticationName);
+        assert_eq!(sensor.state, State::Enabled);
+        assert!(sensor.thumbprints.is_empty());
+        assert_eq!(
+            sensor.description.as_deref(),
+            Some("line 3 vibration sensor")
+        );
+        assert_eq!(
+            sensor.attributes["room"],
+            AttributeValue::String("345".into())
+        );
+        assert_eq!(sensor.attributes["floor"], AttributeValue::Int(12));
+        assert_eq!(
+            sensor.attributes["types"],
+            AttributeValue::Strings(vec!["Fan".into(), "Light".into()])
+        );
+        let gw = registry.get("legacy-gw").unwrap();
+        assert_eq!(gw.scheme, Scheme::ThumbprintMatch);
+        assert_eq!(gw.thumbprints, [T1.parse().unwrap(), T2.parse().unwrap()]);
+        assert!(registry.has_thumbprint(&Thumbprint::of(b"foo")));
+        assert!(!registry.has_thumbprint(&Thumbprint::of(b"bar")));
+    }
+
+    #[test]
+    fn arm_list_shape_is_accepted() {
+        let json = format!(r#"{{"value": {}, "nextLink": null}}"#, spec_example());
+        assert_eq!(load(&json).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn azure_rest_entry_extra_fields_are_ignored() {
+        let json = format!(
+            r#"{{"value": [{{
+  "id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.EventGrid/namespaces/ns1/clients/gw-7",
+  "name": "gw-7",
+  "type": "Microsoft.EventGrid/namespaces/clients",
+  "systemData": {{
+    "createdBy": "ops@example.com", "createdByType": "User",
+    "createdAt": "2025-03-01T10:00:00.0000000Z",
+    "lastModifiedBy": "ops@example.com", "lastModifiedByType": "User",
+    "lastModifiedAt": "2025-03-02T10:00:00.0000000Z" }},
+  "properties": {{
+    "description": null,
+    "authenticationName": "GW-7",
+    "clientCertificateAuthentication": {{
+      "validationScheme": "ThumbprintMatch",
+      "allowedThumbprints": ["{}"] }},
+    "state": "Disabled",
+    "attributes": {{}},
+    "provisioningState": "Succeeded",
+    "futureSetting": {{ "anything": [1, 2, 3] }} }} }}]}}"#,
+            T1.to_uppercase()
+        );
+        let registry = load(&json).unwrap();
+        let gw = registry.get("gw-7").unwrap();
+        assert_eq!(gw.authentication_name, "GW-7");
+        assert_eq!(gw.state, State::Disabled);
+        assert_eq!(gw.description, None);
+        assert_eq!(gw.thumbprints[0].to_string(), T1);
+    }
+
+    #[test]
+    fn az_cli_flattened_entry_is_read() {
+        // `az eventgrid namespace client list` flattens `properties` into the entry.
+        let json = r#"[{
+  "attributes": { "room": "345", "floor": 5 },
+  "authenticationName": "client1-authn-ID",
+  "clientCertificateAuthentication": { "validationScheme": "SubjectMatchesAuthenticationName" },
+  "description": "This is a test client",
+  "id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.EventGrid/namespaces/ns1/clients/client1",
+  "name": "client1",
+  "provisioningState": "Succeeded",
+  "resourceGroup": "rg",
+  "state": "Enabled",
+  "systemData": { "createdAt": "2025-03-01T10:00:00+00:00", "createdByType": "User" },
+  "type": "Microsoft.EventGrid/namespaces/clients"
+}]"#;
+        let registry = load(json).unwrap();
+        let client = registry.get("client1-authn-id").unwrap();
+        assert_eq!(client.name, "client1");
+        assert_eq!(client.authentication_name, "client1-authn-ID");
+        assert_eq!(client.attributes["floor"], AttributeValue::Int(5));
+    }
+
+    #[test]
+    fn flattened_field_errors_name_the_field_without_properties() {
+        let err = refused(r#"[{"name": "c", "state": "On"}]"#);
+        assert_eq!(
+            err,
+            r#"clients.json: entry 0 ("c"): state: expected "Enabled" or "Disabled", got "On""#
+        );
+    }
+
+    #[test]
+    fn both_shapes_in_one_entry_are_refused() {
+        let err = refused(
+            r#"[{"name": "c", "authenticationName": "x", "properties": {"authenticationName": "y"}}]"#,
+        );
+        assert!(
+            err.contains(r#"entry 0 ("c"): authenticationName: given both"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_properties_are_absent_or_empty() {
+        for entry in [
+            r#"{"name": "dev-1"}"#,
+            r#"{"name": "dev-1", "properties": {}}"#,
+            r#"{"name": "dev-1", "properties": null}"#,
+            r#"{"name": "dev-1", "properties": {"clientCertificateAuthentication": {}, "state": null}}"#,
+        ] {
+            let registry = load(&format!("[{entry}]")).unwrap();
+            let client = &registry.clients()[0];
+            assert_eq!(client.authentication_name, "dev-1", "{entry}");
+            assert_eq!(client.scheme, Scheme::SubjectMatchesAuthenticationName);
+            assert_eq!(client.state, State::Enabled);
+            assert!(client.thumbprints.is_empty() && client.attributes.is_empty());
+            assert_eq!(client.description, None);
+        }
+    }
+
+    #[test]
+    fn lookup_ignores_case_and_keeps_original_case() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "Sensor-17.Plant.Example.COM"}},
+                {"name": "b", "properties": {"authenticationName": "ÄRGER"}}]"#,
+        )
+        .unwrap();
+        let client = registry.get("sensor-17.plant.example.com").unwrap();
+        assert_eq!(client.authentication_name, "Sensor-17.Plant.Example.COM");
+        assert_eq!(
+            registry.get("SENSOR-17.PLANT.EXAMPLE.COM").unwrap().name,
+            "a"
+        );
+        assert_eq!(registry.get("ärger").unwrap().name, "b");
+        assert!(registry.get("sensor-18.plant.example.com").is_none());
+        assert!(registry.get("").is_none());
+    }
+
+    #[test]
+    fn authentication_names_equal_ignoring_case_are_refused_naming_both_entries() {
+        let err = refused(
+            r#"[{"name": "a", "properties": {"authenticationName": "Dev-1"}},
+                {"name": "b"},
+                {"name": "c", "properties": {"authenticationName": "dEV-1"}}]"#,
+        );
+        assert_eq!(
+            err,
+            r#"clients.json: entry 2 ("c"): properties.authenticationName: "dEV-1" is already used by entry 0 ("a") (compared ignoring case)"#
+        );
+    }
+
+    #[test]
+    fn defaulted_authentication_name_collides_too() {
+        let err = refused(
+            r#"[{"name": "x", "properties": {"authenticationName": "dev-1"}}, {"name": "DEV-1"}]"#,
+        );
+        assert!(
+            err.contains(
+                r#"entry 1 ("DEV-1"): authenticationName: "DEV-1" is already used by entry 0 ("x")"#
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let err = refused(
+            r#"[{"name": "gw", "properties": {"authenticationName": "one"}},
+                {"name": "gw", "properties": {"authenticationName": "two"}}]"#,
+        );
+        assert!(
+            err.starts_with(
+                r#"clients.json: entry 1 ("gw"): name: "gw" is already used by entry 0 ("gw")"#
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn authentication_name_length_counts_characters() {
+        let ok = "é".repeat(128); // 256 bytes, 128 characters
+        let registry = load(&format!(
+            r#"[{{"name": "a", "properties": {{"authenticationName": "{ok}"}}}}]"#
+        ))
+        .unwrap();
+        assert!(registry.get(&ok.to_uppercase()).is_some());
+
+        let long = "é".repeat(129);
+        let err = refused(&format!(
+            r#"[{{"name": "a", "properties": {{"authenticationName": "{long}"}}}}]"#
+        ));
+        assert_eq!(
+            err,
+            r#"clients.json: entry 0 ("a"): properties.authenticationName: must be 1 to 128 characters, got 129"#
+        );
+        let err = refused(r#"[{"name": "a", "properties": {"authenticationName": ""}}]"#);
+        assert!(
+            err.ends_with("properties.authenticationName: must be 1 to 128 characters, got 0"),
+            "{err}"
+        );
+
+        let long_name = "n".repeat(129);
+        let err = refused(&format!(r#"[{{"name": "{long_name}"}}]"#));
+        assert!(
+            err.contains("authenticationName (defaulted from name): must be 1 to 128"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_validation_scheme_lists_the_valid_ones() {
+        let err = refused(
+            r#"[{"name": "a", "properties": {"clientCertificateAuthentication": {"validationScheme": "thumbprintMatch"}}}]"#,
+        );
+        assert_eq!(
+            err,
+            "clients.json: entry 0 (\"a\"): properties.clientCertificateAuthentication.validationScheme: \
+             unknown validation scheme \"thumbprintMatch\"; expected one of SubjectMatchesAuthenticationName, \
+             DnsMatchesAuthenticationName, UriMatchesAuthenticationName, IpMatchesAuthenticationName, \
+             EmailMatchesAuthenticationName, ThumbprintMatch"
+        );
+    }
+
+    fn thumbprint_client(scheme: &str, thumbprints: &str) -> String {
+        format!(
+            r#"[{{"name": "sensor-17", "properties": {{"clientCertificateAuthentication":
+                {{"validationScheme": "{scheme}", "allowedThumbprints": {thumbprints}}}}}}}]"#
+        )
+    }
+
+    #[test]
+    fn sha1_thumbprint_is_refused_with_its_position() {
+        let err = refused(&thumbprint_client(
+            "ThumbprintMatch",
+            &format!(r#"["{T1}", "{SHA1}"]"#),
+        ));
+        assert_eq!(
+            err,
+            "clients.json: entry 0 (\"sensor-17\"): properties.clientCertificateAuthentication.allowedThumbprints[1]: \
+             looks like a SHA-1 thumbprint; mqttgate needs SHA-256 (64 hex digits)"
+        );
+    }
+
+    #[test]
+    fn malformed_thumbprints_are_refused() {
+        let err = refused(&thumbprint_client("ThumbprintMatch", r#"["not-hex"]"#));
+        assert!(err.contains(r#"entry 0 ("sensor-17"): properties.clientCertificateAuthentication.allowedThumbprints[0]: 'n' is not"#), "{err}");
+        let err = refused(&thumbprint_client("ThumbprintMatch", "[42]"));
+        assert!(
+            err.ends_with("allowedThumbprints[0]: expected a string, got a number"),
+            "{err}"
+        );
+        let err = refused(&thumbprint_client("ThumbprintMatch", &format!(r#""{T1}""#)));
+        assert!(
+            err.ends_with("allowedThumbprints: expected an array, got a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn thumbprint_match_needs_one_or_two_thumbprints() {
+        let missing = r#"[{"name": "gw", "properties": {"clientCertificateAuthentication": {"validationScheme": "ThumbprintMatch"}}}]"#;
+        assert!(refused(missing).ends_with(r#"entry 0 ("gw"): properties.clientCertificateAuthentication.allowedThumbprints: required with ThumbprintMatch"#));
+        assert!(refused(&thumbprint_client("ThumbprintMatch", "[]"))
+            .ends_with("must hold 1 or 2 thumbprints (primary, secondary), got 0"));
+        let three = format!(r#"["{T1}", "{T2}", "{}"]"#, Thumbprint::of(b"bar"));
+        assert!(refused(&thumbprint_client("ThumbprintMatch", &three)).ends_with("got 3"));
+        let one = load(&thumbprint_client(
+            "ThumbprintMatch",
+            &format!(r#"["{T2}"]"#),
+        ))
+        .unwrap();
+        assert_eq!(one.clients()[0].thumbprints.len(), 1);
+    }
+
+    #[test]
+    fn thumbprints_are_forbidden_with_other_schemes() {
+        let err = refused(&thumbprint_client(
+            "DnsMatchesAuthenticationName",
+            &format!(r#"["{T1}"]"#),
+        ));
+        assert!(err.starts_with(r#"clients.json: entry 0 ("sensor-17"): properties.clientCertificateAuthentication.allowedThumbprints: not allowed with DnsMatchesAuthenticationName"#), "{err}");
+        // An empty or null list grants nothing; Azure may write either.
+        for empty in ["[]", "null"] {
+            let registry = load(&thumbprint_client("DnsMatchesAuthenticationName", empty)).unwrap();
+            assert!(registry.clients()[0].thumbprints.is_empty());
+        }
+    }
+
+    #[test]
+    fn same_thumbprint_twice_on_one_client_is_refused() {
+        let colons: Vec<&str> = (0..32).map(|i| &T1[2 * i..2 * i + 2]).collect();
+        let err = refused(&thumbprint_client(
+            "ThumbprintMatch",
+            &format!(r#"["{T1}", "{}"]"#, colons.join(":")),
+        ));
+        assert!(
+            err.ends_with("allowedThumbprints[1]: repeats allowedThumbprints[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn same_thumbprint_on_several_clients_is_allowed() {
+        let json = format!(
+            r#"[{{"name": "a", "properties": {{"clientCertificateAuthentication": {{"validationScheme": "ThumbprintMatch", "allowedThumbprints": ["{T1}"]}}}}}},
+                {{"name": "b", "properties": {{"clientCertificateAuthentication": {{"validationScheme": "ThumbprintMatch", "allowedThumbprints": ["{T2}", "{T1}"]}}}}}}]"#
+        );
+        let registry = load(&json).unwrap();
+        assert_eq!(registry.len(), 2);
+        assert!(registry.has_thumbprint(&T1.parse().unwrap()));
+    }
+
+    #[test]
+    fn state_must_be_enabled_or_disabled_exactly() {
+        let disabled = load(r#"[{"name": "a", "properties": {"state": "Disabled"}}]"#).unwrap();
+        assert_eq!(disabled.clients()[0].state, State::Disabled);
+        let err = refused(r#"[{"name": "a", "properties": {"state": "enabled"}}]"#);
+        assert_eq!(
+            err,
+            r#"clients.json: entry 0 ("a"): properties.state: expected "Enabled" or "Disabled", got "enabled""#
+        );
+        let err = refused(r#"[{"name": "a", "properties": {"state": true}}]"#);
+        assert!(
+            err.ends_with("properties.state: expected a string, got a boolean"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn attribute_values_of_other_types_are_refused() {
+        let ok = load(
+            r#"[{"name": "a", "properties": {"attributes": {"On": true, "n_1": -3, "tags": []}}}]"#,
+        )
+        .unwrap();
+        let attrs = &ok.clients()[0].attributes;
+        assert_eq!(attrs["On"], AttributeValue::Bool(true));
+        assert_eq!(attrs["n_1"], AttributeValue::Int(-3));
+        assert_eq!(attrs["tags"], AttributeValue::Strings(vec![]));
+        for bad in [
+            r#"1.5"#,
+            "null",
+            r#"{"x": 1}"#,
+            r#"["a", 1]"#,
+            "18446744073709551615",
+        ] {
+            let err = refused(&format!(
+                r#"[{{"name": "a", "properties": {{"attributes": {{"k": {bad}}}}}}}]"#
+            ));
+            assert_eq!(
+                err,
+                r#"clients.json: entry 0 ("a"): properties.attributes["k"]: value must be an integer, a boolean, a string or an array of strings"#,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn attribute_keys_must_be_word_characters() {
+        for key in ["room-no", "", "räum", "a b"] {
+            let err = refused(&format!(
+                r#"[{{"name": "a", "properties": {{"attributes": {{"{key}": "1"}}}}}}]"#
+            ));
+            assert!(
+                err.ends_with(&format!(
+                    r#"properties.attributes[{key:?}]: key must match [A-Za-z0-9_]+"#
+                )),
+                "{err}"
+            );
+        }
+        let err = refused(r#"[{"name": "a", "properties": {"attributes": ["x"]}}]"#);
+        assert!(
+            err.ends_with("properties.attributes: expected an object, got an array"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn name_is_required_and_non_empty() {
+        assert_eq!(
+            refused(r#"[{"properties": {}}]"#),
+            "clients.json: entry 0: name: required"
+        );
+        assert_eq!(
+            refused(r#"[{"name": "a"}, {"name": ""}]"#),
+            "clients.json: entry 1: name: must not be empty"
+        );
+        assert_eq!(
+            refused(r#"[{"name": 7}]"#),
+            "clients.json: entry 0: name: expected a string, got a number"
+        );
+        assert_eq!(
+            refused(r#"["a"]"#),
+            "clients.json: entry 0: expected an object, got a string"
+        );
+    }
+
+    #[test]
+    fn description_and_properties_types_are_checked() {
+        let err = refused(r#"[{"name": "a", "properties": {"description": 5}}]"#);
+        assert!(
+            err.ends_with("properties.description: expected a string, got a number"),
+            "{err}"
+        );
+        let err = refused(r#"[{"name": "a", "properties": "x"}]"#);
+        assert!(
+            err.ends_with(r#"entry 0 ("a"): properties: expected an object, got a string"#),
+            "{err}"
+        );
+        let err = refused(
+            r#"[{"name": "a", "properties": {"clientCertificateAuthentication": "ThumbprintMatch"}}]"#,
+        );
+        assert!(
+            err.ends_with(
+                "properties.clientCertificateAuthentication: expected an object, got a string"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_document_shapes_are_refused() {
+        let shape =
+            "clients.json: expected a JSON array of clients or an object with a \"value\" array";
+        for doc in [
+            r#"{}"#,
+            r#"{"value": {}}"#,
+            r#""clients""#,
+            "3",
+            "null",
+            r#"{"clients": []}"#,
+        ] {
+            assert_eq!(refused(doc), shape, "{doc}");
+        }
+        assert!(load("[]").unwrap().is_empty());
+        assert!(load(r#"{"value": []}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn invalid_json_error_has_line_and_column() {
+        let err = refused("[\n  {\"name\": \"a\",}\n]");
+        assert!(err.starts_with("clients.json: invalid JSON: "), "{err}");
+        assert!(err.contains("line 2 column"), "{err}");
+    }
+
+    #[test]
+    fn byte_order_marks_are_handled() {
+        let mut with_bom = b"\xef\xbb\xbf".to_vec();
+        with_bom.extend_from_slice(br#"[{"name": "a"}]"#);
+        assert_eq!(
+            Registry::from_json(&with_bom, Path::new("c.json"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let utf16 = b"\xff\xfe[\0]\0";
+        let err = Registry::from_json(utf16, Path::new("c.json")).unwrap_err();
+        assert_eq!(err.to_string(), "c.json: file is UTF-16; save it as UTF-8");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_in_errors() {
+        let tmp = crate::cert::tests::TempDir::new("registry-load");
+        let path = tmp.path("clients.json");
+        std::fs::write(&path, spec_example()).unwrap();
+        assert_eq!(Registry::load(&path).unwrap().len(), 2);
+        let missing = tmp.path("absent.json");
+        let err = Registry::load(&missing).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())));
+    }
+
+    #[test]
+    fn scheme_spellings_and_labels() {
+        let labels: Vec<&str> = Scheme::ALL.iter().map(|s| s.label()).collect();
+        assert_eq!(
+            labels,
+            ["subject", "dns", "uri", "ip", "email", "thumbprint"]
+        );
+        for scheme in Scheme::ALL {
+            assert_eq!(Scheme::parse(scheme.as_str()), Some(scheme));
+            assert_eq!(scheme.to_string(), scheme.as_str());
+        }
+        assert_eq!(Scheme::parse("dnsmatchesauthenticationname"), None);
+    }
+
+    #[test]
+    fn lookup_in_a_100000_client_registry() {
+        let mut json = String::from("[");
+        for i in 0..100_000 {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!(
+                r#"{{"name":"c{i}","properties":{{"authenticationName":"Device-{i}.example.com"}}}}"#
+            ));
+        }
+        json.push(']');
+        let registry = load(&json).unwrap();
+        assert_eq!(registry.len(), 100_000);
+        for i in (0..100_000).step_by(997) {
+            let client = registry.get(&format!("DEVICE-{i}.EXAMPLE.COM")).unwrap();
+            assert_eq!(client.name, format!("c{i}"));
+        }
+        assert!(registry.get("device-100000.example.com").is_none());
+    }
+}
