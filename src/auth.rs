@@ -110,7 +110,9 @@ pub enum Denied {
     ThumbprintMismatch,
     #[error("client certificate does not chain to a registered CA")]
     NotChained,
-    #[error("no certificate field of the client's validation scheme equals its authentication name")]
+    #[error(
+        "no certificate field of the client's validation scheme equals its authentication name"
+    )]
     NameMismatch,
 }
 
@@ -152,14 +154,13 @@ pub fn decide(
     registry: &Registry,
     policy: &Policy,
 ) -> Result<Identity, Denial> {
-    let (name, source) = authentication_name(peer.cert, username, &policy.name_sources).ok_or(
-        Denial {
+    let (name, source) =
+        authentication_name(peer.cert, username, &policy.name_sources).ok_or(Denial {
             reason: Denied::NoAuthenticationName,
             name: None,
             source: None,
             scheme: None,
-        },
-    )?;
+        })?;
     let deny = |reason, scheme| Denial {
         reason,
         name: Some(name.clone()),
@@ -349,7 +350,10 @@ mod tests {
 
     #[test]
     fn no_username_and_no_sources_is_denied() {
-        let reg = registry(&format!("[{}]", client("sensor-17", "SubjectMatchesAuthenticationName")));
+        let reg = registry(&format!(
+            "[{}]",
+            client("sensor-17", "SubjectMatchesAuthenticationName")
+        ));
         assert_eq!(
             decide_with(&cert(), true, None, &reg, &policy(&[])),
             Err(Denied::NoAuthenticationName)
@@ -361,13 +365,33 @@ mod tests {
         let c = cert();
         let cases = [
             ("SubjectMatchesAuthenticationName", "sensor-17", "sensor-18"),
-            ("DnsMatchesAuthenticationName", "sensor-17.plant.example.com", "x.example.com"),
-            ("UriMatchesAuthenticationName", "spiffe://plant/sensor-17", "spiffe://plant/x"),
-            ("EmailMatchesAuthenticationName", "sensor-17@plant.example.com", "x@example.com"),
-            ("IpMatchesAuthenticationName", "2001:0db8:0:0:0:0:0:7", "10.0.0.8"),
+            (
+                "DnsMatchesAuthenticationName",
+                "sensor-17.plant.example.com",
+                "x.example.com",
+            ),
+            (
+                "UriMatchesAuthenticationName",
+                "spiffe://plant/sensor-17",
+                "spiffe://plant/x",
+            ),
+            (
+                "EmailMatchesAuthenticationName",
+                "sensor-17@plant.example.com",
+                "x@example.com",
+            ),
+            (
+                "IpMatchesAuthenticationName",
+                "2001:0db8:0:0:0:0:0:7",
+                "10.0.0.8",
+            ),
         ];
         for (scheme, good, bad) in cases {
-            let reg = registry(&format!("[{},{}]", client(good, scheme), client(bad, scheme)));
+            let reg = registry(&format!(
+                "[{},{}]",
+                client(good, scheme),
+                client(bad, scheme)
+            ));
             let id = decide_with(&c, true, Some(good), &reg, &policy(&[])).unwrap();
             assert_eq!(id.authentication_name, good, "{scheme}");
             assert_eq!(
@@ -380,7 +404,10 @@ mod tests {
 
     #[test]
     fn chain_scheme_needs_a_chain() {
-        let reg = registry(&format!("[{}]", client("sensor-17", "SubjectMatchesAuthenticationName")));
+        let reg = registry(&format!(
+            "[{}]",
+            client("sensor-17", "SubjectMatchesAuthenticationName")
+        ));
         assert_eq!(
             decide_with(&cert(), false, Some("sensor-17"), &reg, &policy(&[])),
             Err(Denied::NotChained)
@@ -389,16 +416,17 @@ mod tests {
 
     #[test]
     fn lookup_ignores_case_and_upstream_gets_registry_case() {
-        let reg = registry(&format!("[{}]", client("Sensor-17", "SubjectMatchesAuthenticationName")));
+        let reg = registry(&format!(
+            "[{}]",
+            client("Sensor-17", "SubjectMatchesAuthenticationName")
+        ));
         let id = decide_with(&cert(), true, Some("SENSOR-17"), &reg, &policy(&[])).unwrap();
         assert_eq!(id.authentication_name, "Sensor-17");
     }
 
     #[test]
     fn unknown_and_disabled_clients_are_denied() {
-        let reg = registry(
-            r#"[{"name":"sensor-17","properties":{"state":"Disabled"}}]"#,
-        );
+        let reg = registry(r#"[{"name":"sensor-17","properties":{"state":"Disabled"}}]"#);
         assert_eq!(
             decide_with(&cert(), true, Some("sensor-17"), &reg, &policy(&[])),
             Err(Denied::Disabled)
@@ -445,10 +473,19 @@ mod tests {
 
     #[test]
     fn present_source_is_used_even_without_a_matching_client() {
-        let reg = registry(&format!("[{}]", client("sensor-17", "SubjectMatchesAuthenticationName")));
+        let reg = registry(&format!(
+            "[{}]",
+            client("sensor-17", "SubjectMatchesAuthenticationName")
+        ));
         // DNS is present, so Subject (which would match) is never consulted.
         assert_eq!(
-            decide_with(&cert(), true, None, &reg, &policy(&[NameSource::Dns, NameSource::Subject])),
+            decide_with(
+                &cert(),
+                true,
+                None,
+                &reg,
+                &policy(&[NameSource::Dns, NameSource::Subject])
+            ),
             Err(Denied::UnknownClient)
         );
     }

@@ -56,7 +56,10 @@ async fn serve_signals(server: Arc<Server>) -> Result<(), CliError> {
 fn date(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ts.to_string())
 }
 
@@ -88,7 +91,10 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         days_left(sc.not_after, now)
     )?;
     if days_left(sc.not_after, now) < EXPIRY_WARNING_DAYS {
-        warnings.push(format!("the server certificate expires {}", date(sc.not_after)));
+        warnings.push(format!(
+            "the server certificate expires {}",
+            date(sc.not_after)
+        ));
     }
     writeln!(out, "CA certificates: {}", trust.anchors.anchors.len())?;
     for a in &trust.anchors.anchors {
@@ -141,7 +147,11 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         )?;
     } else {
         let names: Vec<_> = config.name_sources.iter().map(|s| s.azure_name()).collect();
-        writeln!(out, "alternativeAuthenticationNameSources: {}", names.join(", "))?;
+        writeln!(
+            out,
+            "alternativeAuthenticationNameSources: {}",
+            names.join(", ")
+        )?;
     }
     if warnings.is_empty() {
         writeln!(out, "problems: none")?;

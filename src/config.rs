@@ -264,14 +264,12 @@ impl Config {
             None | Some("authentication-name") => ClientIdMode::AuthenticationName,
             Some("passthrough") => ClientIdMode::Passthrough,
             Some("per-identity") => ClientIdMode::PerIdentity,
-            Some(other) => {
-                return Err(field_err(
-                    "upstream.client_id",
-                    format!(
-                        "{other:?} is not \"authentication-name\", \"passthrough\" or \"per-identity\""
-                    ),
-                ))
-            }
+            Some(other) => return Err(field_err(
+                "upstream.client_id",
+                format!(
+                    "{other:?} is not \"authentication-name\", \"passthrough\" or \"per-identity\""
+                ),
+            )),
         };
         let upstream = raw
             .upstream
@@ -413,7 +411,9 @@ clients = "clients.json"
             ("subject_match = \"dn\"\n", "subject_match"),
         ];
         for (prefix, field) in cases {
-            let err = parse(&format!("{prefix}{MINIMAL}")).unwrap_err().to_string();
+            let err = parse(&format!("{prefix}{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with(&format!("/etc/mqttgate/mqttgate.toml: {field}:")),
                 "{err}"

@@ -167,7 +167,10 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
             m.handshake_seconds
                 .observe(accepted.elapsed().as_secs_f64());
             m.handshakes
-                .get_or_create(&metrics::ResultReason { result: "ok", reason: "" })
+                .get_or_create(&metrics::ResultReason {
+                    result: "ok",
+                    reason: "",
+                })
                 .inc();
             tls
         }
@@ -256,8 +259,7 @@ async fn authorize(
     deadline: tokio::time::Instant,
     admission: Admission,
 ) -> Result<Session, Refused> {
-    let (connect, pipelined) =
-        read_connect(tls, deadline, ctx.limits.max_connect_bytes).await?;
+    let (connect, pipelined) = read_connect(tls, deadline, ctx.limits.max_connect_bytes).await?;
     let version = connect.version;
     if admission == Admission::Busy {
         return Err(Refused::Busy(version));
@@ -267,7 +269,8 @@ async fn authorize(
         .peer_certificates()
         .expect("client authentication is mandatory");
     let (leaf, intermediates) = certs.split_first().expect("at least one certificate");
-    let info = CertInfo::parse(leaf).map_err(|_| Refused::CertificateDates(HandshakeFailure::BadCertificate))?;
+    let info = CertInfo::parse(leaf)
+        .map_err(|_| Refused::CertificateDates(HandshakeFailure::BadCertificate))?;
     // A resumed TLS session skips certificate verification, so the dates are checked here
     // for every connection.
     let now = unix_now();
@@ -555,7 +558,10 @@ async fn forward(
         .encode()
     };
     first.extend_from_slice(&session.pipelined);
-    if let Err(e) = timeout(ctx.limits.dial_timeout, upstream.write_all(&first)).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+    if let Err(e) = timeout(ctx.limits.dial_timeout, upstream.write_all(&first))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
         warn!(error = %e, "writing the CONNECT upstream failed");
         return (Closed::Error, (0, 0));
     }
@@ -660,7 +666,10 @@ fn still_allowed(trust: &Trust, tls: &TlsStream<TcpStream>, session: &Session) -
         &trust.registry,
         &trust.policy,
     ) {
-        Ok(id) => auth::same_name(&id.authentication_name, &session.identity.authentication_name),
+        Ok(id) => auth::same_name(
+            &id.authentication_name,
+            &session.identity.authentication_name,
+        ),
         Err(_) => false,
     }
 }
@@ -741,18 +750,38 @@ mod tests {
             scheme: None,
         };
         let cases: Vec<(Refused, Option<Vec<u8>>)> = vec![
-            (Refused::Denied(denial.clone(), Version::V5), Some(vec![0x20, 3, 0, 0x87, 0])),
-            (Refused::Denied(denial, Version::V311), Some(vec![0x20, 2, 0, 0x05])),
-            (Refused::Upstream(Version::V5, "x".into()), Some(vec![0x20, 3, 0, 0x88, 0])),
-            (Refused::Upstream(Version::V31, "x".into()), Some(vec![0x20, 2, 0, 0x03])),
+            (
+                Refused::Denied(denial.clone(), Version::V5),
+                Some(vec![0x20, 3, 0, 0x87, 0]),
+            ),
+            (
+                Refused::Denied(denial, Version::V311),
+                Some(vec![0x20, 2, 0, 0x05]),
+            ),
+            (
+                Refused::Upstream(Version::V5, "x".into()),
+                Some(vec![0x20, 3, 0, 0x88, 0]),
+            ),
+            (
+                Refused::Upstream(Version::V31, "x".into()),
+                Some(vec![0x20, 2, 0, 0x03]),
+            ),
             (Refused::Busy(Version::V5), Some(vec![0x20, 3, 0, 0x89, 0])),
             (Refused::Busy(Version::V311), Some(vec![0x20, 2, 0, 0x03])),
             (
-                Refused::Parse(ParseError::TooLarge { len: 1, max: 0, version: Some(Version::V5) }),
+                Refused::Parse(ParseError::TooLarge {
+                    len: 1,
+                    max: 0,
+                    version: Some(Version::V5),
+                }),
                 Some(vec![0x20, 3, 0, 0x95, 0]),
             ),
             (
-                Refused::Parse(ParseError::TooLarge { len: 1, max: 0, version: Some(Version::V311) }),
+                Refused::Parse(ParseError::TooLarge {
+                    len: 1,
+                    max: 0,
+                    version: Some(Version::V311),
+                }),
                 None,
             ),
             (
@@ -760,16 +789,30 @@ mod tests {
                 Some(vec![0x20, 2, 0, 0x01]),
             ),
             (
-                Refused::Parse(ParseError::Malformed { version: Some(Version::V5), reason: "x" }),
+                Refused::Parse(ParseError::Malformed {
+                    version: Some(Version::V5),
+                    reason: "x",
+                }),
                 Some(vec![0x20, 3, 0, 0x81, 0]),
             ),
             (
-                Refused::Parse(ParseError::Malformed { version: Some(Version::V311), reason: "x" }),
+                Refused::Parse(ParseError::Malformed {
+                    version: Some(Version::V311),
+                    reason: "x",
+                }),
                 None,
             ),
-            (Refused::Parse(ParseError::NotConnect { packet_type: 3 }), None),
+            (
+                Refused::Parse(ParseError::NotConnect { packet_type: 3 }),
+                None,
+            ),
             (Refused::ConnectTimeout { version: None }, None),
-            (Refused::ConnectTimeout { version: Some(Version::V5) }, Some(vec![0x20, 3, 0, 0x81, 0])),
+            (
+                Refused::ConnectTimeout {
+                    version: Some(Version::V5),
+                },
+                Some(vec![0x20, 3, 0, 0x81, 0]),
+            ),
         ];
         for (refused, want) in cases {
             let (r, v) = refused.answer();

@@ -80,18 +80,30 @@ pub fn generate(dir: &Path, ports: DemoPorts) -> Result<Vec<DemoClient>, DemoErr
     let ip: IpAddr = "10.20.30.40".parse().expect("literal ip");
     let specs: Vec<(DemoClient, LeafSpec)> = vec![
         (
-            client("sensor-subject", "SubjectMatchesAuthenticationName", "sensor-subject"),
+            client(
+                "sensor-subject",
+                "SubjectMatchesAuthenticationName",
+                "sensor-subject",
+            ),
             base(Some("sensor-subject")),
         ),
         (
-            client("sensor-dns", "DnsMatchesAuthenticationName", "sensor-dns.devices.example.com"),
+            client(
+                "sensor-dns",
+                "DnsMatchesAuthenticationName",
+                "sensor-dns.devices.example.com",
+            ),
             LeafSpec {
                 dns: vec!["sensor-dns.devices.example.com".into()],
                 ..base(None)
             },
         ),
         (
-            client("sensor-uri", "UriMatchesAuthenticationName", "spiffe://example.com/devices/sensor-uri"),
+            client(
+                "sensor-uri",
+                "UriMatchesAuthenticationName",
+                "spiffe://example.com/devices/sensor-uri",
+            ),
             LeafSpec {
                 uris: vec!["spiffe://example.com/devices/sensor-uri".into()],
                 ..base(None)
@@ -105,7 +117,11 @@ pub fn generate(dir: &Path, ports: DemoPorts) -> Result<Vec<DemoClient>, DemoErr
             },
         ),
         (
-            client("sensor-email", "EmailMatchesAuthenticationName", "sensor-email@devices.example.com"),
+            client(
+                "sensor-email",
+                "EmailMatchesAuthenticationName",
+                "sensor-email@devices.example.com",
+            ),
             LeafSpec {
                 emails: vec!["sensor-email@devices.example.com".into()],
                 ..base(None)
@@ -114,7 +130,11 @@ pub fn generate(dir: &Path, ports: DemoPorts) -> Result<Vec<DemoClient>, DemoErr
         (
             DemoClient {
                 enabled: false,
-                ..client("disabled-device", "SubjectMatchesAuthenticationName", "disabled-device")
+                ..client(
+                    "disabled-device",
+                    "SubjectMatchesAuthenticationName",
+                    "disabled-device",
+                )
             },
             base(Some("disabled-device")),
         ),

@@ -1,5 +1,35 @@
-//! mqttgate
+//! mqttgate puts Azure Event Grid's MQTT client-certificate authentication in front of an
+//! unmodified MQTT broker. One connection's path:
+//!
+//! ```text
+//! client ──TLS──► accept ─► handshake ─► read CONNECT ─► decide ─┬─► dial broker ─► relay ◄──► broker
+//!                 (limit)   (rustls,     (3.1/3.1.1/5,   (registry,│   (deadline)    (both ways,
+//!                           cert chain   bounded size    name      │                  re-decided on
+//!                           or pin)      and time)       sources)  └─► CONNACK refusal, close   reload)
+//! ```
+//!
+//! Modules, in the order a connection meets them:
+//! - [`server`]: accept loop, connection limit, reload, shutdown.
+//! - [`connection`]: one connection's phases.
+//! - [`tls`]: rustls configuration and the client-certificate verifier.
+//! - [`mqtt`]: the CONNECT codec and the packets mqttgate sends (pure).
+//! - [`auth`]: the decision (pure).
+//! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
+//! - [`relay`]: the byte copy after the CONNECT.
+//! - [`config`], [`state`], [`metrics`], [`cli`].
+
 pub mod anchors;
+pub mod auth;
 pub mod cert;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod demo;
+pub mod metrics;
 pub mod mqtt;
+pub mod pki;
 pub mod registry;
+pub mod relay;
+pub mod server;
+pub mod state;
+pub mod tls;

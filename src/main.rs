@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "mqttgate", version, about = "Event Grid style MQTT client-certificate authentication in front of any MQTT broker")]
+#[command(
+    name = "mqttgate",
+    version,
+    about = "Event Grid style MQTT client-certificate authentication in front of any MQTT broker"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -35,10 +39,32 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Certificate tooling.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
         /// A PEM (or DER) certificate file; the first certificate is used.
         cert: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a demo PKI, registry, mqttgate config and Mosquitto config into DIR.
+    Demo {
+        dir: PathBuf,
+        /// mqttgate's TLS port in the generated config.
+        #[arg(long, default_value_t = 8883)]
+        listen_port: u16,
+        /// The admin port in the generated config.
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// The Mosquitto port (loopback) in the generated configs.
+        #[arg(long, default_value_t = 18830)]
+        broker_port: u16,
     },
 }
 
@@ -60,9 +86,34 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => mqttgate::cli::run(&config),
         Command::Check { config } => mqttgate::cli::check(&config).map(|report| print!("{report}")),
-        Command::Thumbprint { cert } => {
-            mqttgate::cli::thumbprint(&cert).map(|t| println!("{t}"))
+        Command::Certs {
+            command:
+                CertsCommand::Demo {
+                    dir,
+                    listen_port,
+                    admin_port,
+                    broker_port,
+                },
+        } => {
+            let ports = mqttgate::demo::DemoPorts {
+                listen: listen_port,
+                admin: admin_port,
+                broker: broker_port,
+            };
+            mqttgate::demo::generate(&dir, ports).map(|clients| {
+                println!("wrote the demo PKI and configuration to {}", dir.display());
+                for c in clients {
+                    println!(
+                        "  {:<16} {:<34} {}{}",
+                        c.name,
+                        c.scheme,
+                        c.authentication_name,
+                        if c.enabled { "" } else { "  (disabled)" }
+                    );
+                }
+            })
         }
+        Command::Thumbprint { cert } => mqttgate::cli::thumbprint(&cert).map(|t| println!("{t}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

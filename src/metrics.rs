@@ -124,7 +124,9 @@ impl Metrics {
             connacks.clone(),
         );
         let accept_to_connect_seconds =
-            Family::<Outcome, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+            Family::<Outcome, Histogram>::new_with_constructor(
+                || Histogram::new(latency_buckets()),
+            );
         registry.register_with_unit(
             "accept_to_decision",
             "Time from TCP accept to the CONNECT forwarded upstream (outcome=forwarded) or a refusal sent (outcome=refused)",
@@ -132,7 +134,11 @@ impl Metrics {
             accept_to_connect_seconds.clone(),
         );
         let dials = Family::<Result_, Counter>::default();
-        registry.register("upstream_dials", "Upstream broker dials by result", dials.clone());
+        registry.register(
+            "upstream_dials",
+            "Upstream broker dials by result",
+            dials.clone(),
+        );
         let dial_seconds = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "upstream_dial_duration",

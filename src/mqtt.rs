@@ -182,6 +182,16 @@ pub fn parse_connect(buf: &[u8], max_len: usize) -> Result<Option<(Connect, usiz
     Ok(Some((parse_body(body)?, total)))
 }
 
+/// The client's version from the start of a CONNECT that never completed, once its
+/// protocol level has arrived: a v5 client whose CONNECT times out is told 0x81.
+pub fn peek_version(buf: &[u8]) -> Option<Version> {
+    if buf.first() != Some(&CONNECT) {
+        return None;
+    }
+    let (_, varint_len) = read_varint(&buf[1..]).ok()??;
+    protocol(&buf[1 + varint_len..]).ok()?.map(|(v, _)| v)
+}
+
 /// Refuses an oversized packet, waiting (within `max_len`) for its protocol level.
 fn too_large(
     buf: &[u8],

@@ -100,7 +100,8 @@ impl LeafSpec {
                 .push(SanType::DnsName(d.clone().try_into()?));
         }
         for u in &self.uris {
-            p.subject_alt_names.push(SanType::URI(u.clone().try_into()?));
+            p.subject_alt_names
+                .push(SanType::URI(u.clone().try_into()?));
         }
         for e in &self.emails {
             p.subject_alt_names

@@ -196,14 +196,23 @@ impl Relay {
         poll_fn(|cx| self.poll_both(cx, client, upstream)).await
     }
 
-    fn poll_both<C, U>(&mut self, cx: &mut Context<'_>, client: &mut C, upstream: &mut U) -> Poll<Ended>
+    fn poll_both<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        upstream: &mut U,
+    ) -> Poll<Ended>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let up = self
-            .up
-            .poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), None, false);
+        let up = self.up.poll_copy(
+            cx,
+            Pin::new(&mut *client),
+            Pin::new(&mut *upstream),
+            None,
+            false,
+        );
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(Ended::Error(e));
         }
@@ -236,7 +245,11 @@ impl Relay {
     /// Stops reading from the client, passes on what is already read, and forwards broker
     /// bytes only to the end of the packet in progress. Then the client can be sent a
     /// DISCONNECT without splitting a packet. Callers bound this with a deadline.
-    pub async fn finish_at_boundary<C, U>(&mut self, client: &mut C, upstream: &mut U) -> io::Result<()>
+    pub async fn finish_at_boundary<C, U>(
+        &mut self,
+        client: &mut C,
+        upstream: &mut U,
+    ) -> io::Result<()>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -244,9 +257,13 @@ impl Relay {
         self.up.read_done = true;
         self.down.shut = true; // the client's side is closed by the caller, after its DISCONNECT
         poll_fn(|cx| {
-            let up = self
-                .up
-                .poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), None, true)?;
+            let up = self.up.poll_copy(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *upstream),
+                None,
+                true,
+            )?;
             let down = self.down.poll_copy(
                 cx,
                 Pin::new(&mut *upstream),
@@ -318,21 +335,36 @@ mod tests {
         let (mut client_app, mut client) = duplex(1024);
         let (mut upstream, mut broker) = duplex(1024);
         // A whole PINGRESP, then the first 3 bytes of a 6-byte PUBLISH.
-        broker.write_all(&[0xd0, 0x00, 0x30, 0x04, 0x00]).await.unwrap();
-        let mut relay = Relay::new();
-        tokio::time::timeout(std::time::Duration::from_millis(50), relay.run(&mut client, &mut upstream))
+        broker
+            .write_all(&[0xd0, 0x00, 0x30, 0x04, 0x00])
             .await
-            .expect_err("nothing ended yet");
+            .unwrap();
+        let mut relay = Relay::new();
+        tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            relay.run(&mut client, &mut upstream),
+        )
+        .await
+        .expect_err("nothing ended yet");
         let finisher = tokio::spawn(async move {
-            relay.finish_at_boundary(&mut client, &mut upstream).await.unwrap();
+            relay
+                .finish_at_boundary(&mut client, &mut upstream)
+                .await
+                .unwrap();
             client.write_all(&[0xe0, 0x00]).await.unwrap();
             client.shutdown().await.unwrap();
         });
-        broker.write_all(&[0x01, b't', b'x', 0xd0, 0x00]).await.unwrap();
+        broker
+            .write_all(&[0x01, b't', b'x', 0xd0, 0x00])
+            .await
+            .unwrap();
         finisher.await.unwrap();
         let mut seen = Vec::new();
         client_app.read_to_end(&mut seen).await.unwrap();
         // The PUBLISH completes, the PINGRESP after it is not forwarded, then the DISCONNECT.
-        assert_eq!(seen, [0xd0, 0x00, 0x30, 0x04, 0x00, 0x01, b't', b'x', 0xe0, 0x00]);
+        assert_eq!(
+            seen,
+            [0xd0, 0x00, 0x30, 0x04, 0x00, 0x01, b't', b'x', 0xe0, 0x00]
+        );
     }
 }

@@ -45,12 +45,13 @@ impl Server {
     /// A bad file is reported here, before the port opens.
     pub async fn start(config: Config) -> Result<Arc<Server>, StartError> {
         let trust = Trust::load(&config, 1)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,

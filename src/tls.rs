@@ -121,10 +121,9 @@ impl ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> bool {
-        self.chain.as_ref().is_some_and(|v| {
-            v.verify_client_cert(end_entity, intermediates, now)
-                .is_ok()
-        })
+        self.chain
+            .as_ref()
+            .is_some_and(|v| v.verify_client_cert(end_entity, intermediates, now).is_ok())
     }
 
     pub fn is_pinned(&self, end_entity: &CertificateDer<'_>) -> bool {
@@ -205,8 +204,7 @@ impl ClientCertVerifier for ClientVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         match rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs) {
-            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) =>
-            {
+            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) => {
                 self.verify_with_spki(message, cert, dss, false)
             }
             other => other,
@@ -220,8 +218,7 @@ impl ClientCertVerifier for ClientVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         match rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs) {
-            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) =>
-            {
+            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) => {
                 self.verify_with_spki(message, cert, dss, true)
             }
             other => other,
@@ -336,9 +333,8 @@ impl HandshakeFailure {
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     HandshakeFailure::NotYetValid
                 }
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                    HandshakeFailure::BadEku
-                }
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => HandshakeFailure::BadEku,
                 CertificateError::Revoked => HandshakeFailure::Revoked,
                 CertificateError::BadSignature => HandshakeFailure::BadSignature,
                 _ => HandshakeFailure::BadCertificate,

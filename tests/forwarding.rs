@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 const SUBJECT: &str = "SubjectMatchesAuthenticationName";
 
-async fn two_device_env() -> Env {
+async fn two_device_env(client_id: Option<&'static str>) -> Env {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!(
         "[{},{}]",
@@ -17,34 +17,78 @@ async fn two_device_env() -> Env {
         chain_client("sensor-2", SUBJECT)
     ));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    setup.client_id = client_id;
     Env::start(pki, setup).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allowed_client_publishes_and_another_receives_through_the_broker() {
-    let env = two_device_env().await;
+async fn allowed_client_publishes_and_its_other_session_receives_through_the_broker() {
+    // Two sessions of one identity need the per-identity client id mode.
+    let env = two_device_env(Some("per-identity")).await;
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let (c1, k1) = env.client_files("sensor-1", &s1, &[]);
     // sensor-1 subscribes to its own topic; the broker's %u ACL allows it.
-    let mut sub = env.spawn_sub(&c1, &k1, &["-u", "sensor-1", "-t", "devices/sensor-1/#", "-C", "1", "-W", "10"]);
+    let sub = env.spawn_sub(
+        &c1,
+        &k1,
+        &[
+            "-u",
+            "sensor-1",
+            "-i",
+            "sub",
+            "-t",
+            "devices/sensor-1/#",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = env.pub_(&c1, &k1, &["-u", "sensor-1", "-t", "devices/sensor-1/temp", "-m", "21.5", "-q", "1"]);
+    let out = env.pub_(
+        &c1,
+        &k1,
+        &[
+            "-u",
+            "sensor-1",
+            "-i",
+            "pub",
+            "-t",
+            "devices/sensor-1/temp",
+            "-m",
+            "21.5",
+            "-q",
+            "1",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let got = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "21.5", "{}", text(&got));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "21.5",
+        "{}",
+        text(&got)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_subscribe_and_publish_in_the_connect_write_are_forwarded_in_order() {
-    let env = two_device_env().await;
+    let env = two_device_env(None).await;
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let mut tls = env.tls(&s1, &[]).await.unwrap();
     let mut bytes = connect_packet(4, "ignored", Some("sensor-1"));
     // SUBSCRIBE id 1 to devices/sensor-1/x QoS 0
     let topic = b"devices/sensor-1/x";
-    let mut sub = vec![0x82, (2 + 2 + topic.len() + 1) as u8, 0x00, 0x01, 0x00, topic.len() as u8];
+    let mut sub = vec![
+        0x82,
+        (2 + 2 + topic.len() + 1) as u8,
+        0x00,
+        0x01,
+        0x00,
+        topic.len() as u8,
+    ];
     sub.extend_from_slice(topic);
     sub.push(0x00);
     // PUBLISH QoS 0 to the same topic

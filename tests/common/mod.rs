@@ -107,7 +107,10 @@ impl Mosquitto {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("mosquitto did not start; see {}", dir.join("mosquitto.log").display());
+        panic!(
+            "mosquitto did not start; see {}",
+            dir.join("mosquitto.log").display()
+        );
     }
 
     pub fn stop(&mut self) {
@@ -157,6 +160,10 @@ pub struct Setup {
     /// Extra TOML appended to the generated config (whole sections).
     pub extra: String,
     pub upstream: Option<String>,
+    /// `upstream.client_id`; the default (one session per identity) when None.
+    pub client_id: Option<&'static str>,
+    /// `upstream.username`; `rewrite` when None.
+    pub username: Option<&'static str>,
 }
 
 impl Setup {
@@ -167,6 +174,8 @@ impl Setup {
             sources: Vec::new(),
             extra: String::new(),
             upstream: None,
+            client_id: None,
+            username: None,
         }
     }
 }
@@ -230,24 +239,49 @@ impl Env {
     /// Runs mosquitto_pub through mqttgate. `args` are extra arguments (topic, message,
     /// -u, -V...).
     pub fn pub_(&self, cert: &Path, key: &Path, args: &[&str]) -> Output {
-        run_client("mosquitto_pub", self.port(), &self.server_ca(), cert, key, args)
+        run_client(
+            "mosquitto_pub",
+            self.port(),
+            &self.server_ca(),
+            cert,
+            key,
+            args,
+        )
     }
 
     pub fn sub_(&self, cert: &Path, key: &Path, args: &[&str]) -> Output {
-        run_client("mosquitto_sub", self.port(), &self.server_ca(), cert, key, args)
+        run_client(
+            "mosquitto_sub",
+            self.port(),
+            &self.server_ca(),
+            cert,
+            key,
+            args,
+        )
     }
 
     /// Starts mosquitto_sub in the background (it prints each message on its own line).
     pub fn spawn_sub(&self, cert: &Path, key: &Path, args: &[&str]) -> Child {
-        client_command("mosquitto_sub", self.port(), &self.server_ca(), cert, key, args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        client_command(
+            "mosquitto_sub",
+            self.port(),
+            &self.server_ca(),
+            cert,
+            key,
+            args,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
     }
 
     /// A byte-level TLS client presenting `leaf` (plus `chain`).
-    pub async fn tls(&self, leaf: &Issued, chain: &[&Issued]) -> std::io::Result<TlsStream<TcpStream>> {
+    pub async fn tls(
+        &self,
+        leaf: &Issued,
+        chain: &[&Issued],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         tls_connect(self.addr(), &self.pki.root.cert.cert_pem, leaf, chain).await
     }
 
@@ -273,9 +307,11 @@ pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> P
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
+        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
         sources.join(", "),
         cas.join(", "),
+        setup.client_id.unwrap_or("authentication-name"),
+        setup.username.unwrap_or("rewrite"),
         setup.extra
     );
     write(dir, "mqttgate.toml", &text)
@@ -356,7 +392,10 @@ pub async fn tls_connect(
 }
 
 /// Reads until the peer closes (or `wait` passes) and returns everything read.
-pub async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> (Vec<u8>, bool) {
+pub async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    wait: Duration,
+) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + wait;
@@ -371,7 +410,11 @@ pub async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: 
 }
 
 /// Reads exactly `n` bytes within `wait`.
-pub async fn read_exact<S: tokio::io::AsyncRead + Unpin>(s: &mut S, n: usize, wait: Duration) -> Vec<u8> {
+pub async fn read_exact<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    n: usize,
+    wait: Duration,
+) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     tokio::time::timeout(wait, s.read_exact(&mut buf))
         .await
@@ -442,7 +485,10 @@ pub fn python_with_paho() -> PathBuf {
             .args(["-m", "pip", "install", "--quiet", "paho-mqtt==2.1.0"])
             .status();
     }
-    assert!(ok(&python), "paho-mqtt is not importable and could not be installed");
+    assert!(
+        ok(&python),
+        "paho-mqtt is not importable and could not be installed"
+    );
     python
 }
 
