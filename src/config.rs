@@ -264,12 +264,14 @@ impl Config {
             None | Some("authentication-name") => ClientIdMode::AuthenticationName,
             Some("passthrough") => ClientIdMode::Passthrough,
             Some("per-identity") => ClientIdMode::PerIdentity,
-            Some(other) => return Err(field_err(
-                "upstream.client_id",
-                format!(
+            Some(other) => {
+                return Err(field_err(
+                    "upstream.client_id",
+                    format!(
                     "{other:?} is not \"authentication-name\", \"passthrough\" or \"per-identity\""
                 ),
-            )),
+                ))
+            }
         };
         let upstream = raw
             .upstream
