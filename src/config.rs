@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_CONNECT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BUSY_ANSWERS: usize = 64;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_UPSTREAM_CHECK_INTERVAL_MS: u64 = 2_000;
 
 /// An error in the configuration file, always naming the file and, where it applies, the field.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ struct RawConfig {
     mqtt: RawMqtt,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    reload: RawReload,
 }
 
 fn default_listen() -> String {
@@ -74,6 +78,10 @@ struct RawTls {
     ca_certificates: Vec<PathBuf>,
     #[serde(default)]
     min_version: Option<String>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    #[serde(default)]
+    stale_crl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +120,22 @@ struct RawMqtt {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    upstream_check_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch_interval_ms: Option<u64>,
+}
+
+/// What to do with a CRL whose nextUpdate has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleCrl {
+    /// Refuse clients of that CA until a fresh CRL is loaded (OpenSSL's behaviour).
+    Refuse,
+    /// Keep applying the stale CRL's revocations and admit everyone else.
+    Ignore,
 }
 
 /// What the upstream broker is told the username is.
@@ -173,6 +197,25 @@ pub struct Config {
     pub client_id_mode: ClientIdMode,
     pub limits: Limits,
     pub reason_strings: bool,
+    pub crl_files: Vec<PathBuf>,
+    pub stale_crl: StaleCrl,
+    /// How often files are checked for changes; None: only SIGHUP reloads.
+    pub watch_interval: Option<Duration>,
+    pub upstream_check_interval: Duration,
+}
+
+impl Config {
+    /// Every file the trust state is built from, for the change watcher.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.registry_file.clone(),
+            self.server_cert.clone(),
+            self.server_key.clone(),
+        ];
+        files.extend(self.ca_files.iter().cloned());
+        files.extend(self.crl_files.iter().cloned());
+        files
+    }
 }
 
 impl Config {
@@ -273,6 +316,16 @@ impl Config {
                 ))
             }
         };
+        let stale_crl = match raw.tls.stale_crl.as_deref() {
+            None | Some("refuse") => StaleCrl::Refuse,
+            Some("ignore") => StaleCrl::Ignore,
+            Some(other) => {
+                return Err(field_err(
+                    "tls.stale_crl",
+                    format!("{other:?} is not \"refuse\" or \"ignore\""),
+                ))
+            }
+        };
         let upstream = raw
             .upstream
             .address
@@ -340,6 +393,22 @@ impl Config {
             client_id_mode,
             limits,
             reason_strings: raw.mqtt.reason_strings,
+            crl_files: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
+            stale_crl,
+            watch_interval: match raw
+                .reload
+                .watch_interval_ms
+                .unwrap_or(DEFAULT_WATCH_INTERVAL_MS)
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            upstream_check_interval: Duration::from_millis(positive(
+                "admin.upstream_check_interval_ms",
+                raw.admin
+                    .upstream_check_interval_ms
+                    .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
+            )?),
         })
     }
 }

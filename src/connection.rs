@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::audit;
 use crate::auth::{self, Denial, Identity, Peer};
 use crate::cert::CertInfo;
 use crate::config::{ClientIdMode, Limits, UsernameMode};
@@ -59,6 +60,7 @@ pub struct Ctx {
     pub trust: TrustWatch,
     pub lifecycle: watch::Receiver<Lifecycle>,
     pub metrics: Arc<Metrics>,
+    pub denial_log: audit::DenialLimiter,
 }
 
 /// Whether this connection is within the connection limit or only gets a "server busy".
@@ -224,17 +226,7 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
             reason: closed.label(),
         })
         .inc();
-    info!(
-        target: "mqttgate::audit",
-        event = "closed",
-        %peer,
-        authentication_name = %name,
-        reason = closed.label(),
-        bytes_to_broker = up,
-        bytes_to_client = down,
-        duration_ms = accepted.elapsed().as_millis() as u64,
-        "session closed"
-    );
+    audit::closed(peer, &name, closed.label(), (up, down), accepted.elapsed());
 }
 
 /// Phase 1: the TLS handshake, which also verifies the client certificate.
@@ -280,6 +272,9 @@ async fn authorize(
     if now < info.not_before {
         return Err(Refused::CertificateDates(HandshakeFailure::NotYetValid));
     }
+    ctx.metrics
+        .client_cert_days
+        .observe((info.not_after - now) as f64 / 86_400.0);
     let chains = chains(trust, &info, leaf, intermediates);
     let decision = auth::decide(
         &Peer {
@@ -290,15 +285,17 @@ async fn authorize(
         &trust.registry,
         &trust.policy,
     );
-    let (cipher, tls_version) = (
-        conn.negotiated_cipher_suite()
-            .map(|c| format!("{:?}", c.suite()))
-            .unwrap_or_default(),
-        conn.protocol_version()
+    let facts = audit::TlsFacts {
+        version: conn
+            .protocol_version()
             .map(|v| format!("{v:?}"))
             .unwrap_or_default(),
-    );
-    audit_decision(ctx, &decision, &info, &connect, peer, &tls_version, &cipher);
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default(),
+    };
+    record_decision(ctx, &decision, &info, &connect, peer, &facts);
     match decision {
         Ok(identity) => Ok(Session {
             connect,
@@ -322,64 +319,33 @@ fn chains(
         || trust.verifier.chains(leaf, intermediates, UnixTime::now())
 }
 
-fn audit_decision(
+fn record_decision(
     ctx: &Ctx,
     decision: &Result<Identity, Denial>,
     cert: &CertInfo,
     connect: &Connect,
     peer: SocketAddr,
-    tls_version: &str,
-    cipher: &str,
+    tls: &audit::TlsFacts,
 ) {
-    let (result, reason, scheme, source, name) = match decision {
-        Ok(id) => (
-            "allowed",
-            "",
-            id.scheme.label(),
-            id.source.label(),
-            Some(id.authentication_name.as_str()),
-        ),
+    let labels = match decision {
+        Ok(id) => ("allowed", "", id.scheme.label(), id.source.label()),
         Err(d) => (
             "denied",
             d.reason.label(),
             d.scheme.map(|s| s.label()).unwrap_or(""),
             d.source.map(|s| s.label()).unwrap_or(""),
-            d.name.as_deref(),
         ),
     };
     ctx.metrics
         .decisions
         .get_or_create(&metrics::Decision {
-            result,
-            reason,
-            scheme,
-            source,
+            result: labels.0,
+            reason: labels.1,
+            scheme: labels.2,
+            source: labels.3,
         })
         .inc();
-    // The password never appears here: only the fields below are logged.
-    info!(
-        target: "mqttgate::audit",
-        event = "decision",
-        result,
-        reason,
-        %peer,
-        client_id = %connect.client_id,
-        authentication_name = name.unwrap_or(""),
-        source,
-        scheme,
-        subject = %cert.subject_dn,
-        dns = ?cert.dns,
-        uris = ?cert.uris,
-        emails = ?cert.emails,
-        ips = ?cert.ips,
-        thumbprint = %cert.thumbprint,
-        issuer = %cert.issuer_dn,
-        serial = %cert.serial_hex,
-        tls_version,
-        cipher,
-        mqtt = connect.version.label(),
-        "authentication decision"
-    );
+    audit::decision(&ctx.denial_log, decision, cert, connect, peer, tls, labels);
 }
 
 /// Phase 2: buffers exactly the first packet, bounded by `max` bytes and the deadline.

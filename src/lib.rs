@@ -18,7 +18,9 @@
 //! - [`relay`]: the byte copy after the CONNECT.
 //! - [`config`], [`state`], [`metrics`], [`cli`].
 
+pub mod admin;
 pub mod anchors;
+pub mod audit;
 pub mod auth;
 pub mod cert;
 pub mod cli;

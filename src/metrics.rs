@@ -48,6 +48,30 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reload {
+    pub component: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SchemeState {
+    pub scheme: &'static str,
+    pub state: &'static str,
+}
+
+/// A registered CA certificate: `<file name>#<position in file>`. Operator-configured,
+/// so bounded by the configuration, never by clients.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnchorLabel {
+    pub anchor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfo {
+    pub version: &'static str,
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -69,6 +93,14 @@ pub struct Metrics {
     pub dial_seconds: Histogram,
     pub bytes: Family<Direction, Counter>,
     pub closed: Family<Reason, Counter>,
+    pub reloads: Family<Reload, Counter>,
+    pub last_reload: Gauge,
+    pub registry_clients: Family<SchemeState, Gauge>,
+    pub client_cert_days: Histogram,
+    pub server_cert_expiry: Gauge,
+    pub ca_expiry: Family<AnchorLabel, Gauge>,
+    pub upstream_up: Gauge,
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,8 +191,71 @@ impl Metrics {
             "Connections closed, by reason",
             closed.clone(),
         );
+        let reloads = Family::<Reload, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads of the trust files, by component (all on success, the failing one on failure) and result",
+            reloads.clone(),
+        );
+        let last_reload = Gauge::default();
+        registry.register_with_unit(
+            "last_reload_success_timestamp",
+            "Unix time of the last successful load of the trust files",
+            Unit::Seconds,
+            last_reload.clone(),
+        );
+        let registry_clients = Family::<SchemeState, Gauge>::default();
+        registry.register(
+            "registry_clients",
+            "Clients in the registry by validation scheme and state",
+            registry_clients.clone(),
+        );
+        let client_cert_days =
+            Histogram::new([1.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0, 730.0].into_iter());
+        registry.register(
+            "client_certificate_days_to_expiry",
+            "Days until the client certificate expires, observed at each successful handshake",
+            client_cert_days.clone(),
+        );
+        let server_cert_expiry = Gauge::default();
+        registry.register_with_unit(
+            "server_certificate_expiry_timestamp",
+            "notAfter of mqttgate's own certificate, as Unix time",
+            Unit::Seconds,
+            server_cert_expiry.clone(),
+        );
+        let ca_expiry = Family::<AnchorLabel, Gauge>::default();
+        registry.register_with_unit(
+            "ca_certificate_expiry_timestamp",
+            "notAfter of each registered CA certificate, as Unix time",
+            Unit::Seconds,
+            ca_expiry.clone(),
+        );
+        let upstream_up = Gauge::default();
+        registry.register(
+            "upstream_up",
+            "1 when the last periodic check could open a TCP connection to the upstream broker",
+            upstream_up.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let build = Family::<BuildInfo, Gauge>::default();
+        build
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "mqttgate's version", build);
         Metrics {
             registry,
+            reloads,
+            last_reload,
+            registry_clients,
+            client_cert_days,
+            server_cert_expiry,
+            ca_expiry,
+            upstream_up,
+            ready,
             accepted,
             active,
             refused_at_limit,
@@ -182,6 +277,47 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Sets the gauges that describe a newly published trust state.
+    pub fn observe_trust(&self, trust: &crate::state::Trust) {
+        use crate::registry::{Scheme, State};
+        for scheme in Scheme::ALL {
+            for state in [State::Enabled, State::Disabled] {
+                let n = trust
+                    .registry
+                    .clients()
+                    .iter()
+                    .filter(|c| c.scheme == scheme && c.state == state)
+                    .count();
+                self.registry_clients
+                    .get_or_create(&SchemeState {
+                        scheme: scheme.label(),
+                        state: match state {
+                            State::Enabled => "enabled",
+                            State::Disabled => "disabled",
+                        },
+                    })
+                    .set(n as i64);
+            }
+        }
+        self.server_cert_expiry.set(trust.server_cert.not_after);
+        self.ca_expiry.clear();
+        let mut position: std::collections::HashMap<&std::path::Path, usize> = Default::default();
+        for a in &trust.anchors.anchors {
+            let n = position.entry(a.file.as_path()).or_default();
+            *n += 1;
+            let file = a
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.ca_expiry
+                .get_or_create(&AnchorLabel {
+                    anchor: format!("{file}#{n}"),
+                })
+                .set(a.info.not_after);
+        }
     }
 
     pub fn up_bytes(&self) -> Counter {

@@ -2,7 +2,8 @@
 //! connection's story is in `connection.rs`; this file only starts and stops them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct Server {
     normal: Arc<Semaphore>,
     busy: Arc<Semaphore>,
     accept_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    admin_addr: SocketAddr,
+    upstream_ok: AtomicBool,
 }
 
 impl Server {
@@ -56,9 +60,21 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe_trust(&trust);
+        metrics.last_reload.set(state::unix_now());
         let (trust_tx, trust_rx) = state::publish(trust);
         let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Running);
-        let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(Ctx {
             limits: config.limits.clone(),
             upstream: config.upstream.clone(),
@@ -68,6 +84,7 @@ impl Server {
             trust: trust_rx,
             lifecycle: lifecycle_rx,
             metrics: metrics.clone(),
+            denial_log: Default::default(),
         });
         let server = Arc::new(Server {
             local_addr,
@@ -79,7 +96,20 @@ impl Server {
             generation: AtomicU64::new(1),
             metrics,
             accept_task: std::sync::Mutex::new(None),
+            background: std::sync::Mutex::new(Vec::new()),
+            admin_addr,
+            upstream_ok: AtomicBool::new(false),
         });
+        // Readiness needs a first answer before the listener is announced.
+        server.check_upstream().await;
+        let mut background = vec![
+            tokio::spawn(crate::admin::serve(admin, server.clone())),
+            tokio::spawn(upstream_checker(server.clone())),
+        ];
+        if let Some(every) = server.config.watch_interval {
+            background.push(tokio::spawn(watch_files(server.clone(), every)));
+        }
+        *server.background.lock().expect("not poisoned") = background;
         let task = tokio::spawn(accept_loop(server.clone(), listener, ctx));
         *server.accept_task.lock().expect("not poisoned") = Some(task);
         info!(listen = %local_addr, upstream = %server.config.upstream, "mqttgate listening");
@@ -88,6 +118,37 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `/readyz`: serving, and the broker accepted a TCP connection at the last check.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        let (ready, why) = if self.lifecycle() != Lifecycle::Running {
+            (false, "draining")
+        } else if !self.upstream_ok.load(Ordering::Relaxed) {
+            (false, "upstream broker not accepting connections")
+        } else {
+            (true, "ready")
+        };
+        self.metrics.ready.set(ready as i64);
+        (ready, why)
+    }
+
+    async fn check_upstream(&self) {
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(&self.config.upstream)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        self.upstream_ok.store(ok, Ordering::Relaxed);
+        self.metrics.upstream_up.set(ok as i64);
+        self.readiness();
     }
 
     pub fn config(&self) -> &Config {
@@ -110,11 +171,27 @@ impl Server {
         match Trust::load(&self.config, generation) {
             Ok(trust) => {
                 self.generation.store(generation, Ordering::SeqCst);
+                self.metrics.observe_trust(&trust);
                 self.trust_tx.send_replace(Arc::new(trust));
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::Reload {
+                        component: "all",
+                        result: "success",
+                    })
+                    .inc();
+                self.metrics.last_reload.set(state::unix_now());
                 info!(generation, "reloaded");
                 Ok(generation)
             }
             Err(e) => {
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::Reload {
+                        component: e.component(),
+                        result: "failure",
+                    })
+                    .inc();
                 error!(component = e.component(), error = %e, "reload failed; keeping the previous state");
                 Err(e)
             }
@@ -125,6 +202,7 @@ impl Server {
     /// to go, everyone given `drain_timeout`, then the rest closed.
     pub async fn shutdown(&self) {
         self.lifecycle_tx.send_replace(Lifecycle::Draining);
+        self.readiness();
         let task = self.accept_task.lock().expect("not poisoned").take();
         if let Some(task) = task {
             task.abort();
@@ -137,6 +215,9 @@ impl Server {
             // Each session ends within its boundary grace and linger time.
             let _ = tokio::time::timeout(Duration::from_secs(10), self.idle()).await;
         }
+        for task in self.background.lock().expect("not poisoned").drain(..) {
+            task.abort();
+        }
         info!("stopped");
     }
 
@@ -147,6 +228,48 @@ impl Server {
         let _all = self.normal.acquire_many(n).await;
         if b > 0 {
             let _busy = self.busy.acquire_many(b).await;
+        }
+    }
+}
+
+async fn upstream_checker(server: Arc<Server>) {
+    loop {
+        tokio::time::sleep(server.config.upstream_check_interval).await;
+        server.check_upstream().await;
+    }
+}
+
+/// A fingerprint of the watched files' contents. Contents, not modification times:
+/// Kubernetes updates a mounted ConfigMap or Secret by swapping a `..data` symlink, which
+/// leaves the paths' own metadata unchanged.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read(f).ok().map(|bytes| {
+                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+                let mut out = [0u8; 32];
+                out.copy_from_slice(d.as_ref());
+                out
+            })
+        })
+        .collect()
+}
+
+async fn watch_files(server: Arc<Server>, every: Duration) {
+    let files = server.config.watched_files();
+    let mut last = fingerprint(&files);
+    loop {
+        tokio::time::sleep(every).await;
+        let files2 = files.clone();
+        let now = tokio::task::spawn_blocking(move || fingerprint(&files2))
+            .await
+            .unwrap_or_default();
+        if now != last {
+            info!("trust files changed; reloading");
+            // A failed reload keeps the old state; the next change tries again.
+            let _ = server.reload();
+            last = now;
         }
     }
 }

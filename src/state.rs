@@ -4,11 +4,15 @@
 //! through a `watch` channel when a new one is published.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateRevocationListDer;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::FromDer;
 
 use crate::anchors::{AnchorError, Anchors};
 use crate::auth::Policy;
@@ -25,6 +29,8 @@ pub enum LoadError {
     Anchors(#[from] AnchorError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{file}: {message}")]
+    Crl { file: String, message: String },
 }
 
 impl LoadError {
@@ -34,6 +40,7 @@ impl LoadError {
             LoadError::Registry(_) => "registry",
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
+            LoadError::Crl { .. } => "crl",
         }
     }
 }
@@ -77,11 +84,20 @@ impl Trust {
             .iter()
             .flat_map(|c| c.thumbprints.iter().copied())
             .collect();
+        let crls = config
+            .crl_files
+            .iter()
+            .map(|f| load_crls(f))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         let provider = tls::provider();
         let verifier = Arc::new(ClientVerifier::new(
             &anchors,
             pins,
-            Vec::new(),
+            crls,
+            config.stale_crl,
             provider.clone(),
         )?);
         let (chain, key) = tls::load_server_identity(&config.server_cert, &config.server_key)?;
@@ -103,6 +119,26 @@ impl Trust {
             server_cert,
         })
     }
+}
+
+/// Reads a CRL file, PEM (one or more CRLs) or DER (one CRL), and checks each parses.
+fn load_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
+    let err = |message: String| LoadError::Crl {
+        file: file.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("bad PEM: {e}")))?;
+    if crls.is_empty() {
+        crls.push(CertificateRevocationListDer::from(bytes));
+    }
+    for (i, crl) in crls.iter().enumerate() {
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+            .map_err(|e| err(format!("CRL #{} does not parse: {e}", i + 1)))?;
+    }
+    Ok(crls)
 }
 
 /// The published trust state and its change notifications.

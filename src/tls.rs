@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::anchors::Anchors;
 use crate::cert::Thumbprint;
-use crate::config::TlsVersion;
+use crate::config::{StaleCrl, TlsVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -81,6 +81,7 @@ impl ClientVerifier {
         anchors: &Anchors,
         pins: HashSet<Thumbprint>,
         crls: Vec<CertificateRevocationListDer<'static>>,
+        stale: StaleCrl,
         provider: Arc<CryptoProvider>,
     ) -> Result<ClientVerifier, TlsError> {
         let mut roots = RootCertStore::empty();
@@ -100,10 +101,14 @@ impl ClientVerifier {
             let builder = if crls.is_empty() {
                 builder
             } else {
-                builder
+                let b = builder
                     .with_crls(crls)
                     .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status()
+                    .allow_unknown_revocation_status();
+                match stale {
+                    StaleCrl::Refuse => b.enforce_revocation_expiration(),
+                    StaleCrl::Ignore => b,
+                }
             };
             Some(builder.build().map_err(|e| TlsError::File {
                 file: "CA certificates".into(),
@@ -274,6 +279,7 @@ pub enum HandshakeFailure {
     NotYetValid,
     BadEku,
     Revoked,
+    StaleCrl,
     BadSignature,
     BadCertificate,
     Protocol,
@@ -282,13 +288,14 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 11] = [
+    pub const ALL: [HandshakeFailure; 12] = [
         HandshakeFailure::NoCertificate,
         HandshakeFailure::UnknownIssuer,
         HandshakeFailure::Expired,
         HandshakeFailure::NotYetValid,
         HandshakeFailure::BadEku,
         HandshakeFailure::Revoked,
+        HandshakeFailure::StaleCrl,
         HandshakeFailure::BadSignature,
         HandshakeFailure::BadCertificate,
         HandshakeFailure::Protocol,
@@ -304,6 +311,7 @@ impl HandshakeFailure {
             HandshakeFailure::NotYetValid => "not_yet_valid",
             HandshakeFailure::BadEku => "bad_eku",
             HandshakeFailure::Revoked => "revoked",
+            HandshakeFailure::StaleCrl => "stale_crl",
             HandshakeFailure::BadSignature => "bad_signature",
             HandshakeFailure::BadCertificate => "bad_certificate",
             HandshakeFailure::Protocol => "protocol",
@@ -336,6 +344,10 @@ impl HandshakeFailure {
                 CertificateError::InvalidPurpose
                 | CertificateError::InvalidPurposeContext { .. } => HandshakeFailure::BadEku,
                 CertificateError::Revoked => HandshakeFailure::Revoked,
+                CertificateError::ExpiredRevocationList
+                | CertificateError::ExpiredRevocationListContext { .. } => {
+                    HandshakeFailure::StaleCrl
+                }
                 CertificateError::BadSignature => HandshakeFailure::BadSignature,
                 _ => HandshakeFailure::BadCertificate,
             },
