@@ -75,7 +75,13 @@ pub struct Mosquitto {
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
         let bin = tool("mosquitto");
-        let acl = write(dir, "acl", "pattern readwrite devices/%u/#\n");
+        // Anonymous clients (back-end services on loopback) may read every device's topics;
+        // clients coming through mqttgate always have a username, so only the pattern applies.
+        let acl = write(
+            dir,
+            "acl",
+            "topic read devices/#\n\npattern readwrite devices/%u/#\n",
+        );
         for _ in 0..20 {
             let port = free_port();
             let conf = write(
@@ -307,7 +313,7 @@ pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> P
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
+        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n{}\n",
         sources.join(", "),
         cas.join(", "),
         setup.client_id.unwrap_or("authentication-name"),
@@ -513,7 +519,10 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -536,4 +545,88 @@ pub async fn eventually<F: FnMut() -> bool>(wait: Duration, mut f: F) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     f()
+}
+
+/// Reads one MQTT packet (fixed header and body) within `wait`; None on EOF or timeout.
+pub async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    tokio::time::timeout(wait, async {
+        let mut packet = vec![0u8; 1];
+        s.read_exact(&mut packet).await.ok()?;
+        let mut len = 0usize;
+        for shift in 0..4 {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            packet.push(b[0]);
+            len |= ((b[0] & 0x7f) as usize) << (7 * shift);
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let start = packet.len();
+        packet.resize(start + len, 0);
+        s.read_exact(&mut packet[start..]).await.ok()?;
+        Some(packet)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A QoS 1 PUBLISH (v3.1.1 layout when `v5` is false, else with an empty property list).
+pub fn publish_qos1(topic: &str, id: u16, payload: &[u8], v5: bool, dup: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    if v5 {
+        body.push(0);
+    }
+    body.extend_from_slice(payload);
+    let mut p = vec![0x32 | if dup { 0x08 } else { 0 }];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(&body);
+    p
+}
+
+/// A back-end subscriber straight on the broker (anonymous, loopback), printing payloads.
+pub fn backend_sub(broker_port: u16, topic: &str) -> Child {
+    Command::new(tool("mosquitto_sub"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker_port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a background client and returns the lines it printed.
+pub fn finish(mut child: Child) -> Vec<String> {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
