@@ -108,6 +108,19 @@ impl Refused {
         }
     }
 
+    /// The v5 Reason String, when enabled: one fixed text per refusal class, so a client
+    /// learns nothing about why it was denied (no registry enumeration).
+    fn client_text(&self) -> &'static str {
+        match self {
+            Refused::Denied(..) => "not authorized",
+            Refused::Busy(_) => "server busy",
+            Refused::Upstream(..) => "server unavailable",
+            Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
+            Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
+            Refused::ClientGone | Refused::CertificateDates(_) | Refused::Io(_) => "",
+        }
+    }
+
     /// SPEC §3: which refusal the client hears, in its own protocol version.
     fn answer(&self) -> (Option<Refusal>, Option<Version>) {
         match self {
@@ -391,7 +404,7 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
     let (refusal, version) = refused.answer();
     debug!(%peer, reason = refused.label(), error = %refused, "refused");
     if let Some(bytes) = refusal.and_then(|r| {
-        let reason = ctx.reason_strings.then(|| refused.to_string());
+        let reason = ctx.reason_strings.then(|| refused.client_text());
         r.connack(version, reason.as_deref())
     }) {
         let code = bytes[3];
