@@ -162,11 +162,14 @@ impl Closed {
 /// certificate itself stays in rustls (which keeps the peer chain anyway) and is parsed
 /// again only when a reload asks for a new decision.
 struct Session {
-    connect: Connect,
-    /// Bytes the client sent after its CONNECT, in order.
-    pipelined: Vec<u8>,
+    version: Version,
+    /// The CONNECT username, needed to re-decide on reload.
+    username: Option<String>,
     identity: Identity,
     not_after: i64,
+    /// The CONNECT for the broker followed by the bytes the client pipelined after its
+    /// own, in order; emptied once sent.
+    first_bytes: Vec<u8>,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -217,7 +220,7 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
         }
     };
 
-    let version = session.connect.version;
+    let version = session.version;
     let upstream = match dial(&ctx).await {
         Ok(s) => s,
         Err(e) => {
@@ -309,15 +312,31 @@ async fn authorize(
             .unwrap_or_default(),
     };
     record_decision(ctx, &decision, &info, &connect, peer, &facts);
-    match decision {
-        Ok(identity) => Ok(Session {
-            connect,
-            pipelined,
-            identity,
-            not_after: info.not_after,
-        }),
-        Err(denial) => Err(Refused::Denied(denial, version)),
+    let identity = decision.map_err(|denial| Refused::Denied(denial, version))?;
+    let upstream = if ctx.username_mode == UsernameMode::Passthrough
+        && ctx.client_id_mode == ClientIdMode::Passthrough
+    {
+        // Nothing to change: the codec re-encodes exactly the bytes the client sent.
+        connect.clone()
+    } else {
+        upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode)
+    };
+    // Only the per-identity encoding can grow a field, past the 65535 bytes MQTT allows.
+    if upstream.client_id.len() > usize::from(u16::MAX) {
+        return Err(Refused::Parse(ParseError::Malformed {
+            version: Some(version),
+            reason: "client identifier too long for the per-identity encoding",
+        }));
     }
+    let mut first_bytes = upstream.encode();
+    first_bytes.extend_from_slice(&pipelined);
+    Ok(Session {
+        version,
+        username: connect.username,
+        identity,
+        not_after: info.not_after,
+        first_bytes,
+    })
 }
 
 /// Did the handshake admit this leaf by chain? Only pinned leaves need a second look:
@@ -405,7 +424,7 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
     debug!(%peer, reason = refused.label(), error = %refused, "refused");
     if let Some(bytes) = refusal.and_then(|r| {
         let reason = ctx.reason_strings.then(|| refused.client_text());
-        r.connack(version, reason.as_deref())
+        r.connack(version, reason)
     }) {
         let code = bytes[3];
         let protocol = match version {
@@ -517,26 +536,12 @@ async fn forward(
     ctx: &Ctx,
     mut tls: TlsStream<TcpStream>,
     mut upstream: TcpStream,
-    session: Session,
+    mut session: Session,
     mut trust_rx: TrustWatch,
     accepted: Instant,
 ) -> (Closed, (u64, u64)) {
     let m = &ctx.metrics;
-    let mut first = if ctx.username_mode == UsernameMode::Passthrough
-        && ctx.client_id_mode == ClientIdMode::Passthrough
-    {
-        // The exact bytes the client sent; nothing to re-encode.
-        session.connect.encode()
-    } else {
-        upstream_connect(
-            &session.connect,
-            &session.identity,
-            ctx.username_mode,
-            ctx.client_id_mode,
-        )
-        .encode()
-    };
-    first.extend_from_slice(&session.pipelined);
+    let first = std::mem::take(&mut session.first_bytes);
     if let Err(e) = timeout(ctx.limits.dial_timeout, upstream.write_all(&first))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
@@ -551,7 +556,7 @@ async fn forward(
         .observe(accepted.elapsed().as_secs_f64());
     drop(first);
 
-    let version = session.connect.version;
+    let version = session.version;
     let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
     let mut lifecycle = ctx.lifecycle.clone();
     let expires = tokio::time::Instant::now()
@@ -641,7 +646,7 @@ fn still_allowed(trust: &Trust, tls: &TlsStream<TcpStream>, session: &Session) -
             cert: &info,
             chains: chained,
         },
-        session.connect.username.as_deref(),
+        session.username.as_deref(),
         &trust.registry,
         &trust.policy,
     ) {

@@ -211,7 +211,7 @@ impl Metrics {
             registry_clients.clone(),
         );
         let client_cert_days =
-            Histogram::new([1.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0, 730.0].into_iter());
+            Histogram::new([1.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0, 730.0]);
         registry.register(
             "client_certificate_days_to_expiry",
             "Days until the client certificate expires, observed at each successful handshake",

@@ -232,8 +232,9 @@ async fn a_kubernetes_style_symlink_swap_is_reloaded() {
     std::fs::create_dir(&v1).unwrap();
     std::fs::copy(&env.registry_file, v1.join("clients.json")).unwrap();
     std::os::unix::fs::symlink("..2026_11_24_v1", dir.join("..data")).unwrap();
-    std::fs::remove_file(&env.registry_file).unwrap();
-    std::os::unix::fs::symlink("..data/clients.json", &env.registry_file).unwrap();
+    // Replace the plain file by the symlink atomically, so the watcher never sees it missing.
+    std::os::unix::fs::symlink("..data/clients.json", dir.join("clients.json.tmp")).unwrap();
+    std::fs::rename(dir.join("clients.json.tmp"), &env.registry_file).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.gate.trust().generation, 1, "same content: no reload");
 
