@@ -143,6 +143,8 @@ pub enum Closed {
     CertificateExpired,
     Shutdown,
     Error,
+    /// Refused after the dial, before the client heard anything (the broker never answered).
+    Refused(&'static str),
 }
 
 impl Closed {
@@ -154,6 +156,7 @@ impl Closed {
             Closed::CertificateExpired => "certificate_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
+            Closed::Refused(label) => label,
         }
     }
 }
@@ -236,7 +239,8 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
     };
 
     let name = session.identity.authentication_name.clone();
-    let (closed, (up, down)) = forward(&ctx, tls, upstream, session, trust_rx, accepted).await;
+    let (closed, (up, down)) =
+        forward(&ctx, tls, upstream, session, trust_rx, accepted, peer).await;
     m.closed
         .get_or_create(&metrics::Reason {
             reason: closed.label(),
@@ -435,8 +439,9 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
         ctx.metrics
             .connacks
             .get_or_create(&metrics::Connack {
+                sender: "mqttgate",
                 protocol,
-                code: code_label(code),
+                code: hex_label(code),
             })
             .inc();
         // The client may have stopped reading; a refusal never waits on it for long.
@@ -450,20 +455,15 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
     }
 }
 
-/// Metric label for a CONNACK code: a fixed string per known code, so no number a client
-/// could influence becomes a label.
-fn code_label(code: u8) -> &'static str {
-    match code {
-        0x01 => "0x01",
-        0x03 => "0x03",
-        0x05 => "0x05",
-        0x81 => "0x81",
-        0x87 => "0x87",
-        0x88 => "0x88",
-        0x89 => "0x89",
-        0x95 => "0x95",
-        _ => "other",
-    }
+/// Metric label for a CONNACK code: "0x00".."0xff". A u8 has 256 values, so the label
+/// set stays bounded whatever a peer sends.
+fn hex_label(code: u8) -> &'static str {
+    static LABELS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    LABELS.get_or_init(|| {
+        (0..=255u8)
+            .map(|c| &*Box::leak(format!("0x{c:02x}").into_boxed_str()))
+            .collect()
+    })[usize::from(code)]
 }
 
 /// Phase 4: the TCP connection to the broker, under the dial deadline.
@@ -539,6 +539,7 @@ async fn forward(
     mut session: Session,
     mut trust_rx: TrustWatch,
     accepted: Instant,
+    peer: SocketAddr,
 ) -> (Closed, (u64, u64)) {
     let m = &ctx.metrics;
     let first = std::mem::take(&mut session.first_bytes);
@@ -549,15 +550,19 @@ async fn forward(
         warn!(error = %e, "writing the CONNECT upstream failed");
         return (Closed::Error, (0, 0));
     }
-    m.accept_to_connect_seconds
-        .get_or_create(&metrics::Outcome {
-            outcome: "forwarded",
-        })
-        .observe(accepted.elapsed().as_secs_f64());
     drop(first);
 
     let version = session.version;
     let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
+    if let Err(refused) = relay_connack(ctx, &mut tls, &mut upstream, version, &mut relay).await {
+        refuse(ctx, &mut tls, &refused, peer).await;
+        return (Closed::Refused(refused.label()), relay.bytes());
+    }
+    m.accept_to_connect_seconds
+        .get_or_create(&metrics::Outcome {
+            outcome: "connack_forwarded",
+        })
+        .observe(accepted.elapsed().as_secs_f64());
     let mut lifecycle = ctx.lifecycle.clone();
     let expires = tokio::time::Instant::now()
         + Duration::from_secs(session.not_after.saturating_sub(unix_now()).max(0) as u64 + 1);
@@ -597,6 +602,74 @@ async fn forward(
     let (closed, reason) = stop;
     end_session(&mut relay, &mut tls, &mut upstream, version, reason).await;
     (closed, relay.bytes())
+}
+
+/// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
+/// forwarded uncounted.
+const MAX_CONNACK: usize = 4096;
+
+/// Phase 5b: wait for the broker's CONNACK, forward it (with anything the broker sent right
+/// after it) and count its code. A broker that closes or stalls before answering is an
+/// unavailable upstream: the client has heard nothing yet, so it gets a proper CONNACK.
+async fn relay_connack(
+    ctx: &Ctx,
+    tls: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    version: Version,
+    relay: &mut Relay,
+) -> Result<(), Refused> {
+    let deadline = tokio::time::Instant::now() + ctx.limits.dial_timeout;
+    let mut buf = Vec::with_capacity(64);
+    let complete = loop {
+        match mqtt::packet_len(&buf) {
+            Ok(Some(len)) if buf.len() >= len => break Some(len),
+            Ok(_) if buf.len() < MAX_CONNACK => {}
+            _ => break None,
+        }
+        let start = buf.len();
+        buf.resize(start + 512, 0);
+        match timeout_at(deadline, upstream.read(&mut buf[start..])).await {
+            Ok(Ok(n)) if n > 0 => buf.truncate(start + n),
+            Ok(Ok(_)) => {
+                return Err(Refused::Upstream(
+                    version,
+                    "broker closed before its CONNACK".into(),
+                ))
+            }
+            Ok(Err(e)) => return Err(Refused::Upstream(version, e.to_string())),
+            Err(_) => {
+                return Err(Refused::Upstream(
+                    version,
+                    "no CONNACK from the broker".into(),
+                ))
+            }
+        }
+    };
+    if complete.is_some_and(|len| buf[0] == 0x20 && len >= 4) {
+        ctx.metrics
+            .connacks
+            .get_or_create(&metrics::Connack {
+                sender: "broker",
+                protocol: version.label(),
+                code: hex_label(buf[3]),
+            })
+            .inc();
+    }
+    let write = async {
+        tls.write_all(&buf).await?;
+        tls.flush().await
+    };
+    match timeout_at(deadline, write).await {
+        Ok(Ok(())) => {
+            relay.forwarded_down(&buf);
+            Ok(())
+        }
+        // The client is gone or stalled; the relay will notice and end the session.
+        _ => {
+            relay.forwarded_down(&buf);
+            Ok(())
+        }
+    }
 }
 
 /// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an

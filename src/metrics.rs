@@ -24,6 +24,7 @@ pub struct Decision {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Connack {
+    pub sender: &'static str,
     pub protocol: &'static str,
     pub code: &'static str,
 }
@@ -152,7 +153,7 @@ impl Metrics {
         let connacks = Family::<Connack, Counter>::default();
         registry.register(
             "connacks_sent",
-            "CONNACK refusals sent by mqttgate itself, by protocol version and reason code",
+            "CONNACKs sent to clients, by sender (mqttgate for its refusals, broker for the broker's answer it forwarded), protocol version and reason code",
             connacks.clone(),
         );
         let accept_to_connect_seconds =
@@ -161,7 +162,7 @@ impl Metrics {
             );
         registry.register_with_unit(
             "accept_to_decision",
-            "Time from TCP accept to the CONNECT forwarded upstream (outcome=forwarded) or a refusal sent (outcome=refused)",
+            "Time from TCP accept to the broker's CONNACK forwarded to the client (outcome=connack_forwarded) or mqttgate's refusal sent (outcome=refused)",
             Unit::Seconds,
             accept_to_connect_seconds.clone(),
         );

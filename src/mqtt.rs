@@ -182,6 +182,15 @@ pub fn parse_connect(buf: &[u8], max_len: usize) -> Result<Option<(Connect, usiz
     Ok(Some((parse_body(body)?, total)))
 }
 
+/// The length of the whole packet at the start of `buf` (fixed header and body), once its
+/// fixed header is in. For reading the broker's CONNACK, which the broker frames.
+pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    match buf.split_first() {
+        None => Ok(None),
+        Some((_, rest)) => Ok(read_varint(rest)?.map(|(len, n)| 1 + n + len)),
+    }
+}
+
 /// The client's version from the start of a CONNECT that never completed, once its
 /// protocol level has arrived: a v5 client whose CONNECT times out is told 0x81.
 pub fn peek_version(buf: &[u8]) -> Option<Version> {

@@ -181,6 +181,16 @@ impl Relay {
         r
     }
 
+    /// Accounts for broker bytes the caller forwarded itself before the relay started, so
+    /// packet boundaries stay right.
+    pub fn forwarded_down(&mut self, bytes: &[u8]) {
+        self.boundary.feed(bytes);
+        self.down.bytes += bytes.len() as u64;
+        if let Some(c) = &self.down.counter {
+            c.inc_by(bytes.len() as u64);
+        }
+    }
+
     /// Bytes written to the broker and to the client.
     pub fn bytes(&self) -> (u64, u64) {
         (self.up.bytes, self.down.bytes)

@@ -75,14 +75,17 @@ async fn a_revoked_leaf_is_refused_at_the_handshake_and_counted_as_revoked() {
         refused.is_empty(),
         "no CONNACK for a revoked certificate: {refused:02x?}"
     );
-    let scrape = gate.metrics.render();
-    assert_eq!(
-        metric(
-            &scrape,
-            "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"revoked\"}"
-        ),
-        Some(1.0),
-        "{scrape}"
+    // The server records the failure just after the client sees the alert.
+    let g = gate.clone();
+    let series = "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"revoked\"}";
+    assert!(
+        eventually(Duration::from_secs(2), || metric(
+            &g.metrics.render(),
+            series
+        ) == Some(1.0))
+        .await,
+        "{}",
+        gate.metrics.render()
     );
 }
 
@@ -131,14 +134,17 @@ async fn a_stale_crl_refuses_that_cas_clients_by_default() {
     let good = env.pki.root.issue(&leaf("good")).unwrap();
     let refused = try_connect(gate.local_addr(), &env, &good, "good").await;
     assert!(refused.is_empty(), "{refused:02x?}");
-    let scrape = gate.metrics.render();
-    assert_eq!(
-        metric(
-            &scrape,
-            "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"stale_crl\"}"
-        ),
-        Some(1.0),
-        "{scrape}"
+    // The server records the failure just after the client sees the alert.
+    let g = gate.clone();
+    let series = "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"stale_crl\"}";
+    assert!(
+        eventually(Duration::from_secs(2), || metric(
+            &g.metrics.render(),
+            series
+        ) == Some(1.0))
+        .await,
+        "{}",
+        gate.metrics.render()
     );
 }
 
