@@ -514,7 +514,7 @@ pub const NOT_AUTHORIZED_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x87, 0x00];
 
 /// Reads one MQTT packet (fixed header, remaining length, body) within `wait`. An error when
 /// the connection fails or closes before the first byte.
-async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
+pub async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
     wait: Duration,
 ) -> Result<Vec<u8>, String> {
@@ -670,18 +670,19 @@ pub fn assert_pub_tls_refused(o: &Output) {
     assert!(!err.contains("Connection Refused"), "{}", text(o));
 }
 
-/// Over one byte-level connection: CONNECT (v3.1.1) with `username`, then SUBSCRIBE to and
-/// PUBLISH on `devices/{name}/x`. Returns once the broker has granted the subscription and
-/// echoed the message, which its `%u` ACL allows only when the upstream username is `name`.
-pub async fn assert_broker_sees(
+/// Over one byte-level connection presenting `leaf`: CONNECT (v3.1.1) with `username`, then
+/// SUBSCRIBE to `topic`, PUBLISH "hi" on it, and PINGREQ. Does the broker echo the message?
+/// Its `%u` ACL drops the publication unless the upstream username is the topic's identity
+/// (Mosquitto 2.0.11 grants the SUBSCRIBE either way). The PINGRESP, queued after any echo,
+/// ends the wait.
+pub async fn broker_echoes(
     env: &Env,
     leaf: &Issued,
     chain: &[&Issued],
     username: Option<&str>,
-    name: &str,
-) {
+    topic: &str,
+) -> bool {
     let mut tls = env.tls(leaf, chain).await.expect("handshake");
-    let topic = format!("devices/{name}/x");
     let t = topic.as_bytes();
     let mut bytes = connect_packet(4, "byte-client", username);
     bytes.extend_from_slice(&[0x82, (2 + 2 + t.len() + 1) as u8, 0x00, 0x01, 0x00]);
@@ -692,6 +693,7 @@ pub async fn assert_broker_sees(
     publish.extend_from_slice(t);
     publish.extend_from_slice(b"hi");
     bytes.extend_from_slice(&publish);
+    bytes.extend_from_slice(&[0xc0, 0x00]);
     tls.write_all(&bytes).await.unwrap();
     let wait = Duration::from_secs(5);
     assert_eq!(
@@ -702,12 +704,31 @@ pub async fn assert_broker_sees(
     assert_eq!(
         read_packet(&mut tls, wait).await.unwrap(),
         [0x90, 0x03, 0x00, 0x01, 0x00],
-        "SUBACK for {topic}: the broker does not see username {name}"
+        "SUBACK for {topic}"
     );
-    assert_eq!(
-        read_packet(&mut tls, wait).await.unwrap(),
-        publish,
-        "echoed PUBLISH on {topic}"
+    let next = read_packet(&mut tls, wait).await.unwrap();
+    if next == publish {
+        assert_eq!(read_packet(&mut tls, wait).await.unwrap(), [0xd0, 0x00]);
+        true
+    } else {
+        assert_eq!(next, [0xd0, 0x00], "neither the echo nor PINGRESP");
+        false
+    }
+}
+
+/// Asserts the broker knows this connection as `name`: a message on `devices/{name}/x`
+/// makes the round trip through the `%u` ACL (see `broker_echoes`).
+pub async fn assert_broker_sees(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    username: Option<&str>,
+    name: &str,
+) {
+    let topic = format!("devices/{name}/x");
+    assert!(
+        broker_echoes(env, leaf, chain, username, &topic).await,
+        "the broker did not echo {topic}: it does not know this connection as {name}"
     );
 }
 
