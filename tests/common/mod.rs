@@ -630,3 +630,291 @@ pub fn finish(mut child: Child) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// What a byte-level client heard after the handshake and its CONNECT.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The handshake failed, or the connection failed or closed before any MQTT byte
+    /// arrived: a TLS-level refusal. Holds the error text for assertion messages.
+    TlsRefused(String),
+    /// The complete CONNACK, and whether the server closed the connection right after it
+    /// (only looked at when the CONNACK refuses; `false` for an accepted connection).
+    Connack(Vec<u8>, bool),
+}
+
+/// The CONNACK bytes of a refused connection in each protocol version (SPEC §3).
+pub const NOT_AUTHORIZED_V311: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
+pub const NOT_AUTHORIZED_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x87, 0x00];
+
+/// Reads one MQTT packet (fixed header, remaining length, body) within `wait`. An error when
+/// the connection fails or closes before the first byte.
+pub async fn read_packet_or_error<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    wait: Duration,
+) -> Result<Vec<u8>, String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    async fn next<S: tokio::io::AsyncRead + Unpin>(
+        s: &mut S,
+        deadline: tokio::time::Instant,
+    ) -> Result<u8, String> {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout_at(deadline, s.read(&mut byte)).await {
+            Ok(Ok(1)) => Ok(byte[0]),
+            Ok(Ok(_)) => Err("closed".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => panic!("no answer in time"),
+        }
+    }
+    out.push(next(s, deadline).await?);
+    let mut len = 0usize;
+    for shift in 0..4 {
+        let b = next(s, deadline)
+            .await
+            .map_err(|e| format!("mid-packet after {out:02x?}: {e}"))?;
+        out.push(b);
+        len |= ((b & 0x7f) as usize) << (7 * shift);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    for _ in 0..len {
+        let b = next(s, deadline)
+            .await
+            .map_err(|e| format!("mid-packet after {out:02x?}: {e}"))?;
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Connects with the byte-level client presenting `leaf` (plus `chain`), sends a CONNECT of
+/// `version` (3, 4 or 5) with `username`, and reports what came back.
+pub async fn connect_as(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    version: u8,
+    username: Option<&str>,
+) -> Heard {
+    let mut tls = match env.tls(leaf, chain).await {
+        Ok(t) => t,
+        Err(e) => return Heard::TlsRefused(format!("handshake: {e}")),
+    };
+    if let Err(e) = tls
+        .write_all(&connect_packet(version, "byte-client", username))
+        .await
+    {
+        return Heard::TlsRefused(format!("write: {e}"));
+    }
+    match read_packet_or_error(&mut tls, Duration::from_secs(5)).await {
+        Err(e) if !e.starts_with("mid-packet") => Heard::TlsRefused(format!("read: {e}")),
+        Err(e) => panic!("{e}"),
+        Ok(connack) => {
+            let refused = connack.get(3).is_some_and(|&c| c != 0);
+            let closed = if refused {
+                let (rest, closed) = read_until_close(&mut tls, Duration::from_secs(3)).await;
+                assert!(
+                    rest.is_empty(),
+                    "bytes after a refusing CONNACK: {rest:02x?}"
+                );
+                closed
+            } else {
+                false
+            };
+            Heard::Connack(connack, closed)
+        }
+    }
+}
+
+/// Asserts the byte-level client was refused with Not authorized in `version` (4 or 5) and
+/// the connection was then closed.
+pub async fn assert_not_authorized(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    version: u8,
+    username: Option<&str>,
+) {
+    let expected = if version == 5 {
+        NOT_AUTHORIZED_V5.to_vec()
+    } else {
+        NOT_AUTHORIZED_V311.to_vec()
+    };
+    assert_eq!(
+        connect_as(env, leaf, chain, version, username).await,
+        Heard::Connack(expected, true)
+    );
+}
+
+/// Asserts the byte-level client was accepted (CONNACK return code 0).
+pub async fn assert_accepted(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    version: u8,
+    username: Option<&str>,
+) {
+    match connect_as(env, leaf, chain, version, username).await {
+        Heard::Connack(c, _) if c[0] == 0x20 && c[3] == 0x00 => {}
+        other => panic!("expected an accepting CONNACK, got {other:02x?}"),
+    }
+}
+
+/// Asserts the connection was refused during the TLS handshake with a fatal alert whose
+/// rustls name contains `alert` (e.g. "UnknownCA", "CertificateExpired"): no MQTT byte came
+/// back.
+pub async fn assert_tls_refused(env: &Env, leaf: &Issued, chain: &[&Issued], alert: &str) {
+    match connect_as(env, leaf, chain, 4, Some("anyone")).await {
+        Heard::TlsRefused(e) => assert!(
+            e.contains("fatal alert") && e.contains(alert),
+            "expected fatal alert {alert}, got: {e}"
+        ),
+        other => panic!("expected a TLS-level refusal, got {other:02x?}"),
+    }
+}
+
+/// mosquitto_pub was accepted.
+pub fn assert_pub_ok(o: &Output) {
+    assert!(o.status.success(), "{}", text(o));
+}
+
+/// mosquitto_pub (MQTT v3.1.1) was refused with CONNACK Not authorized.
+pub fn assert_pub_not_authorised(o: &Output) {
+    assert!(!o.status.success(), "{}", text(o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Connection Refused: not authorised."),
+        "{}",
+        text(o)
+    );
+}
+
+/// mosquitto_pub failed at the TLS layer: a failure status and no CONNACK refusal text.
+pub fn assert_pub_tls_refused(o: &Output) {
+    assert!(!o.status.success(), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // mosquitto_pub connects asynchronously, so a handshake the server aborts usually
+    // surfaces as a lost connection rather than as a TLS error.
+    assert!(
+        err.contains("The connection was lost")
+            || err.contains("A TLS error occurred")
+            || err.contains("Protocol error"),
+        "{}",
+        text(o)
+    );
+    assert!(!err.contains("Connection Refused"), "{}", text(o));
+}
+
+/// Over one byte-level connection presenting `leaf`: CONNECT (v3.1.1) with `username`, then
+/// SUBSCRIBE to `topic`, PUBLISH "hi" on it, and PINGREQ. Does the broker echo the message?
+/// Its `%u` ACL drops the publication unless the upstream username is the topic's identity
+/// (Mosquitto 2.0.11 grants the SUBSCRIBE either way). The PINGRESP, queued after any echo,
+/// ends the wait.
+pub async fn broker_echoes(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    username: Option<&str>,
+    topic: &str,
+) -> bool {
+    let mut tls = env.tls(leaf, chain).await.expect("handshake");
+    let t = topic.as_bytes();
+    let mut bytes = connect_packet(4, "byte-client", username);
+    bytes.extend_from_slice(&[0x82, (2 + 2 + t.len() + 1) as u8, 0x00, 0x01, 0x00]);
+    bytes.push(t.len() as u8);
+    bytes.extend_from_slice(t);
+    bytes.push(0x00);
+    let mut publish = vec![0x30, (2 + t.len() + 2) as u8, 0x00, t.len() as u8];
+    publish.extend_from_slice(t);
+    publish.extend_from_slice(b"hi");
+    bytes.extend_from_slice(&publish);
+    bytes.extend_from_slice(&[0xc0, 0x00]);
+    tls.write_all(&bytes).await.unwrap();
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        read_packet_or_error(&mut tls, wait).await.unwrap(),
+        [0x20, 0x02, 0x00, 0x00],
+        "CONNACK"
+    );
+    assert_eq!(
+        read_packet_or_error(&mut tls, wait).await.unwrap(),
+        [0x90, 0x03, 0x00, 0x01, 0x00],
+        "SUBACK for {topic}"
+    );
+    let next = read_packet_or_error(&mut tls, wait).await.unwrap();
+    if next == publish {
+        assert_eq!(
+            read_packet_or_error(&mut tls, wait).await.unwrap(),
+            [0xd0, 0x00]
+        );
+        true
+    } else {
+        assert_eq!(next, [0xd0, 0x00], "neither the echo nor PINGRESP");
+        false
+    }
+}
+
+/// Asserts the broker knows this connection as `name`: a message on `devices/{name}/x`
+/// makes the round trip through the `%u` ACL (see `broker_echoes`).
+pub async fn assert_broker_sees(
+    env: &Env,
+    leaf: &Issued,
+    chain: &[&Issued],
+    username: Option<&str>,
+    name: &str,
+) {
+    let topic = format!("devices/{name}/x");
+    assert!(
+        broker_echoes(env, leaf, chain, username, &topic).await,
+        "the broker did not echo {topic}: it does not know this connection as {name}"
+    );
+}
+
+/// rcgen writes Ed25519 keys as PKCS#8 v2 (with the public key), which OpenSSL 3.0 — and so
+/// mosquitto_pub — can't load ("STORE routines ... unsupported"). The same key as PKCS#8 v1
+/// (RFC 8410's fixed 16-byte prefix and the 32-byte seed) loads everywhere. Other keys are
+/// returned unchanged.
+pub fn openssl_loadable_key(key_pem: &str) -> String {
+    let der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let der = der.secret_der();
+    const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    // SEQUENCE { INTEGER 1, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed }, [1] pub }
+    if der.len() < 48 || der[2..5] != [0x02, 0x01, 0x01] || der[7..12] != ED25519_OID {
+        return key_pem.to_string();
+    }
+    assert_eq!(
+        der[12..16],
+        [0x04, 0x22, 0x04, 0x20],
+        "Ed25519 PKCS#8 layout"
+    );
+    let mut v1 = V1_PREFIX.to_vec();
+    v1.extend_from_slice(&der[16..48]);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    pem.push_str(&base64(&v1));
+    pem.push_str("\n-----END PRIVATE KEY-----\n");
+    pem
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
