@@ -496,3 +496,10 @@ pub fn append(path: &Path, text: &str) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+/// `n` random bytes (from aws-lc-rs, already a dependency).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut buf).expect("random bytes");
+    buf
+}
