@@ -425,7 +425,12 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
     let (refusal, version) = refused.answer();
     debug!(%peer, reason = refused.label(), error = %refused, "refused");
     if let Some(bytes) = refusal.and_then(|r| {
-        let reason = ctx.reason_strings.then(|| refused.to_string());
+        // Every denial reads the same, so the text can't tell a client whether a name is
+        // registered or disabled (SPEC §3); the cause goes to the log and metrics.
+        let reason = ctx.reason_strings.then(|| match refused {
+            Refused::Denied(..) => "not authorized".to_string(),
+            other => other.to_string(),
+        });
         r.connack(version, reason.as_deref())
     }) {
         let code = bytes[3];
