@@ -98,7 +98,10 @@ async fn every_denial_is_not_authorized_in_the_clients_protocol_version() {
     for (cn, username) in causes {
         for level in [3, 4] {
             let got = exchange(&env, cn, &connect_packet(level, "c", username)).await;
-            assert_eq!(got, V3_NOT_AUTHORIZED, "level {level}, {cn} as {username:?}");
+            assert_eq!(
+                got, V3_NOT_AUTHORIZED,
+                "level {level}, {cn} as {username:?}"
+            );
         }
         let got = exchange(&env, cn, &connect_packet(5, "c", username)).await;
         assert_eq!(got, V5_NOT_AUTHORIZED, "v5, {cn} as {username:?}");
@@ -119,7 +122,10 @@ fn v5_connack_reason(bytes: &[u8]) -> (u8, Option<String>) {
     if props.is_empty() {
         return (code, None);
     }
-    assert_eq!(props[0], 0x1F, "only a Reason String is expected: {bytes:02x?}");
+    assert_eq!(
+        props[0], 0x1F,
+        "only a Reason String is expected: {bytes:02x?}"
+    );
     let len = usize::from(u16::from_be_bytes([props[1], props[2]]));
     assert_eq!(props.len(), 3 + len, "{bytes:02x?}");
     (code, Some(String::from_utf8(props[3..].to_vec()).unwrap()))
@@ -152,7 +158,10 @@ async fn v5_reason_string_is_sent_when_enabled_and_is_the_same_for_every_denial(
     }
     let text = reasons[0].2.to_lowercase();
     for leak in ["disabled", "no client", "thumbprint", "chain", "field"] {
-        assert!(!text.contains(leak), "the reason string names a cause: {text}");
+        assert!(
+            !text.contains(leak),
+            "the reason string names a cause: {text}"
+        );
     }
     // v3 has nowhere to put a reason string.
     let got = exchange(&env, "nobody", &connect_packet(4, "c", None)).await;
@@ -187,10 +196,7 @@ async fn mosquitto_pub_reports_server_unavailable_when_the_upstream_is_down() {
     let env = gate("", Some(closed_port_address())).await;
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let (c1, k1) = env.client_files("sensor-1", &s1, &[]);
-    for (protocol, expect) in [
-        ("mqttv311", "unavailable"),
-        ("mqttv5", "unavailable"),
-    ] {
+    for (protocol, expect) in [("mqttv311", "unavailable"), ("mqttv5", "unavailable")] {
         let out = env.pub_(
             &c1,
             &k1,
@@ -234,7 +240,10 @@ async fn without_busy_answers_the_connection_past_the_limit_is_closed_before_tls
     let handshake = tokio::time::timeout(WAIT, env.tls(&cert, &[]))
         .await
         .expect("mqttgate neither closed nor finished the handshake");
-    assert!(handshake.is_err(), "the TLS handshake succeeded past the limit");
+    assert!(
+        handshake.is_err(),
+        "the TLS handshake succeeded past the limit"
+    );
 
     // And at the TCP level: not one byte (no ServerHello) comes back.
     let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
@@ -310,7 +319,10 @@ async fn connect_over_the_limit_is_packet_too_large_in_v5_and_a_close_in_v3() {
     let connack = read_exact(&mut tls, 3, WAIT).await;
     assert_eq!(connack[0], 0x20);
     let rest = read_exact(&mut tls, usize::from(connack[1]) - 1, WAIT).await;
-    assert_eq!(rest[0], 0x00, "the broker accepted: {connack:02x?} {rest:02x?}");
+    assert_eq!(
+        rest[0], 0x00,
+        "the broker accepted: {connack:02x?} {rest:02x?}"
+    );
 }
 
 // ---------------------------------------------------------------- protocol level
@@ -408,8 +420,14 @@ async fn half_a_v3_connect_is_closed_at_the_deadline_without_an_answer() {
         let (got, closed, took) = stall(&env, &whole[..whole.len() / 2]).await;
         assert!(closed, "level {level}: still open after {took:?}");
         assert!(got.is_empty(), "level {level}: {got:02x?}");
-        assert!(took < Duration::from_millis(1500), "level {level}: {took:?}");
-        assert!(took >= Duration::from_millis(400), "level {level}: {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "level {level}: {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(400),
+            "level {level}: {took:?}"
+        );
     }
 }
 

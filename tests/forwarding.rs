@@ -213,7 +213,9 @@ async fn one_mib_payloads_cross_byte_exact_in_both_directions() {
 
     for round in 0..2u16 {
         let payload = random_bytes(1024 * 1024);
-        publisher.publish(10 + round, "devices/sensor-1/blob", &payload).await;
+        publisher
+            .publish(10 + round, "devices/sensor-1/blob", &payload)
+            .await;
         let (topic, got) = sub.next_message(WAIT).await.expect("delivery");
         assert_eq!(topic, "devices/sensor-1/blob");
         assert_eq!(got.len(), payload.len(), "round {round}");
@@ -251,13 +253,17 @@ async fn the_broker_acl_binds_topics_to_the_certificate_identity() {
 
     // sensor-2's own message arrives, and it is the first one.
     let mut own = Client::open(&env, &s2, "own", None).await;
-    own.publish(1, "devices/sensor-2/cmd", b"from sensor-2").await;
+    own.publish(1, "devices/sensor-2/cmd", b"from sensor-2")
+        .await;
     let (topic, payload) = watcher.next_message(WAIT).await.expect("own message");
     assert_eq!(topic, "devices/sensor-2/cmd");
     assert_eq!(payload, b"from sensor-2");
     assert_eq!(watcher.next_message(Duration::from_millis(500)).await, None);
     for mut intruder in intruders {
-        assert_eq!(intruder.next_message(Duration::from_millis(200)).await, None);
+        assert_eq!(
+            intruder.next_message(Duration::from_millis(200)).await,
+            None
+        );
     }
 }
 
@@ -269,7 +275,10 @@ async fn a_client_password_is_dropped_and_the_session_works() {
     tls.write_all(&client_connect("sensor-1", b"secret").encode())
         .await
         .unwrap();
-    assert_eq!(read_exact(&mut tls, 4, WAIT).await, [0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(
+        read_exact(&mut tls, 4, WAIT).await,
+        [0x20, 0x02, 0x00, 0x00]
+    );
     let mut tls = Client::from(tls);
     tls.subscribe(1, "devices/sensor-1/#").await;
     tls.publish(2, "devices/sensor-1/t", b"with password").await;
@@ -288,7 +297,10 @@ async fn connect_seen_upstream(
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let mut tls = env.tls(&s1, &[]).await.unwrap();
     tls.write_all(&sent.encode()).await.unwrap();
-    assert_eq!(read_exact(&mut tls, 4, WAIT).await, [0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(
+        read_exact(&mut tls, 4, WAIT).await,
+        [0x20, 0x02, 0x00, 0x00]
+    );
     let bytes = broker.await.unwrap();
     let (seen, len) = mqttgate::mqtt::parse_connect(&bytes, 1 << 20)
         .unwrap()
@@ -336,10 +348,16 @@ async fn passthrough_username_mode_forwards_the_clients_own_username_and_passwor
     let seen = connect_seen_upstream(None, Some("passthrough"), &sent).await;
     assert_eq!(seen.username.as_deref(), Some("SENSOR-1"));
     assert_eq!(seen.password.as_deref(), Some(&b"secret"[..]));
-    assert_eq!(seen.client_id, "sensor-1", "client id mode is still the default");
+    assert_eq!(
+        seen.client_id, "sensor-1",
+        "client id mode is still the default"
+    );
 
     let seen = connect_seen_upstream(Some("passthrough"), Some("passthrough"), &sent).await;
-    assert_eq!(seen, sent, "both passthrough: the client's CONNECT unchanged");
+    assert_eq!(
+        seen, sent,
+        "both passthrough: the client's CONNECT unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +386,8 @@ async fn one_identity_cannot_take_over_another_identitys_session() {
     let _second = Client::open(&env, &s2, "shared", None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.publish(2, "devices/sensor-1/t", b"still here").await;
-    let (_, payload) = first.next_message(WAIT)
+    let (_, payload) = first
+        .next_message(WAIT)
         .await
         .expect("sensor-1's session survives");
     assert_eq!(payload, b"still here");
@@ -402,7 +421,8 @@ async fn per_identity_mode_keeps_sessions_of_one_identity_and_of_two_identities_
 
     b.publish(2, "devices/sensor-1/t", b"to both").await;
     for (name, s) in [("a", &mut a), ("b", &mut b)] {
-        let (_, payload) = s.next_message(WAIT)
+        let (_, payload) = s
+            .next_message(WAIT)
             .await
             .unwrap_or_else(|| panic!("session {name} got nothing"));
         assert_eq!(payload, b"to both", "session {name}");

@@ -44,12 +44,8 @@ async fn paho(env: &Env, username: &str, protocol: &str) -> Value {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "paho_client.py printed no JSON ({e}): {}",
-            text(&out)
-        )
-    })
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("paho_client.py printed no JSON ({e}): {}", text(&out)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
