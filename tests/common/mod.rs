@@ -918,3 +918,153 @@ fn base64(data: &[u8]) -> String {
     }
     out
 }
+
+/// `n` random bytes (from aws-lc-rs, already a dependency).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut buf).expect("random bytes");
+    buf
+}
+
+/// Appends an MQTT variable byte integer.
+pub fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    put_varint(&mut out, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A 3.1.1 SUBSCRIBE of one topic filter.
+pub fn subscribe_packet(packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    put_str(&mut body, filter.as_bytes());
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+/// A 3.1.1 PUBLISH; `packet_id` is written only for QoS > 0.
+pub fn publish_packet(topic: &str, qos: u8, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(payload.len() + topic.len() + 4);
+    put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// Reads one whole MQTT packet: its first byte and its body.
+pub async fn read_split_packet<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    wait: Duration,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    tokio::time::timeout(wait, async {
+        let first = s.read_u8().await?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await?;
+        Ok((first, body))
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// A 3.1.1 PUBLISH's topic, packet id (QoS > 0) and payload.
+pub fn parse_publish(first: u8, body: &[u8]) -> (String, Option<u16>, Vec<u8>) {
+    assert_eq!(first >> 4, 3, "not a PUBLISH: {first:02x}");
+    let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = String::from_utf8(body[2..2 + tlen].to_vec()).unwrap();
+    let mut at = 2 + tlen;
+    let id = if (first >> 1) & 0x03 > 0 {
+        at += 2;
+        Some(u16::from_be_bytes([body[at - 2], body[at - 1]]))
+    } else {
+        None
+    };
+    (topic, id, body[at..].to_vec())
+}
+
+/// A byte-level MQTT 3.1.1 session through mqttgate that got CONNACK 0.
+pub async fn session(
+    env: &Env,
+    cert: &Issued,
+    client_id: &str,
+    username: Option<&str>,
+) -> TlsStream<TcpStream> {
+    let mut tls = env.tls(cert, &[]).await.expect("tls handshake");
+    tls.write_all(&connect_packet(4, client_id, username))
+        .await
+        .unwrap();
+    let connack = read_exact(&mut tls, 4, Duration::from_secs(5)).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK for {client_id}");
+    tls
+}
+
+/// Subscribes a 3.1.1 session to `filter` and waits for a granted SUBACK.
+pub async fn subscribe<S>(s: &mut S, packet_id: u16, filter: &str, qos: u8)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(&subscribe_packet(packet_id, filter, qos))
+        .await
+        .unwrap();
+    let (first, body) = read_split_packet(s, Duration::from_secs(5)).await.unwrap();
+    let mut want = packet_id.to_be_bytes().to_vec();
+    want.push(qos);
+    assert_eq!((first, body), (0x90, want), "SUBACK for {filter}");
+}
+
+/// A stand-in broker: records what the first connection that sends anything transmits,
+/// up to a whole CONNECT, answers CONNACK 0, and returns what it recorded. Connections that
+/// close without a byte (mqttgate's readiness probes) are skipped.
+pub async fn recording_broker() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            loop {
+                if let Ok(Some(_)) = mqttgate::mqtt::parse_connect(&buf, 1 << 20) {
+                    let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                    return buf;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    assert!(buf.is_empty(), "mqttgate closed before a whole CONNECT");
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    });
+    (addr, task)
+}
