@@ -550,10 +550,12 @@ async fn forward(
         warn!(error = %e, "writing the CONNECT upstream failed");
         return (Closed::Error, (0, 0));
     }
+    let sent = first.len();
     drop(first);
 
     let version = session.version;
     let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
+    relay.forwarded_up(sent);
     if let Err(refused) = relay_connack(ctx, &mut tls, &mut upstream, version, &mut relay).await {
         refuse(ctx, &mut tls, &refused, peer).await;
         return (Closed::Refused(refused.label()), relay.bytes());

@@ -182,7 +182,7 @@ impl Metrics {
         let bytes = Family::<Direction, Counter>::default();
         registry.register_with_unit(
             "relayed",
-            "Bytes relayed after the CONNECT, by direction",
+            "Bytes relayed between client and broker (the forwarded CONNECT and CONNACK included), by direction",
             Unit::Bytes,
             bytes.clone(),
         );

@@ -181,6 +181,14 @@ impl Relay {
         r
     }
 
+    /// Accounts for client bytes the caller forwarded itself (the CONNECT it rewrote).
+    pub fn forwarded_up(&mut self, n: usize) {
+        self.up.bytes += n as u64;
+        if let Some(c) = &self.up.counter {
+            c.inc_by(n as u64);
+        }
+    }
+
     /// Accounts for broker bytes the caller forwarded itself before the relay started, so
     /// packet boundaries stay right.
     pub fn forwarded_down(&mut self, bytes: &[u8]) {

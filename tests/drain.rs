@@ -193,6 +193,18 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
         Some(0x8b),
         "the MQTT 5 publisher was told 0x8B Server shutting down"
     );
+    // Still draining (the 3.1.1 session holds it open): the metrics say why sessions ended.
+    let scrape = admin_get(admin_addr, "/metrics").await.1;
+    assert_eq!(
+        metric(
+            &scrape,
+            "mqttgate_connections_closed_total{reason=\"shutdown\"}"
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(metric(&scrape, "mqttgate_ready"), Some(0.0));
+    assert_eq!(metric(&scrape, "mqttgate_connections_active"), Some(1.0));
     // The 3.1.1 session kept working during the drain and was closed when it ended.
     let (_, closed) = read_until_close(&mut idle, Duration::from_secs(5)).await;
     assert!(closed);
