@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::audit;
 use crate::auth::{self, Denial, Identity, Peer};
@@ -143,8 +143,6 @@ pub enum Closed {
     CertificateExpired,
     Shutdown,
     Error,
-    /// Refused after the dial, before the client heard anything (the broker never answered).
-    Refused(&'static str),
 }
 
 impl Closed {
@@ -156,7 +154,6 @@ impl Closed {
             Closed::CertificateExpired => "certificate_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
-            Closed::Refused(label) => label,
         }
     }
 }
@@ -207,46 +204,50 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
         }
     };
 
-    let session = match authorize(&ctx, &trust, &mut tls, peer, deadline, admission).await {
+    let mut session = match authorize(&ctx, &trust, &mut tls, peer, deadline, admission).await {
         Ok(session) => session,
-        Err(refused) => {
-            refuse(&ctx, &mut tls, &refused, peer).await;
-            m.accept_to_connect_seconds
-                .get_or_create(&metrics::Outcome { outcome: "refused" })
-                .observe(accepted.elapsed().as_secs_f64());
-            m.closed
-                .get_or_create(&metrics::Reason {
-                    reason: refused.label(),
-                })
-                .inc();
-            return;
-        }
+        Err(refused) => return refuse(&ctx, &mut tls, &refused, peer, accepted).await,
     };
-
-    let version = session.version;
-    let upstream = match dial(&ctx).await {
+    let mut upstream = match dial(&ctx).await {
         Ok(s) => s,
         Err(e) => {
-            let refused = Refused::Upstream(version, e);
-            refuse(&ctx, &mut tls, &refused, peer).await;
-            m.closed
-                .get_or_create(&metrics::Reason {
-                    reason: refused.label(),
-                })
-                .inc();
-            return;
+            let refused = Refused::Upstream(session.version, e);
+            return refuse(&ctx, &mut tls, &refused, peer, accepted).await;
         }
     };
+    let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
+    if let Err(refused) =
+        open_upstream(&ctx, &mut tls, &mut upstream, &mut session, &mut relay).await
+    {
+        return refuse(&ctx, &mut tls, &refused, peer, accepted).await;
+    }
+    m.accept_to_decision_seconds
+        .get_or_create(&metrics::Outcome {
+            outcome: "connack_forwarded",
+        })
+        .observe(accepted.elapsed().as_secs_f64());
 
-    let name = session.identity.authentication_name.clone();
-    let (closed, (up, down)) =
-        forward(&ctx, tls, upstream, session, trust_rx, accepted, peer).await;
+    let closed = relay_session(
+        &ctx,
+        &mut tls,
+        &mut upstream,
+        &mut relay,
+        &session,
+        trust_rx,
+    )
+    .await;
     m.closed
         .get_or_create(&metrics::Reason {
             reason: closed.label(),
         })
         .inc();
-    audit::closed(peer, &name, closed.label(), (up, down), accepted.elapsed());
+    audit::closed(
+        peer,
+        &session.identity.authentication_name,
+        closed.label(),
+        relay.bytes(),
+        accepted.elapsed(),
+    );
 }
 
 /// Phase 1: the TLS handshake, which also verifies the client certificate.
@@ -422,8 +423,20 @@ async fn read_connect(
     }
 }
 
-/// Answers a refusal with the CONNACK SPEC §3 gives it (if any), then closes.
-async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, peer: SocketAddr) {
+/// Answers a refusal with the CONNACK SPEC §3 gives it (if any), closes, and records it.
+async fn refuse(
+    ctx: &Ctx,
+    tls: &mut TlsStream<TcpStream>,
+    refused: &Refused,
+    peer: SocketAddr,
+    accepted: Instant,
+) {
+    ctx.metrics
+        .closed
+        .get_or_create(&metrics::Reason {
+            reason: refused.label(),
+        })
+        .inc();
     let (refusal, version) = refused.answer();
     debug!(%peer, reason = refused.label(), error = %refused, "refused");
     if let Some(bytes) = refusal.and_then(|r| {
@@ -453,6 +466,10 @@ async fn refuse(ctx: &Ctx, tls: &mut TlsStream<TcpStream>, refused: &Refused, pe
     } else {
         let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
     }
+    ctx.metrics
+        .accept_to_decision_seconds
+        .get_or_create(&metrics::Outcome { outcome: "refused" })
+        .observe(accepted.elapsed().as_secs_f64());
 }
 
 /// Metric label for a CONNACK code: "0x00".."0xff". A u8 has 256 values, so the label
@@ -531,40 +548,38 @@ pub fn per_identity_client_id(name: &str, client_id: &str) -> String {
     out
 }
 
-/// Phase 5: send the CONNECT and pipelined bytes, then relay until the session ends.
-async fn forward(
+/// Phase 5: send the broker its CONNECT and the pipelined bytes, then pass its CONNACK on.
+async fn open_upstream(
     ctx: &Ctx,
-    mut tls: TlsStream<TcpStream>,
-    mut upstream: TcpStream,
-    mut session: Session,
-    mut trust_rx: TrustWatch,
-    accepted: Instant,
-    peer: SocketAddr,
-) -> (Closed, (u64, u64)) {
-    let m = &ctx.metrics;
+    tls: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    session: &mut Session,
+    relay: &mut Relay,
+) -> Result<(), Refused> {
     let first = std::mem::take(&mut session.first_bytes);
-    if let Err(e) = timeout(ctx.limits.dial_timeout, upstream.write_all(&first))
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-    {
-        warn!(error = %e, "writing the CONNECT upstream failed");
-        return (Closed::Error, (0, 0));
+    let written = timeout(ctx.limits.dial_timeout, upstream.write_all(&first)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        return Err(Refused::Upstream(
+            session.version,
+            "the broker did not take the CONNECT".into(),
+        ));
     }
-    let sent = first.len();
+    relay.forwarded_up(first.len());
     drop(first);
+    relay_connack(ctx, tls, upstream, session.version, relay).await
+}
 
+/// Phase 6: relay both ways until a side closes, re-deciding the session on every reload
+/// and ending it at certificate expiry or shutdown.
+async fn relay_session(
+    ctx: &Ctx,
+    tls: &mut TlsStream<TcpStream>,
+    upstream: &mut TcpStream,
+    relay: &mut Relay,
+    session: &Session,
+    mut trust_rx: TrustWatch,
+) -> Closed {
     let version = session.version;
-    let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
-    relay.forwarded_up(sent);
-    if let Err(refused) = relay_connack(ctx, &mut tls, &mut upstream, version, &mut relay).await {
-        refuse(ctx, &mut tls, &refused, peer).await;
-        return (Closed::Refused(refused.label()), relay.bytes());
-    }
-    m.accept_to_connect_seconds
-        .get_or_create(&metrics::Outcome {
-            outcome: "connack_forwarded",
-        })
-        .observe(accepted.elapsed().as_secs_f64());
     let mut lifecycle = ctx.lifecycle.clone();
     let expires = tokio::time::Instant::now()
         + Duration::from_secs(session.not_after.saturating_sub(unix_now()).max(0) as u64 + 1);
@@ -573,20 +588,19 @@ async fn forward(
 
     let stop = loop {
         tokio::select! {
-            ended = relay.run(&mut tls, &mut upstream) => {
-                let closed = match ended {
+            ended = relay.run(&mut *tls, &mut *upstream) => {
+                return match ended {
                     Ended::Client => Closed::Client,
                     Ended::Upstream => Closed::Upstream,
                     Ended::Error(_) => Closed::Error,
                 };
-                return (closed, relay.bytes());
             }
             changed = trust_rx.changed() => {
                 if changed.is_err() {
                     continue;
                 }
                 let trust = trust_rx.borrow_and_update().clone();
-                if !still_allowed(&trust, &tls, &session) {
+                if !still_allowed(&trust, tls, session) {
                     break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION);
                 }
             }
@@ -602,8 +616,8 @@ async fn forward(
         }
     };
     let (closed, reason) = stop;
-    end_session(&mut relay, &mut tls, &mut upstream, version, reason).await;
-    (closed, relay.bytes())
+    end_session(relay, tls, upstream, version, reason).await;
+    closed
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is

@@ -89,7 +89,7 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
     pub connacks: Family<Connack, Counter>,
-    pub accept_to_connect_seconds: Family<Outcome, Histogram>,
+    pub accept_to_decision_seconds: Family<Outcome, Histogram>,
     pub dials: Family<Result_, Counter>,
     pub dial_seconds: Histogram,
     pub bytes: Family<Direction, Counter>,
@@ -156,7 +156,7 @@ impl Metrics {
             "CONNACKs sent to clients, by sender (mqttgate for its refusals, broker for the broker's answer it forwarded), protocol version and reason code",
             connacks.clone(),
         );
-        let accept_to_connect_seconds =
+        let accept_to_decision_seconds =
             Family::<Outcome, Histogram>::new_with_constructor(
                 || Histogram::new(latency_buckets()),
             );
@@ -164,7 +164,7 @@ impl Metrics {
             "accept_to_decision",
             "Time from TCP accept to the broker's CONNACK forwarded to the client (outcome=connack_forwarded) or mqttgate's refusal sent (outcome=refused)",
             Unit::Seconds,
-            accept_to_connect_seconds.clone(),
+            accept_to_decision_seconds.clone(),
         );
         let dials = Family::<Result_, Counter>::default();
         registry.register(
@@ -264,7 +264,7 @@ impl Metrics {
             handshake_seconds,
             decisions,
             connacks,
-            accept_to_connect_seconds,
+            accept_to_decision_seconds,
             dials,
             dial_seconds,
             bytes,

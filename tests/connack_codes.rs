@@ -191,6 +191,58 @@ async fn upstream_unreachable_is_server_unavailable() {
     assert_eq!(got, V3_NOT_AUTHORIZED);
 }
 
+/// A broker that accepts TCP, reads what it is sent, and then either hangs up or says
+/// nothing: it never accepts the MQTT session.
+async fn broker_that_never_accepts(hang_up: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            if !hang_up {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_hangs_up_before_its_connack_is_server_unavailable() {
+    let env = gate("", Some(broker_that_never_accepts(true).await)).await;
+    let got = exchange(&env, "sensor-1", &connect_packet(4, "c", None)).await;
+    assert_eq!(got, V3_SERVER_UNAVAILABLE);
+    let got = exchange(&env, "sensor-1", &connect_packet(5, "c", None)).await;
+    assert_eq!(got, V5_SERVER_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_too_slow_to_accept_is_server_unavailable_after_the_dial_deadline() {
+    let env = gate(
+        "[limits]\ndial_timeout_ms = 400\n",
+        Some(broker_that_never_accepts(false).await),
+    )
+    .await;
+    let started = Instant::now();
+    let got = exchange(&env, "sensor-1", &connect_packet(5, "c", None)).await;
+    assert_eq!(got, V5_SERVER_UNAVAILABLE);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_reports_server_unavailable_when_the_upstream_is_down() {
     let env = gate("", Some(closed_port_address())).await;

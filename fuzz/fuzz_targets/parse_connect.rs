@@ -1,9 +1,9 @@
-//! Any bytes: the CONNECT parser never panics, whatever it accepts re-encodes to the same
+//! Any bytes: the CONNECT parser and its helpers never panic, whatever it accepts re-encodes to the same
 //! CONNECT, and the packet boundary tracker follows any stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqttgate::mqtt::{parse_connect, PacketBoundary};
+use mqttgate::mqtt::{packet_len, parse_connect, peek_version, PacketBoundary};
 
 const MAX_LEN: usize = 65536;
 
@@ -15,8 +15,14 @@ fuzz_target!(|data: &[u8]| {
         // Only minimal encodings are accepted, so the bytes come back exactly.
         assert_eq!(encoded, data[..consumed]);
         let reparsed = parse_connect(&encoded, MAX_LEN);
+        // A complete CONNECT's version is what the timeout path would have peeked.
+        assert_eq!(peek_version(data), Some(connect.version));
+        assert_eq!(packet_len(data), Ok(Some(consumed)));
         assert_eq!(reparsed, Ok(Some((connect, encoded.len()))));
     }
+    // The helpers used on partial input never panic on any prefix.
+    let _ = peek_version(data);
+    let _ = packet_len(data);
 
     // The same bytes split in two must give the same answer as in one piece.
     let mut whole = PacketBoundary::default();
