@@ -209,3 +209,25 @@ async fn an_unparsable_crl_is_refused_at_start_naming_the_file() {
     };
     assert!(err.contains("root.crl"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_der_crl_file_works_like_a_pem_one() {
+    use rustls_pki_types::pem::PemObject;
+    let env = env_with_cas(None).await;
+    let bad = env.pki.root.issue(&leaf("bad")).unwrap();
+    let pem = env.pki.root.crl(&[&bad], 86_400).unwrap();
+    let der =
+        rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+    std::fs::write(env.path("root.crl"), der.as_ref()).unwrap();
+    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
+        "ca_certificates = [",
+        "crls = [\"root.crl\"]\nca_certificates = [",
+    );
+    std::fs::write(&env.config_file, text).unwrap();
+    let gate = restart(&env).await;
+    let refused = try_connect(gate.local_addr(), &env, &bad, "bad").await;
+    assert!(refused.is_empty(), "{refused:02x?}");
+    let good = env.pki.root.issue(&leaf("good")).unwrap();
+    let ok = try_connect(gate.local_addr(), &env, &good, "good").await;
+    assert_eq!(&ok[..4], &[0x20, 0x02, 0x00, 0x00]);
+}

@@ -1,0 +1,105 @@
+//! SIGHUP reloads the trust files in the real binary, with file watching turned off.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+const SUBJECT: &str = "SubjectMatchesAuthenticationName";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_registry_and_a_bad_one_is_kept_out() {
+    let pki = Pki::new();
+    let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
+    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    let env = Env::start(pki, setup).await;
+    let port = free_port();
+    let config = std::fs::read_to_string(&env.config_file)
+        .unwrap()
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replace("watch_interval_ms = 200", "watch_interval_ms = 0");
+    let config_file = write(env.dir.path(), "hup.toml", &config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
+        .args(["run", "--config"])
+        .arg(&config_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let up = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "binary did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = env.pki.root.cert.cert_pem.clone();
+    let cert = env.pki.root.issue(&leaf("sensor-2")).unwrap();
+    let answer = |addr| {
+        let root = root.clone();
+        let cert = cert.clone();
+        async move {
+            let mut tls = tls_connect(addr, &root, &cert, &[]).await.unwrap();
+            tls.write_all(&connect_packet(4, "x", Some("sensor-2")))
+                .await
+                .unwrap();
+            read_until_close(&mut tls, Duration::from_millis(500))
+                .await
+                .0[..4]
+                .to_vec()
+        }
+    };
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert_eq!(
+        answer(addr).await,
+        [0x20, 0x02, 0x00, 0x05],
+        "unknown before the reload"
+    );
+    std::fs::write(
+        &env.registry_file,
+        format!(
+            "[{},{}]",
+            chain_client("sensor-1", SUBJECT),
+            chain_client("sensor-2", SUBJECT)
+        ),
+    )
+    .unwrap();
+    // Watching is off: the edit alone changes nothing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(answer(addr).await, [0x20, 0x02, 0x00, 0x05]);
+    hup();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got = answer(addr).await;
+        if got == [0x20, 0x02, 0x00, 0x00] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x00], "known after SIGHUP");
+    // A broken file on the next SIGHUP keeps the state that works.
+    std::fs::write(&env.registry_file, "[").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(answer(addr).await, [0x20, 0x02, 0x00, 0x00]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload never stops the process"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
