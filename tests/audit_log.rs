@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use mqttgate::mqtt::{Connect, Version};
@@ -33,30 +32,8 @@ async fn json_audit_log_has_one_event_per_decision_and_no_password() {
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     let env = Env::start(pki, setup).await;
-    let port = free_port();
-    let config = std::fs::read_to_string(&env.config_file).unwrap().replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    );
-    let config_file = write(env.dir.path(), "audit.toml", &config);
-    let log_path = env.path("audit.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "binary did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let binary = env.spawn_binary("audit", &["--log-format", "json"], |c| c);
+    let addr = binary.addr;
     let root = env.pki.root.cert.cert_pem.clone();
     let cert = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     // Allowed (v3.1.1 with a password), then denied (v5, unknown name, with a password).
@@ -76,11 +53,9 @@ async fn json_audit_log_has_one_event_per_decision_and_no_password() {
         .unwrap();
     let _ = read_until_close(&mut denied, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = child.wait();
+    binary.signal("TERM");
+    let log_path = binary.log.clone();
+    binary.wait().await;
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(

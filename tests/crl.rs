@@ -33,6 +33,16 @@ async fn restart(env: &Env) -> std::sync::Arc<mqttgate::server::Server> {
     mqttgate::server::Server::start(config).await.unwrap()
 }
 
+/// Writes `crl` as root.crl, adds it (and `tls_extra` lines) to the config's [tls].
+fn configure_crl(env: &Env, crl: &[u8], tls_extra: &str) {
+    std::fs::write(env.path("root.crl"), crl).unwrap();
+    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
+        "ca_certificates = [",
+        &format!("crls = [\"root.crl\"]\n{tls_extra}ca_certificates = ["),
+    );
+    std::fs::write(&env.config_file, text).unwrap();
+}
+
 async fn try_connect(
     addr: std::net::SocketAddr,
     env: &Env,
@@ -60,12 +70,7 @@ async fn a_revoked_leaf_is_refused_at_the_handshake_and_counted_as_revoked() {
     let good = env.pki.root.issue(&leaf("good")).unwrap();
     let bad = env.pki.root.issue(&leaf("bad")).unwrap();
     let crl = env.pki.root.crl(&[&bad], 86_400).unwrap();
-    write(env.dir.path(), "root.crl", &crl);
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        "crls = [\"root.crl\"]\nca_certificates = [",
-    );
-    std::fs::write(&env.config_file, text).unwrap();
+    configure_crl(&env, crl.as_bytes(), "");
     let gate = restart(&env).await;
 
     let ok = try_connect(gate.local_addr(), &env, &good, "good").await;
@@ -94,16 +99,11 @@ async fn a_ca_without_a_crl_is_not_broken_by_another_cas_crl() {
     let other_ca = Ca::root("Other CA").unwrap();
     let env = env_with_cas(Some(&other_ca)).await;
     let bad = env.pki.root.issue(&leaf("bad")).unwrap();
-    write(
-        env.dir.path(),
-        "root.crl",
-        &env.pki.root.crl(&[&bad], 86_400).unwrap(),
+    configure_crl(
+        &env,
+        env.pki.root.crl(&[&bad], 86_400).unwrap().as_bytes(),
+        "",
     );
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        "crls = [\"root.crl\"]\nca_certificates = [",
-    );
-    std::fs::write(&env.config_file, text).unwrap();
     let gate = restart(&env).await;
     let other = other_ca.issue(&leaf("other")).unwrap();
     let ok = try_connect(gate.local_addr(), &env, &other, "other").await;
@@ -114,16 +114,8 @@ async fn stale_crl_env(policy: &str) -> (Env, std::sync::Arc<mqttgate::server::S
     let env = env_with_cas(None).await;
     let bad = env.pki.root.issue(&leaf("bad")).unwrap();
     // nextUpdate a minute ago.
-    write(
-        env.dir.path(),
-        "root.crl",
-        &env.pki.root.crl(&[&bad], -60).unwrap(),
-    );
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        &format!("crls = [\"root.crl\"]\nstale_crl = \"{policy}\"\nca_certificates = ["),
-    );
-    std::fs::write(&env.config_file, text).unwrap();
+    let crl = env.pki.root.crl(&[&bad], -60).unwrap();
+    configure_crl(&env, crl.as_bytes(), &format!("stale_crl = \"{policy}\"\n"));
     let gate = restart(&env).await;
     (env, gate)
 }
@@ -161,16 +153,7 @@ async fn a_crl_reload_disconnects_a_live_session_whose_certificate_it_revokes() 
     let env = env_with_cas(None).await;
     let bad = env.pki.root.issue(&leaf("bad")).unwrap();
     // Start with an empty CRL, then publish one that revokes the connected client.
-    write(
-        env.dir.path(),
-        "root.crl",
-        &env.pki.root.crl(&[], 86_400).unwrap(),
-    );
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        "crls = [\"root.crl\"]\nca_certificates = [",
-    );
-    std::fs::write(&env.config_file, text).unwrap();
+    configure_crl(&env, env.pki.root.crl(&[], 86_400).unwrap().as_bytes(), "");
     let gate = restart(&env).await;
     let mut tls = tls_connect(gate.local_addr(), &env.pki.root.cert.cert_pem, &bad, &[])
         .await
@@ -180,11 +163,11 @@ async fn a_crl_reload_disconnects_a_live_session_whose_certificate_it_revokes() 
         .unwrap();
     let connack = read_packet(&mut tls, Duration::from_secs(5)).await.unwrap();
     assert_eq!(connack[3], 0x00);
-    write(
-        env.dir.path(),
-        "root.crl",
-        &env.pki.root.crl(&[&bad], 86_400).unwrap(),
-    );
+    std::fs::write(
+        env.path("root.crl"),
+        env.pki.root.crl(&[&bad], 86_400).unwrap(),
+    )
+    .unwrap();
     let got = read_packet(&mut tls, Duration::from_secs(3)).await;
     assert_eq!(got.as_deref(), Some(&[0xe0, 0x02, 0x98, 0x00][..]));
 }
@@ -192,16 +175,11 @@ async fn a_crl_reload_disconnects_a_live_session_whose_certificate_it_revokes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparsable_crl_is_refused_at_start_naming_the_file() {
     let env = env_with_cas(None).await;
-    write(
-        env.dir.path(),
-        "root.crl",
-        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    configure_crl(
+        &env,
+        b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        "",
     );
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        "crls = [\"root.crl\"]\nca_certificates = [",
-    );
-    std::fs::write(&env.config_file, text).unwrap();
     let config = mqttgate::config::Config::load(&env.config_file).unwrap();
     let err = match mqttgate::server::Server::start(config).await {
         Ok(_) => panic!("a bad CRL must stop the start"),
@@ -218,12 +196,7 @@ async fn a_der_crl_file_works_like_a_pem_one() {
     let pem = env.pki.root.crl(&[&bad], 86_400).unwrap();
     let der =
         rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
-    std::fs::write(env.path("root.crl"), der.as_ref()).unwrap();
-    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
-        "ca_certificates = [",
-        "crls = [\"root.crl\"]\nca_certificates = [",
-    );
-    std::fs::write(&env.config_file, text).unwrap();
+    configure_crl(&env, der.as_ref(), "");
     let gate = restart(&env).await;
     let refused = try_connect(gate.local_addr(), &env, &bad, "bad").await;
     assert!(refused.is_empty(), "{refused:02x?}");

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,43 +40,8 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
     setup.extra = "[limits]\ndrain_timeout_ms = 1500\n".into();
     // `env.gate` is the instance clients move to; the binary below is the one we stop.
     let env = Env::start(pki, setup).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = std::fs::read_to_string(&env.config_file)
-        .unwrap()
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
-    let config_file = write(env.dir.path(), "drain.toml", &config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
-        .args(["run", "--config"])
-        .arg(&config_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let gate_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = Instant::now();
-    while std::net::TcpStream::connect(gate_addr).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "mqttgate binary did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        eventually(Duration::from_secs(3), || std::net::TcpStream::connect(
-            admin_addr
-        )
-        .is_ok())
-        .await
-    );
+    let binary = env.spawn_binary("drain", &[], |c| c);
+    let (gate_addr, admin_addr) = (binary.addr, binary.admin);
     assert_eq!(admin_get(admin_addr, "/readyz").await.0, 200);
 
     let backend = backend_sub(env.mosquitto.port, "devices/pub-1/#");
@@ -164,10 +128,7 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let term = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    binary.signal("TERM");
     // Not ready first, while sessions are still draining.
     let mut ready = 200;
     for _ in 0..20 {
@@ -208,9 +169,7 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
     // The 3.1.1 session kept working during the drain and was closed when it ended.
     let (_, closed) = read_until_close(&mut idle, Duration::from_secs(5)).await;
     assert!(closed);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = binary.wait().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         term.elapsed() < Duration::from_secs(10),

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -16,32 +15,10 @@ async fn sighup_reloads_the_registry_and_a_bad_one_is_kept_out() {
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     let env = Env::start(pki, setup).await;
-    let port = free_port();
-    let config = std::fs::read_to_string(&env.config_file)
-        .unwrap()
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace("watch_interval_ms = 200", "watch_interval_ms = 0");
-    let config_file = write(env.dir.path(), "hup.toml", &config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
-        .args(["run", "--config"])
-        .arg(&config_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "binary did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut binary = env.spawn_binary("hup", &[], |c| {
+        c.replace("watch_interval_ms = 200", "watch_interval_ms = 0")
+    });
+    let addr = binary.addr;
     let root = env.pki.root.cert.cert_pem.clone();
     let cert = env.pki.root.issue(&leaf("sensor-2")).unwrap();
     let answer = |addr| {
@@ -57,12 +34,6 @@ async fn sighup_reloads_the_registry_and_a_bad_one_is_kept_out() {
                 .0[..4]
                 .to_vec()
         }
-    };
-    let hup = || {
-        Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
     };
     assert_eq!(
         answer(addr).await,
@@ -81,7 +52,7 @@ async fn sighup_reloads_the_registry_and_a_bad_one_is_kept_out() {
     // Watching is off: the edit alone changes nothing.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(answer(addr).await, [0x20, 0x02, 0x00, 0x05]);
-    hup();
+    binary.signal("HUP");
     let mut got = Vec::new();
     for _ in 0..20 {
         got = answer(addr).await;
@@ -93,13 +64,8 @@ async fn sighup_reloads_the_registry_and_a_bad_one_is_kept_out() {
     assert_eq!(got, [0x20, 0x02, 0x00, 0x00], "known after SIGHUP");
     // A broken file on the next SIGHUP keeps the state that works.
     std::fs::write(&env.registry_file, "[").unwrap();
-    hup();
+    binary.signal("HUP");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(answer(addr).await, [0x20, 0x02, 0x00, 0x00]);
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "a bad reload never stops the process"
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(binary.is_running(), "a bad reload never stops the process");
 }
