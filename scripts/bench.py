@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release"
+BIN = Path(os.environ.get("BENCH_BIN", ROOT / "target" / "release"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECS = float(os.environ.get("BENCH_SECONDS", "2"))
 IDLE_COUNTS = os.environ.get("BENCH_IDLE_COUNTS", "1000,8000")

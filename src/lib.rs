@@ -12,6 +12,7 @@
 //! - [`server`]: accept loop, connection limit, reload, shutdown.
 //! - [`connection`]: one connection's phases.
 //! - [`tls`]: rustls configuration and the client-certificate verifier.
+//! - [`tls_io`]: the TLS stream (rustls unbuffered API, buffers only while bytes are in flight).
 //! - [`mqtt`]: the CONNECT codec and the packets mqttgate sends (pure).
 //! - [`auth`]: the decision (pure).
 //! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
@@ -35,3 +36,4 @@ pub mod relay;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod tls_io;

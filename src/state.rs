@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateRevocationListDer;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::FromDer;
 
 use crate::anchors::{AnchorError, Anchors};
@@ -51,7 +50,8 @@ pub struct Trust {
     pub registry: Registry,
     pub anchors: Anchors,
     pub verifier: Arc<ClientVerifier>,
-    pub acceptor: TlsAcceptor,
+    /// The rustls configuration new handshakes use.
+    pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
 }
@@ -111,7 +111,7 @@ impl Trust {
             registry,
             anchors,
             verifier,
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            server_config: Arc::new(server),
             policy: Policy {
                 name_sources: config.name_sources.clone(),
                 subject_match: config.subject_match,

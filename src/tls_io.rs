@@ -1,0 +1,474 @@
+//! The server side of a TLS connection on rustls' unbuffered API, with buffers that exist
+//! only while bytes are in flight.
+//!
+//! Why not tokio-rustls: its `ServerConnection` keeps a 4 KiB receive buffer for the life of
+//! the connection (rustls shrinks its deframer buffer to one read size, never to zero), plus
+//! a fresh allocation per record in each direction. An idle MQTT connection spends almost
+//! all its life waiting, so here the received-bytes buffer and the encrypted-bytes buffer
+//! are borrowed from a per-thread pool and handed back as soon as they are empty, like the
+//! relay's copy buffers. Measured with `scripts/bench.sh` (idle scenario).
+//!
+//! Semantics follow tokio-rustls: a read returns decrypted application data; EOF after the
+//! client's close_notify is a clean end, EOF without it is `UnexpectedEof`; shutdown sends
+//! close_notify. Errors from rustls come back as `InvalidData` wrapping the `rustls::Error`,
+//! so `HandshakeFailure::classify` reads them the same way.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
+    UnbufferedStatus,
+};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Holds the largest TLS record (16 KiB of plaintext plus 2 KiB of expansion and the
+/// header), so a read can always complete a record.
+const BUF_SIZE: usize = 16 * 1024 + 2048 + 5 + 64;
+/// Handshake messages (a client's certificate chain) may be larger; rustls itself refuses
+/// anything over 64 KiB.
+const MAX_IN: usize = 64 * 1024 + 5;
+/// Plaintext encrypted per write: one full record.
+const MAX_PLAIN_PER_WRITE: usize = 16 * 1024;
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buffer(buf: Box<[u8]>) {
+    if buf.len() != BUF_SIZE {
+        return; // an oversized handshake buffer goes back to the allocator
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// What one pass of the rustls state machine asks for next.
+enum Step {
+    /// Made progress; call again.
+    Again,
+    /// Encrypted bytes must reach the socket first.
+    Flush,
+    /// Needs more bytes from the peer.
+    Read,
+    /// Handshake done and nothing buffered to process: the caller may write or wait.
+    Idle,
+    /// Encrypted this many plaintext bytes.
+    Wrote(usize),
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// A server-side TLS stream over TCP.
+pub struct TlsConn {
+    io: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Received bytes not yet processed: a pooled buffer only while it holds bytes.
+    inb: Option<Box<[u8]>>,
+    in_used: usize,
+    /// Decrypted bytes a reader has not taken yet; empty (unallocated) almost always.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Encrypted bytes not yet written to the socket: pooled, only while non-empty.
+    outb: Option<Box<[u8]>>,
+    out_pos: usize,
+    out_end: usize,
+    peer_closed: bool,
+    eof: bool,
+    close_sent: bool,
+}
+
+impl TlsConn {
+    /// Runs the server handshake over `io` (which verifies the client certificate).
+    pub async fn accept(config: Arc<ServerConfig>, io: TcpStream) -> io::Result<TlsConn> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        let mut t = TlsConn {
+            io,
+            conn,
+            inb: None,
+            in_used: 0,
+            plain: Vec::new(),
+            plain_pos: 0,
+            outb: None,
+            out_pos: 0,
+            out_end: 0,
+            peer_closed: false,
+            eof: false,
+            close_sent: false,
+        };
+        poll_fn(|cx| t.poll_handshake(cx)).await?;
+        Ok(t)
+    }
+
+    /// The client's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    pub fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        self.conn.negotiated_cipher_suite()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.conn.is_handshaking() {
+                return self.poll_flush_out(cx);
+            }
+            let step = match self.process(None, None) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Tell the client why (the alert rustls queued), without waiting on it.
+                    if let Ok(Step::Again) = self.process(None, None) {
+                        let _ = self.poll_flush_out(cx);
+                    }
+                    return Poll::Ready(Err(e));
+                }
+            };
+            match step {
+                Step::Again | Step::Idle | Step::Wrote(_) => {}
+                Step::Flush => ready!(self.poll_flush_out(cx))?,
+                Step::Read => {
+                    if ready!(self.poll_read_more(cx))? == 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "tls handshake eof",
+                        )));
+                    }
+                }
+                Step::Closed => {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        }
+    }
+
+    /// One pass of the state machine over the buffered received bytes. Decrypted data goes
+    /// to `dst` as far as it fits, the rest to `plain`; `src` is encrypted when writing is
+    /// possible.
+    fn process(
+        &mut self,
+        mut dst: Option<&mut ReadBuf<'_>>,
+        src: Option<&[u8]>,
+    ) -> io::Result<Step> {
+        let TlsConn {
+            conn,
+            inb,
+            in_used,
+            plain,
+            outb,
+            out_pos,
+            out_end,
+            peer_closed,
+            ..
+        } = self;
+        let incoming: &mut [u8] = match inb {
+            Some(b) => &mut b[..*in_used],
+            None => &mut [],
+        };
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
+        let step = match state.map_err(invalid)? {
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(record) = records.next_record() {
+                    let AppDataRecord {
+                        discard: d,
+                        payload,
+                    } = record.map_err(invalid)?;
+                    discard += d;
+                    let mut rest: &[u8] = payload;
+                    if let Some(buf) = dst.as_deref_mut() {
+                        let k = rest.len().min(buf.remaining());
+                        buf.put_slice(&rest[..k]);
+                        rest = &rest[k..];
+                    }
+                    plain.extend_from_slice(rest);
+                }
+                Step::Again
+            }
+            ConnectionState::EncodeTlsData(mut enc) => {
+                let ob = outb.get_or_insert_with(take_buffer);
+                match enc.encode(&mut ob[*out_end..]) {
+                    Ok(n) => {
+                        *out_end += n;
+                        Step::Again
+                    }
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                        if *out_end > *out_pos {
+                            Step::Flush
+                        } else {
+                            // A handshake flight larger than a record buffer.
+                            let mut big = vec![0u8; required_size].into_boxed_slice();
+                            let n = enc
+                                .encode(&mut big)
+                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            if let Some(b) = outb.replace(big) {
+                                give_buffer(b);
+                            }
+                            *out_pos = 0;
+                            *out_end = n;
+                            Step::Again
+                        }
+                    }
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                if *out_end > *out_pos {
+                    Step::Flush
+                } else {
+                    t.done();
+                    Step::Again
+                }
+            }
+            ConnectionState::BlockedHandshake => Step::Read,
+            ConnectionState::WriteTraffic(mut w) => match src {
+                Some(data) if !data.is_empty() => {
+                    let ob = outb.get_or_insert_with(take_buffer);
+                    match w.encrypt(data, &mut ob[*out_end..]) {
+                        Ok(n) => {
+                            *out_end += n;
+                            Step::Wrote(data.len())
+                        }
+                        Err(EncryptError::InsufficientSize(_)) if *out_end > *out_pos => {
+                            Step::Flush
+                        }
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                }
+                _ => Step::Idle,
+            },
+            ConnectionState::PeerClosed => {
+                *peer_closed = true;
+                Step::Again
+            }
+            ConnectionState::Closed => {
+                *peer_closed = true;
+                Step::Closed
+            }
+            ConnectionState::ReadEarlyData(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected early data",
+                ))
+            }
+            _ => return Err(io::Error::other("unknown TLS connection state")),
+        };
+        if discard > 0 {
+            if let Some(b) = inb.as_mut() {
+                b.copy_within(discard..*in_used, 0);
+            }
+            *in_used -= discard;
+        }
+        if *in_used == 0 {
+            if let Some(b) = inb.take() {
+                give_buffer(b);
+            }
+        }
+        Ok(step)
+    }
+
+    /// Reads more bytes from the socket into the receive buffer. When the socket has
+    /// nothing and no partial record is held, the buffer goes back to the pool.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let b = self.inb.get_or_insert_with(take_buffer);
+        if self.in_used == b.len() {
+            if b.len() >= MAX_IN {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS message too large",
+                )));
+            }
+            let mut bigger = vec![0u8; MAX_IN].into_boxed_slice();
+            bigger[..self.in_used].copy_from_slice(&b[..self.in_used]);
+            *b = bigger;
+        }
+        let mut rb = ReadBuf::new(&mut b[self.in_used..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                self.in_used += n;
+                if n == 0 {
+                    self.eof = true;
+                }
+                if self.in_used == 0 {
+                    if let Some(b) = self.inb.take() {
+                        give_buffer(b);
+                    }
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.in_used == 0 {
+                    if let Some(b) = self.inb.take() {
+                        give_buffer(b);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Writes buffered encrypted bytes to the socket; the buffer goes back to the pool
+    /// once empty.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out_end {
+            let b = self.outb.as_ref().expect("bytes to write have a buffer");
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &b[self.out_pos..self.out_end]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out_pos = 0;
+        self.out_end = 0;
+        if let Some(b) = self.outb.take() {
+            give_buffer(b);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_pos < this.plain.len() {
+                let k = (this.plain.len() - this.plain_pos).min(buf.remaining());
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + k]);
+                this.plain_pos += k;
+                if this.plain_pos == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            match this.process(Some(buf), None)? {
+                Step::Again | Step::Wrote(_) => {
+                    if buf.filled().len() > before {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Step::Flush => ready!(this.poll_flush_out(cx))?,
+                Step::Closed => return Poll::Ready(Ok(())),
+                Step::Read | Step::Idle => {
+                    if this.peer_closed {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if this.eof {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    ready!(this.poll_read_more(cx))?;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_out(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let chunk = &data[..data.len().min(MAX_PLAIN_PER_WRITE)];
+        loop {
+            match this.process(None, Some(chunk))? {
+                Step::Wrote(n) => {
+                    // Start sending now; what the socket doesn't take waits for the next
+                    // write or flush.
+                    if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Step::Again => {}
+                Step::Flush => ready!(this.poll_flush_out(cx))?,
+                Step::Read | Step::Idle | Step::Closed => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "TLS connection cannot send application data",
+                    )))
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_out(cx))?;
+        if !this.close_sent {
+            this.close_sent = true;
+            // Settle what is pending (tickets, buffered records) before the alert.
+            for _ in 0..16 {
+                match this.process(None, None)? {
+                    Step::Again => {}
+                    Step::Flush => ready!(this.poll_flush_out(cx))?,
+                    _ => break,
+                }
+            }
+            let incoming: &mut [u8] = &mut [];
+            if let Ok(ConnectionState::WriteTraffic(mut w)) =
+                this.conn.process_tls_records(incoming).state
+            {
+                let ob = this.outb.get_or_insert_with(take_buffer);
+                if let Ok(n) = w.queue_close_notify(&mut ob[this.out_end..]) {
+                    this.out_end += n;
+                }
+            }
+            ready!(this.poll_flush_out(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        if let Some(b) = self.inb.take() {
+            give_buffer(b);
+        }
+        if let Some(b) = self.outb.take() {
+            give_buffer(b);
+        }
+    }
+}
