@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: builds mqttgate and its load generator (release), starts
+# Mosquitto (plain and native mutual TLS), mqttgate, HAProxy and stunnel side by side on
+# loopback with the same P-256 certificates, runs every scenario against every setup,
+# interleaved, BENCH_ROUNDS times (default 5), and writes the medians, the target checks
+# and a chart to docs/benchmarks.md and docs/benchmarks.png. About 10 minutes on 2 cores.
+#
+# Knobs (environment): BENCH_ROUNDS, BENCH_SECONDS (per measurement, default 2),
+# BENCH_IDLE_COUNTS (default 1000,5000), BENCH_ONLY (e.g. "storm,idle"), BENCH_OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v stunnel >/dev/null || need+=(stunnel4)
+command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+  else
+    echo "missing: ${need[*]} (apt-get install -y ${need[*]})" >&2
+    exit 1
+  fi
+fi
+export PATH="$PATH:/usr/sbin"
+
+# Idle connections: the load generator holds N sockets and a proxy 2N; raise the soft
+# open-files limit to the hard one (20,000 on the machines this was written on).
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+ulimit -n "$hard"
+
+cargo build --release --quiet --bin mqttgate --bin mqttgate-load
+echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+exec timeout 900 python3 scripts/bench.py
