@@ -143,6 +143,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Dialer {
     addr: SocketAddr,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// The TLS version and cipher suite of the first connection, for the report.
+    negotiated: OnceLock<String>,
 }
 
 impl Dialer {
@@ -185,6 +187,7 @@ impl Dialer {
         Ok(Dialer {
             addr: cli.addr,
             tls,
+            negotiated: OnceLock::new(),
         })
     }
 
@@ -193,7 +196,18 @@ impl Dialer {
         tcp.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Box::new(tcp)),
-            Some((connector, name)) => Ok(Box::new(connector.connect(name.clone(), tcp).await?)),
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                self.negotiated.get_or_init(|| {
+                    let c = tls.get_ref().1;
+                    let suite = c.negotiated_cipher_suite().map(|s| s.suite());
+                    match (c.protocol_version(), suite) {
+                        (Some(v), Some(s)) => format!("{v:?} {s:?}"),
+                        _ => "unknown".to_string(),
+                    }
+                });
+                Ok(Box::new(tls))
+            }
         }
     }
 }
@@ -510,6 +524,7 @@ async fn storm(cli: Arc<Cli>, concurrency: usize, max: u64) -> Value {
     let n = ok.load(Ordering::Relaxed);
     json!({
         "mode": "storm",
+        "negotiated": dialer.negotiated.get(),
         "connections": n,
         "errors": errors.load(Ordering::Relaxed),
         "first_error": first_error.get(),
