@@ -439,6 +439,15 @@ def targets_check(g):
     return rows
 
 
+def stunnel_version():
+    try:
+        p = subprocess.run(["stunnel", "-version"], capture_output=True, text=True, timeout=5)
+    except Exception as e:  # noqa: BLE001 - informational only
+        return f"unknown ({e})"
+    lines = (p.stdout + p.stderr).splitlines()
+    return next((l.strip() for l in lines if l.strip().startswith("stunnel ")), "unknown")
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -458,8 +467,7 @@ def machine():
         ("mqttgate", tool_version([str(BIN / "mqttgate"), "--version"])),
         ("Mosquitto", tool_version(["mosquitto", "-h"])),
         ("HAProxy", tool_version(["haproxy", "-v"])),
-        ("stunnel", tool_version(["stunnel", "-version"]).replace("Initializing inetd mode configuration", "")
-         or tool_version(["stunnel", "-version"])),
+        ("stunnel", stunnel_version()),
         ("OpenSSL", tool_version(["openssl", "version"])),
         ("rustc", tool_version(["rustc", "--version"])),
     ]
