@@ -73,6 +73,6 @@ echo "== mqttgate's decisions (audit log):"
 grep 'authentication decision' "$DIR/mqttgate.log" \
   | grep -o 'result="[a-z]*" reason="[a-z_]*"\|authentication_name="[^"]*"' | paste - - | sed 's/^/   /' || true
 echo
-echo "mqttgate is listening on port $PORT (metrics on http://127.0.0.1:$ADMIN/metrics once the admin port is up)."
+echo "mqttgate is listening on port $PORT; metrics: curl http://127.0.0.1:$ADMIN/metrics, readiness: /readyz."
 echo "Logs: $DIR/mqttgate.log, $DIR/mosquitto.log. Press Ctrl-C to stop."
 while true; do sleep 3600 & wait $!; done

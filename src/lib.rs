@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod explain;
 pub mod metrics;
 pub mod mqtt;
 pub mod pki;

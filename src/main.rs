@@ -44,6 +44,19 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Explain, step by step, what mqttgate decides for a client certificate: TLS admission,
+    /// authentication name, client, scheme check, and the CONNACK the client would get.
+    /// Exit status: 0 allowed, 1 denied, 2 error.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's certificate (PEM): the leaf first, then any intermediates it sends.
+        #[arg(long)]
+        cert: PathBuf,
+        /// The CONNECT Username the client sends (omit for none).
+        #[arg(long, short)]
+        username: Option<String>,
+    },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
         /// A PEM (or DER) certificate file; the first certificate is used.
@@ -84,6 +97,23 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Command::Explain {
+        config,
+        cert,
+        username,
+    } = &cli.command
+    {
+        return match mqttgate::explain::explain(config, cert, username.as_deref()) {
+            Ok(e) => {
+                print!("{}", e.text());
+                ExitCode::from(if e.allowed { 0 } else { 1 })
+            }
+            Err(e) => {
+                eprintln!("mqttgate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Run { config } => mqttgate::cli::run(&config),
         Command::Check { config } => mqttgate::cli::check(&config).map(|report| print!("{report}")),
@@ -115,6 +145,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Thumbprint { cert } => mqttgate::cli::thumbprint(&cert).map(|t| println!("{t}")),
+        Command::Explain { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

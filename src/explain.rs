@@ -1,0 +1,791 @@
+//! `mqttgate explain`: prints every step of the decision mqttgate would make for a client
+//! certificate (and optionally a CONNECT username), one line per step, and the CONNACK an
+//! MQTT 3.1.1 and an MQTT 5 client would get.
+//!
+//! This module only reports. The handshake's admission is the verifier's own
+//! `verify_client_cert` (tls.rs), the name, client and scheme checks are `auth.rs`'s
+//! functions, and the final answer is `auth::decide`'s result, so the report can't drift
+//! from what a live connection gets. What it can't see: possession of the private key
+//! (the CertificateVerify signature), which only a live handshake proves.
+
+use std::collections::HashSet;
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::CertificateError;
+
+use crate::auth::{self, IdentitySource, Peer, SubjectMatch};
+use crate::cert::CertInfo;
+use crate::cli::CliError;
+use crate::config::Config;
+use crate::mqtt::code;
+use crate::registry::{Scheme, State};
+use crate::state::{unix_now, Trust};
+use crate::tls::{self, ClientVerifier, HandshakeFailure};
+
+/// The outcome of `explain`: the report, and whether the client would be let through.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub lines: Vec<String>,
+    pub allowed: bool,
+}
+
+impl Explanation {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for l in &self.lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Loads the configuration and everything it names, reads the client's PEM file (leaf
+/// first, then any intermediates it would send) and explains the decision as of now.
+pub fn explain(
+    config_file: &Path,
+    cert_file: &Path,
+    username: Option<&str>,
+) -> Result<Explanation, CliError> {
+    let config = Config::load(config_file)?;
+    let trust = Trust::load(&config, 0)?;
+    let chain = read_chain(cert_file)?;
+    explain_loaded(&config, &trust, &chain, username, unix_now())
+}
+
+/// Reads a client's certificate file: PEM with the leaf first and its intermediates after
+/// it, or a single DER certificate.
+pub fn read_chain(file: &Path) -> Result<Vec<CertificateDer<'static>>, CliError> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", file.display()))?;
+    if !certs.is_empty() {
+        return Ok(certs);
+    }
+    if x509_parser::parse_x509_certificate(&bytes).is_ok() {
+        return Ok(vec![CertificateDer::from(bytes)]);
+    }
+    Err(format!("{}: no certificate found", file.display()).into())
+}
+
+/// Explains the decision for `chain` (leaf first) against already-loaded state, at unix
+/// time `now`.
+pub fn explain_loaded(
+    config: &Config,
+    trust: &Trust,
+    chain: &[CertificateDer<'static>],
+    username: Option<&str>,
+    now: i64,
+) -> Result<Explanation, CliError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or("the certificate file holds no certificate")?;
+    let cert = CertInfo::parse(leaf).map_err(|e| format!("the client certificate: {e}"))?;
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
+    let mut lines = Vec::new();
+    let mut line = |s: String| lines.push(s);
+
+    // The certificate.
+    line(format!(
+        "certificate: subject {}, issuer {:?}, serial {}, X.509 v{}{}",
+        if cert.subject_dn.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("{:?}", cert.subject_dn)
+        },
+        cert.issuer_dn,
+        cert.serial_hex,
+        cert.version,
+        if cert.is_ca { ", CA:TRUE" } else { "" }
+    ));
+    line(format!("certificate: SANs {}", sans(&cert)));
+    line(format!("certificate: thumbprint {}", cert.thumbprint));
+    line(format!(
+        "certificate: valid {} to {}: {}",
+        date(cert.not_before),
+        date(cert.not_after),
+        validity_now(&cert, now)
+    ));
+    line(format!(
+        "certificate: the file holds the leaf and {} intermediate certificate(s), sent as the client's TLS chain",
+        intermediates.len()
+    ));
+
+    // TLS admission: pin, chain, and the verifier's own verdict.
+    let pinned_on: Vec<&str> = trust
+        .registry
+        .clients()
+        .iter()
+        .filter(|c| c.thumbprints.contains(&cert.thumbprint))
+        .map(|c| c.name.as_str())
+        .collect();
+    if trust.verifier.is_pinned(leaf) {
+        line(format!(
+            "tls: pin: thumbprint registered in allowedThumbprints of {}",
+            pinned_on.join(", ")
+        ));
+    } else {
+        line("tls: pin: thumbprint is not in any client's allowedThumbprints".to_string());
+    }
+    let chains = trust.verifier.chains(leaf, intermediates, at);
+    if chains {
+        line(format!(
+            "tls: chain: ok, reaches a registered CA certificate ({} registered)",
+            trust.anchors.anchors.len()
+        ));
+    } else if trust.anchors.anchors.is_empty() {
+        line("tls: chain: no CA certificate is registered ([tls] ca_certificates)".to_string());
+    } else {
+        let why = chain_error(config, trust, leaf, intermediates, at)?;
+        line(format!("tls: chain: fails: {why}"));
+    }
+    let handshake = trust.verifier.verify_client_cert(leaf, intermediates, at);
+    let tls_refusal = match &handshake {
+        Ok(_) => {
+            let by = match (trust.verifier.is_pinned(leaf), chains) {
+                (true, true) => "by pin and by chain",
+                (true, false) => "by pin",
+                _ => "by chain",
+            };
+            line(format!(
+                "tls: handshake: certificate admitted ({by}); the private-key proof is only checked by a live handshake"
+            ));
+            None
+        }
+        Err(e) => {
+            let why = describe_tls_error(e);
+            line(format!("tls: handshake: refused: {why}"));
+            Some(why)
+        }
+    };
+    if tls_refusal.is_some() {
+        line("note: the handshake is refused, so nothing below is reached; it shows what would follow if it were admitted".to_string());
+    }
+
+    // The authentication name: username, then each configured source in order.
+    let policy = &trust.policy;
+    let chosen = auth::authentication_name(&cert, username, &policy.name_sources);
+    match username {
+        Some(u) if !u.is_empty() => line(format!("name: username: present {u:?}, used")),
+        Some(_) => line("name: username: empty, counts as absent".to_string()),
+        None => line("name: username: absent".to_string()),
+    }
+    if policy.name_sources.is_empty() {
+        line("name: alternativeAuthenticationNameSources: none configured".to_string());
+    }
+    let mut found = matches!(chosen, Some((_, IdentitySource::Username)));
+    for &source in &policy.name_sources {
+        let value = auth::authentication_name(&cert, None, &[source]).map(|(v, _)| v);
+        let status = match (&value, found) {
+            (None, _) => "absent, skipped".to_string(),
+            (Some(v), true) => {
+                format!("present {v:?}, not consulted (an earlier source named the client)")
+            }
+            (Some(v), false) => {
+                found = true;
+                format!("present {v:?}, used")
+            }
+        };
+        line(format!("name: {}: {status}", source.azure_name()));
+    }
+    match &chosen {
+        Some((name, source)) => line(format!(
+            "name: authentication name {name:?} (from {})",
+            source.label()
+        )),
+        None => line(
+            "name: none: no username and no configured certificate field is present".to_string(),
+        ),
+    }
+
+    // The client and its scheme.
+    if let Some((name, _)) = &chosen {
+        match trust.registry.get(name) {
+            None => line(format!(
+                "client: no client has authentication name {name:?} (compared ignoring case)"
+            )),
+            Some(c) => {
+                line(format!(
+                    "client: {:?} (authenticationName {:?}), state {}, scheme {}",
+                    c.name,
+                    c.authentication_name,
+                    match c.state {
+                        State::Enabled => "Enabled",
+                        State::Disabled => "Disabled",
+                    },
+                    c.scheme
+                ));
+                line(scheme_check(&cert, c, chains, policy.subject_match));
+            }
+        }
+    }
+
+    // The answer, from auth::decide.
+    let decision = auth::decide(
+        &Peer {
+            cert: &cert,
+            chains,
+        },
+        username,
+        &trust.registry,
+        policy,
+    );
+    let allowed = tls_refusal.is_none() && decision.is_ok();
+    if let Some(why) = tls_refusal {
+        line(format!("result: DENIED at the TLS handshake: {why}"));
+        line(
+            "connack: none: TLS handshake refused, no CONNACK (MQTT 3.1.1 and MQTT 5 alike)"
+                .to_string(),
+        );
+    } else {
+        match &decision {
+            Ok(id) => {
+                line(format!(
+                    "result: ALLOWED as {:?} (client {:?}, {}, name from {}); upstream sees username {:?}",
+                    id.authentication_name,
+                    id.client_name,
+                    id.scheme,
+                    id.source.label(),
+                    id.authentication_name
+                ));
+                line(format!(
+                    "connack: MQTT 3.1.1: 0x{:02X} connection accepted; MQTT 5: 0x{:02X} success (from the broker, after mqttgate forwards the CONNECT)",
+                    code::V3_ACCEPTED,
+                    code::V5_SUCCESS
+                ));
+            }
+            Err(d) => {
+                line(format!(
+                    "result: DENIED after CONNECT: {} (reason {})",
+                    d.reason,
+                    d.reason.label()
+                ));
+                line(format!(
+                    "connack: MQTT 3.1.1: 0x{:02X} not authorized; MQTT 5: 0x{:02X} not authorized",
+                    code::V3_NOT_AUTHORIZED,
+                    code::V5_NOT_AUTHORIZED
+                ));
+            }
+        }
+    }
+    Ok(Explanation { lines, allowed })
+}
+
+/// The scheme step: which certificate field is compared with what.
+fn scheme_check(
+    cert: &CertInfo,
+    client: &crate::registry::Client,
+    chains: bool,
+    subject: SubjectMatch,
+) -> String {
+    let name = &client.authentication_name;
+    if client.scheme == Scheme::ThumbprintMatch {
+        let slots: Vec<String> = client
+            .thumbprints
+            .iter()
+            .zip(["primary", "secondary"])
+            .map(|(t, slot)| format!("{slot} {t}"))
+            .collect();
+        let hit = client.thumbprints.contains(&cert.thumbprint);
+        return format!(
+            "scheme: ThumbprintMatch: leaf thumbprint {} compared with allowedThumbprints [{}]: {} (the chain is not needed)",
+            cert.thumbprint,
+            slots.join(", "),
+            if hit { "match" } else { "no match" }
+        );
+    }
+    let chain = if chains {
+        "chain to a registered CA: yes"
+    } else {
+        "chain to a registered CA: NO (required by this scheme)"
+    };
+    let (field, values): (&str, Vec<String>) = match client.scheme {
+        Scheme::SubjectMatchesAuthenticationName => match subject {
+            SubjectMatch::CommonName => ("subject CN", cert.subject_cn.iter().cloned().collect()),
+            SubjectMatch::Rfc4514 => ("subject DN (RFC 4514)", vec![cert.subject_dn.clone()]),
+        },
+        Scheme::DnsMatchesAuthenticationName => ("DNS SANs", cert.dns.clone()),
+        Scheme::UriMatchesAuthenticationName => ("URI SANs", cert.uris.clone()),
+        Scheme::EmailMatchesAuthenticationName => ("email SANs", cert.emails.clone()),
+        Scheme::IpMatchesAuthenticationName => (
+            "IP SANs",
+            cert.ips.iter().map(|ip| ip.to_string()).collect(),
+        ),
+        Scheme::ThumbprintMatch => unreachable!("handled above"),
+    };
+    let how = if client.scheme == Scheme::IpMatchesAuthenticationName {
+        "as binary addresses"
+    } else {
+        "ignoring case"
+    };
+    let hit = auth::field_matches(cert, client.scheme, name, subject);
+    format!(
+        "scheme: {}: {chain}; {field} {} compared with authenticationName {name:?} {how}: {}",
+        client.scheme,
+        list(&values),
+        if hit { "match" } else { "no match" }
+    )
+}
+
+/// Why the leaf does not chain, in the words of the chain verifier itself: a verifier
+/// built from the same CA certificates and CRLs but without any pins.
+fn chain_error(
+    config: &Config,
+    trust: &Trust,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    at: UnixTime,
+) -> Result<String, CliError> {
+    let crls = config
+        .crl_files
+        .iter()
+        .map(|f| read_crls(f))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let unpinned = ClientVerifier::new(
+        &trust.anchors,
+        HashSet::new(),
+        crls,
+        config.stale_crl,
+        tls::provider(),
+    )?;
+    Ok(match unpinned.verify_client_cert(leaf, intermediates, at) {
+        Ok(_) => "the chain verifier accepts it (inconsistent state: please report)".to_string(),
+        Err(e) => describe_tls_error(&e),
+    })
+}
+
+fn read_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, CliError> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", file.display()))?;
+    if crls.is_empty() {
+        crls.push(CertificateRevocationListDer::from(bytes));
+    }
+    Ok(crls)
+}
+
+/// A handshake error in plain words, with the metric reason label and rustls's own text.
+pub fn describe_tls_error(e: &rustls::Error) -> String {
+    let plain = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                "unknown issuer: no path from the leaf (and the intermediates it sends) to a registered CA certificate"
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "a certificate in the chain has expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "a certificate in the chain is not valid yet"
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "bad EKU: the certificate has an extendedKeyUsage without clientAuth"
+            }
+            CertificateError::Revoked => "revoked: listed in a loaded CRL",
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                "the issuer's CRL is past its nextUpdate and [tls] stale_crl = \"refuse\""
+            }
+            CertificateError::BadSignature => "a signature in the chain does not verify",
+            CertificateError::BadEncoding => "the certificate does not parse as an end-entity certificate",
+            _ => "the certificate is not acceptable",
+        },
+        _ => "the certificate is not acceptable",
+    };
+    let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e.clone());
+    format!(
+        "{plain} (reason {}; rustls: {e})",
+        HandshakeFailure::classify(&io).label()
+    )
+}
+
+fn sans(cert: &CertInfo) -> String {
+    let mut parts = Vec::new();
+    for d in &cert.dns {
+        parts.push(format!("DNS:{d}"));
+    }
+    for u in &cert.uris {
+        parts.push(format!("URI:{u}"));
+    }
+    for ip in &cert.ips {
+        parts.push(format!("IP:{ip}"));
+    }
+    for e in &cert.emails {
+        parts.push(format!("email:{e}"));
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn list(values: &[String]) -> String {
+    if values.is_empty() {
+        return "(none)".to_string();
+    }
+    let mut out = String::from("[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{v:?}");
+    }
+    out.push(']');
+    out
+}
+
+fn validity_now(cert: &CertInfo, now: i64) -> String {
+    if now < cert.not_before {
+        "NOT valid now (not valid yet)".to_string()
+    } else if now > cert.not_after {
+        format!(
+            "NOT valid now (expired {} days ago)",
+            (now - cert.not_after).div_euclid(86_400)
+        )
+    } else {
+        format!(
+            "valid now ({} days left)",
+            (cert.not_after - now).div_euclid(86_400)
+        )
+    }
+}
+
+fn date(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::Thumbprint;
+    use crate::pki::{self, Ca, Eku, Issued, LeafSpec};
+
+    /// A temporary deployment: a root, the registered intermediate under it, a server
+    /// certificate, a registry and a config naming them.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: Config,
+        trust: Trust,
+        inter: Ca,
+    }
+
+    fn fixture(clients: &str, sources: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Ca::root("Explain Root").unwrap();
+        let inter = root.intermediate("Explain Devices CA").unwrap();
+        let server = root.issue(&LeafSpec::server()).unwrap();
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        w("server.pem", &server.cert_pem);
+        w("server.key", &server.key_pem);
+        w("devices-ca.pem", &inter.cert.cert_pem);
+        w("clients.json", clients);
+        let sources: Vec<String> = sources.iter().map(|s| format!("{s:?}")).collect();
+        w(
+            "mqttgate.toml",
+            &format!(
+                "alternativeAuthenticationNameSources = [{}]\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [\"devices-ca.pem\"]\n[registry]\nclients = \"clients.json\"\n",
+                sources.join(", ")
+            ),
+        );
+        let config = Config::load(&dir.path().join("mqttgate.toml")).unwrap();
+        let trust = Trust::load(&config, 0).unwrap();
+        Fixture {
+            _dir: dir,
+            config,
+            trust,
+            inter,
+        }
+    }
+
+    fn run(f: &Fixture, chain: &[&Issued], username: Option<&str>) -> Explanation {
+        let ders: Vec<CertificateDer<'static>> = chain
+            .iter()
+            .map(|i| CertificateDer::from(i.der.clone()))
+            .collect();
+        explain_loaded(&f.config, &f.trust, &ders, username, unix_now()).unwrap()
+    }
+
+    fn line<'a>(e: &'a Explanation, prefix: &str) -> &'a str {
+        e.lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{}", e.text()))
+    }
+
+    const NOT_AUTHORIZED: &str =
+        "connack: MQTT 3.1.1: 0x05 not authorized; MQTT 5: 0x87 not authorized";
+    const NO_CONNACK: &str =
+        "connack: none: TLS handshake refused, no CONNACK (MQTT 3.1.1 and MQTT 5 alike)";
+
+    fn registry() -> String {
+        r#"[
+          {"name":"sensor-1","properties":{"authenticationName":"Sensor-1"}},
+          {"name":"sensor-dns","properties":{"authenticationName":"s.example.com",
+             "clientCertificateAuthentication":{"validationScheme":"DnsMatchesAuthenticationName"}}},
+          {"name":"off","properties":{"state":"Disabled"}}
+        ]"#
+        .to_string()
+    }
+
+    #[test]
+    fn allowed_by_username_and_subject_reports_every_step() {
+        let f = fixture(&registry(), &["ClientCertificateDns"]);
+        let leaf = f.inter.issue(&LeafSpec::client("sensor-1")).unwrap();
+        let e = run(&f, &[&leaf], Some("SENSOR-1"));
+        let text = e.text();
+        assert!(e.allowed, "{text}");
+        assert!(
+            line(&e, "certificate: subject").contains("\"CN=sensor-1\""),
+            "{text}"
+        );
+        assert_eq!(line(&e, "certificate: SANs"), "certificate: SANs none");
+        assert_eq!(
+            line(&e, "certificate: thumbprint"),
+            format!("certificate: thumbprint {}", Thumbprint::of(&leaf.der))
+        );
+        assert!(
+            line(&e, "certificate: valid").contains("valid now ("),
+            "{text}"
+        );
+        assert_eq!(
+            line(&e, "tls: pin:"),
+            "tls: pin: thumbprint is not in any client's allowedThumbprints"
+        );
+        assert_eq!(
+            line(&e, "tls: chain:"),
+            "tls: chain: ok, reaches a registered CA certificate (1 registered)"
+        );
+        assert!(
+            line(&e, "tls: handshake:").contains("admitted (by chain)"),
+            "{text}"
+        );
+        assert_eq!(
+            line(&e, "name: username:"),
+            "name: username: present \"SENSOR-1\", used"
+        );
+        assert_eq!(
+            line(&e, "name: ClientCertificateDns:"),
+            "name: ClientCertificateDns: absent, skipped"
+        );
+        assert_eq!(
+            line(&e, "client:"),
+            "client: \"sensor-1\" (authenticationName \"Sensor-1\"), state Enabled, scheme SubjectMatchesAuthenticationName"
+        );
+        assert_eq!(
+            line(&e, "scheme:"),
+            "scheme: SubjectMatchesAuthenticationName: chain to a registered CA: yes; subject CN [\"sensor-1\"] compared with authenticationName \"Sensor-1\" ignoring case: match"
+        );
+        assert!(
+            line(&e, "result:").starts_with("result: ALLOWED as \"Sensor-1\""),
+            "{text}"
+        );
+        assert!(
+            line(&e, "connack:")
+                .starts_with("connack: MQTT 3.1.1: 0x00 connection accepted; MQTT 5: 0x00 success"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn name_sources_are_tried_in_order_and_a_mismatch_is_denied() {
+        let f = fixture(
+            &registry(),
+            &[
+                "ClientCertificateUri",
+                "ClientCertificateDns",
+                "ClientCertificateSubject",
+            ],
+        );
+        // Its DNS SAN names it, but the DNS scheme client's name differs in the SAN list.
+        let leaf = f
+            .inter
+            .issue(&LeafSpec {
+                dns: vec!["s.example.com".into()],
+                ..LeafSpec::client("sensor-1")
+            })
+            .unwrap();
+        let e = run(&f, &[&leaf], None);
+        assert!(e.allowed, "{}", e.text());
+        assert_eq!(line(&e, "name: username:"), "name: username: absent");
+        assert_eq!(
+            line(&e, "name: ClientCertificateUri:"),
+            "name: ClientCertificateUri: absent, skipped"
+        );
+        assert_eq!(
+            line(&e, "name: ClientCertificateDns:"),
+            "name: ClientCertificateDns: present \"s.example.com\", used"
+        );
+        assert!(line(&e, "name: ClientCertificateSubject:").contains("not consulted"));
+        assert!(line(&e, "scheme:").contains("DNS SANs [\"s.example.com\"]"));
+
+        // The same certificate claiming the subject client: DNS scheme mismatch the other way.
+        let e = run(&f, &[&leaf], Some("s.example.com"));
+        assert!(e.allowed);
+        let other = f.inter.issue(&LeafSpec::client("sensor-1")).unwrap();
+        let e = run(&f, &[&other], Some("s.example.com"));
+        assert!(!e.allowed);
+        assert!(line(&e, "scheme:").ends_with("DNS SANs (none) compared with authenticationName \"s.example.com\" ignoring case: no match"), "{}", e.text());
+        assert!(line(&e, "result:").contains("(reason name_mismatch)"));
+        assert_eq!(line(&e, "connack:"), NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn unknown_disabled_and_nameless_clients_are_denied_with_their_reason() {
+        let f = fixture(&registry(), &[]);
+        let leaf = f.inter.issue(&LeafSpec::client("off")).unwrap();
+
+        let e = run(&f, &[&leaf], Some("nobody"));
+        assert!(!e.allowed);
+        assert_eq!(
+            line(&e, "client:"),
+            "client: no client has authentication name \"nobody\" (compared ignoring case)"
+        );
+        assert!(line(&e, "result:").contains("(reason unknown_client)"));
+        assert_eq!(line(&e, "connack:"), NOT_AUTHORIZED);
+
+        let e = run(&f, &[&leaf], Some("off"));
+        assert!(!e.allowed);
+        assert!(line(&e, "client:").contains("state Disabled"));
+        assert!(line(&e, "result:").contains("(reason disabled)"));
+
+        let e = run(&f, &[&leaf], None);
+        assert!(!e.allowed);
+        assert_eq!(
+            line(&e, "name: alternativeAuthenticationNameSources:"),
+            "name: alternativeAuthenticationNameSources: none configured"
+        );
+        assert!(line(&e, "result:").contains("(reason no_authentication_name)"));
+        assert!(!e.lines.iter().any(|l| l.starts_with("client:")));
+    }
+
+    #[test]
+    fn pinned_self_signed_certificate_is_admitted_by_pin_only() {
+        let gw = pki::self_signed(&LeafSpec::client("gw"), false).unwrap();
+        let tp = Thumbprint::of(&gw.der);
+        let clients = format!(
+            r#"[{{"name":"gw","properties":{{"clientCertificateAuthentication":{{"validationScheme":"ThumbprintMatch","allowedThumbprints":["{tp}"]}}}}}},
+               {{"name":"sensor-1"}}]"#
+        );
+        let f = fixture(&clients, &[]);
+        let e = run(&f, &[&gw], Some("gw"));
+        assert!(e.allowed, "{}", e.text());
+        assert_eq!(
+            line(&e, "tls: pin:"),
+            "tls: pin: thumbprint registered in allowedThumbprints of gw"
+        );
+        assert!(line(&e, "tls: chain: fails: unknown issuer").contains("reason unknown_issuer"));
+        assert!(line(&e, "tls: handshake:").contains("admitted (by pin)"));
+        assert_eq!(
+            line(&e, "scheme:"),
+            format!("scheme: ThumbprintMatch: leaf thumbprint {tp} compared with allowedThumbprints [primary {tp}]: match (the chain is not needed)")
+        );
+
+        // The pinned certificate claiming a chain-scheme client.
+        let e = run(&f, &[&gw], Some("sensor-1"));
+        assert!(!e.allowed);
+        assert!(line(&e, "scheme:").contains("chain to a registered CA: NO"));
+        assert!(line(&e, "result:").contains("(reason not_chained)"));
+        assert_eq!(line(&e, "connack:"), NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn tls_refusals_name_the_exact_failure_and_send_no_connack() {
+        let f = fixture(&registry(), &[]);
+        // Another CA entirely.
+        let stranger = Ca::root("Stranger").unwrap();
+        let leaf = stranger.issue(&LeafSpec::client("sensor-1")).unwrap();
+        let e = run(&f, &[&leaf], Some("sensor-1"));
+        assert!(!e.allowed);
+        assert!(
+            line(&e, "tls: handshake: refused: unknown issuer").contains("reason unknown_issuer")
+        );
+        assert!(
+            line(&e, "result:").starts_with("result: DENIED at the TLS handshake: unknown issuer")
+        );
+        assert_eq!(line(&e, "connack:"), NO_CONNACK);
+        // The later steps are still shown, for diagnosis.
+        assert!(line(&e, "note:").contains("nothing below is reached"));
+        assert!(line(&e, "scheme:").contains("match"));
+
+        // Expired.
+        let old = f
+            .inter
+            .issue(&LeafSpec {
+                not_before: -10 * 86_400,
+                not_after: -2 * 86_400,
+                ..LeafSpec::client("sensor-1")
+            })
+            .unwrap();
+        let e = run(&f, &[&old], Some("sensor-1"));
+        assert!(!e.allowed);
+        assert!(
+            line(&e, "certificate: valid").contains("NOT valid now (expired 2 days ago)"),
+            "{}",
+            e.text()
+        );
+        assert!(
+            line(&e, "tls: handshake: refused:").contains("reason expired"),
+            "{}",
+            e.text()
+        );
+        assert_eq!(line(&e, "connack:"), NO_CONNACK);
+
+        // serverAuth only: bad EKU.
+        let server_only = f
+            .inter
+            .issue(&LeafSpec {
+                eku: Eku::ServerAuth,
+                ..LeafSpec::client("sensor-1")
+            })
+            .unwrap();
+        let e = run(&f, &[&server_only], Some("sensor-1"));
+        assert!(!e.allowed);
+        assert!(
+            line(&e, "tls: chain: fails: bad EKU").contains("reason bad_eku"),
+            "{}",
+            e.text()
+        );
+        assert_eq!(line(&e, "connack:"), NO_CONNACK);
+    }
+
+    #[test]
+    fn intermediates_in_the_file_are_sent_as_the_chain() {
+        // Register only the root this time: the leaf needs its intermediate.
+        let f = fixture(&registry(), &[]);
+        let root = Ca::root("Other Root").unwrap();
+        let mid = root.intermediate("Other Mid").unwrap();
+        let leaf = mid.issue(&LeafSpec::client("sensor-1")).unwrap();
+        std::fs::write(
+            f.config.ca_files[0].clone(),
+            format!("{}{}", f.inter.cert.cert_pem, root.cert.cert_pem),
+        )
+        .unwrap();
+        let trust = Trust::load(&f.config, 1).unwrap();
+        let g = Fixture { trust, ..f };
+        let alone = run(&g, &[&leaf], Some("sensor-1"));
+        assert!(!alone.allowed);
+        let with = run(&g, &[&leaf, &mid.cert], Some("sensor-1"));
+        assert!(with.allowed, "{}", with.text());
+        assert!(line(&with, "certificate: the file holds").contains("1 intermediate"));
+        assert_eq!(
+            line(&with, "tls: chain:"),
+            "tls: chain: ok, reaches a registered CA certificate (2 registered)"
+        );
+    }
+}
