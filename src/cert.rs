@@ -141,6 +141,18 @@ pub struct CertInfo {
     pub thumbprint: Thumbprint,
 }
 
+/// Unix seconds as RFC 3339 (`2027-01-31T12:00:00Z`), for reports; the number itself when
+/// out of range.
+pub fn format_time(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
 impl CertInfo {
     pub fn parse(der: &[u8]) -> Result<CertInfo, CertError> {
         let (rest, cert) = X509Certificate::from_der(der).map_err(|e| {

@@ -9,6 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tracing::info;
 
+use crate::cert::format_time;
 use crate::cert::Thumbprint;
 use crate::config::Config;
 use crate::registry::{Scheme, State};
@@ -53,16 +54,6 @@ async fn serve_signals(server: Arc<Server>) -> Result<(), CliError> {
     Ok(())
 }
 
-fn date(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
-}
-
 fn days_left(ts: i64, now: i64) -> i64 {
     (ts - now).div_euclid(86_400)
 }
@@ -87,13 +78,13 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         out,
         "server certificate: {} expires {} ({} days)",
         sc.subject_dn,
-        date(sc.not_after),
+        format_time(sc.not_after),
         days_left(sc.not_after, now)
     )?;
     if days_left(sc.not_after, now) < EXPIRY_WARNING_DAYS {
         warnings.push(format!(
             "the server certificate expires {}",
-            date(sc.not_after)
+            format_time(sc.not_after)
         ));
     }
     writeln!(out, "CA certificates: {}", trust.anchors.anchors.len())?;
@@ -102,7 +93,7 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             out,
             "  {}  expires {} ({} days)  {}  {}",
             a.info.subject_dn,
-            date(a.info.not_after),
+            format_time(a.info.not_after),
             days_left(a.info.not_after, now),
             a.info.thumbprint,
             a.file.display()
@@ -111,7 +102,7 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             warnings.push(format!(
                 "CA certificate {} expires {}",
                 a.info.subject_dn,
-                date(a.info.not_after)
+                format_time(a.info.not_after)
             ));
         }
     }

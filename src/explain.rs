@@ -19,6 +19,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::CertificateError;
 
 use crate::auth::{self, IdentitySource, Peer, SubjectMatch};
+use crate::cert::format_time;
 use crate::cert::CertInfo;
 use crate::cli::CliError;
 use crate::config::Config;
@@ -108,8 +109,8 @@ pub fn explain_loaded(
     line(format!("certificate: thumbprint {}", cert.thumbprint));
     line(format!(
         "certificate: valid {} to {}: {}",
-        date(cert.not_before),
-        date(cert.not_after),
+        format_time(cert.not_before),
+        format_time(cert.not_after),
         validity_now(&cert, now)
     ));
     line(format!(
@@ -458,16 +459,6 @@ fn validity_now(cert: &CertInfo, now: i64) -> String {
             (cert.not_after - now).div_euclid(86_400)
         )
     }
-}
-
-fn date(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
 }
 
 #[cfg(test)]

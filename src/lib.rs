@@ -16,7 +16,7 @@
 //! - [`mqtt`]: the CONNECT codec and the packets mqttgate sends (pure).
 //! - [`auth`]: the decision (pure).
 //! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
-//! - [`relay`]: the byte copy after the CONNECT.
+//! - [`relay`]: the byte copy after the CONNECT; [`pool`]: the I/O buffers both borrow.
 //! - [`config`], [`state`], [`metrics`], [`cli`].
 
 pub mod admin;
@@ -32,6 +32,7 @@ pub mod explain;
 pub mod metrics;
 pub mod mqtt;
 pub mod pki;
+pub mod pool;
 pub mod registry;
 pub mod relay;
 pub mod server;

@@ -8,7 +8,6 @@
 //! broker-to-client direction also tracks MQTT packet boundaries, so mqttgate can end a
 //! session with a DISCONNECT that never lands in the middle of a broker packet.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -18,30 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mqtt::PacketBoundary;
-
-/// Large enough for one full TLS record of plaintext, so bulk transfers move a record per
-/// read.
-const BUF_SIZE: usize = 16 * 1024;
-/// Buffers kept per worker thread for reuse; beyond this they go back to the allocator.
-const POOL_MAX: usize = 64;
-
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_buffer() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
-}
-
-fn give_buffer(buf: Box<[u8]>) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(buf);
-        }
-    });
-}
+use crate::pool;
 
 /// One direction of the copy.
 #[derive(Default, Debug)]
@@ -97,7 +73,7 @@ impl Half {
             }
             if self.read_done {
                 if let Some(buf) = self.buf.take() {
-                    give_buffer(buf);
+                    pool::give(buf);
                 }
                 if !self.shut {
                     ready!(w.as_mut().poll_flush(cx))?;
@@ -106,13 +82,13 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let buf = self.buf.get_or_insert_with(take_buffer);
+            let buf = self.buf.get_or_insert_with(pool::take);
             let mut rb = ReadBuf::new(buf);
             match r.as_mut().poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     // Nothing in flight: give the buffer back so an idle direction holds none.
                     if let Some(buf) = self.buf.take() {
-                        give_buffer(buf);
+                        pool::give(buf);
                     }
                     if self.need_flush {
                         ready!(w.as_mut().poll_flush(cx))?;
@@ -302,7 +278,7 @@ impl Relay {
     pub fn release(&mut self) {
         for h in [&mut self.up, &mut self.down] {
             if let Some(buf) = h.buf.take() {
-                give_buffer(buf);
+                pool::give(buf);
             }
         }
     }

@@ -13,7 +13,6 @@
 //! close_notify. Errors from rustls come back as `InvalidData` wrapping the `rustls::Error`,
 //! so `HandshakeFailure::classify` reads them the same way.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -29,36 +28,13 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Holds the largest TLS record (16 KiB of plaintext plus 2 KiB of expansion and the
-/// header), so a read can always complete a record.
-const BUF_SIZE: usize = 16 * 1024 + 2048 + 5 + 64;
-/// Handshake messages (a client's certificate chain) may be larger; rustls itself refuses
-/// anything over 64 KiB.
+use crate::pool;
+
+/// The receive buffer is one pooled record buffer (`pool::SIZE`); handshake messages (a
+/// client's certificate chain) may be larger, and rustls itself refuses anything over 64 KiB.
 const MAX_IN: usize = 64 * 1024 + 5;
 /// Plaintext encrypted per write: one full record.
 const MAX_PLAIN_PER_WRITE: usize = 16 * 1024;
-const POOL_MAX: usize = 64;
-
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_buffer() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
-}
-
-fn give_buffer(buf: Box<[u8]>) {
-    if buf.len() != BUF_SIZE {
-        return; // an oversized handshake buffer goes back to the allocator
-    }
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(buf);
-        }
-    });
-}
 
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
@@ -210,7 +186,7 @@ impl TlsConn {
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut enc) => {
-                let ob = outb.get_or_insert_with(take_buffer);
+                let ob = outb.get_or_insert_with(pool::take);
                 match enc.encode(&mut ob[*out_end..]) {
                     Ok(n) => {
                         *out_end += n;
@@ -226,7 +202,7 @@ impl TlsConn {
                                 .encode(&mut big)
                                 .map_err(|e| io::Error::other(e.to_string()))?;
                             if let Some(b) = outb.replace(big) {
-                                give_buffer(b);
+                                pool::give(b);
                             }
                             *out_pos = 0;
                             *out_end = n;
@@ -247,7 +223,7 @@ impl TlsConn {
             ConnectionState::BlockedHandshake => Step::Read,
             ConnectionState::WriteTraffic(mut w) => match src {
                 Some(data) if !data.is_empty() => {
-                    let ob = outb.get_or_insert_with(take_buffer);
+                    let ob = outb.get_or_insert_with(pool::take);
                     match w.encrypt(data, &mut ob[*out_end..]) {
                         Ok(n) => {
                             *out_end += n;
@@ -285,7 +261,7 @@ impl TlsConn {
         }
         if *in_used == 0 {
             if let Some(b) = inb.take() {
-                give_buffer(b);
+                pool::give(b);
             }
         }
         Ok(step)
@@ -294,7 +270,7 @@ impl TlsConn {
     /// Reads more bytes from the socket into the receive buffer. When the socket has
     /// nothing and no partial record is held, the buffer goes back to the pool.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let b = self.inb.get_or_insert_with(take_buffer);
+        let b = self.inb.get_or_insert_with(pool::take);
         if self.in_used == b.len() {
             if b.len() >= MAX_IN {
                 return Poll::Ready(Err(io::Error::new(
@@ -316,7 +292,7 @@ impl TlsConn {
                 }
                 if self.in_used == 0 {
                     if let Some(b) = self.inb.take() {
-                        give_buffer(b);
+                        pool::give(b);
                     }
                 }
                 Poll::Ready(Ok(n))
@@ -325,7 +301,7 @@ impl TlsConn {
             Poll::Pending => {
                 if self.in_used == 0 {
                     if let Some(b) = self.inb.take() {
-                        give_buffer(b);
+                        pool::give(b);
                     }
                 }
                 Poll::Pending
@@ -347,7 +323,7 @@ impl TlsConn {
         self.out_pos = 0;
         self.out_end = 0;
         if let Some(b) = self.outb.take() {
-            give_buffer(b);
+            pool::give(b);
         }
         Poll::Ready(Ok(()))
     }
@@ -451,7 +427,7 @@ impl AsyncWrite for TlsConn {
             if let Ok(ConnectionState::WriteTraffic(mut w)) =
                 this.conn.process_tls_records(incoming).state
             {
-                let ob = this.outb.get_or_insert_with(take_buffer);
+                let ob = this.outb.get_or_insert_with(pool::take);
                 if let Ok(n) = w.queue_close_notify(&mut ob[this.out_end..]) {
                     this.out_end += n;
                 }
@@ -465,10 +441,10 @@ impl AsyncWrite for TlsConn {
 impl Drop for TlsConn {
     fn drop(&mut self) {
         if let Some(b) = self.inb.take() {
-            give_buffer(b);
+            pool::give(b);
         }
         if let Some(b) = self.outb.take() {
-            give_buffer(b);
+            pool::give(b);
         }
     }
 }

@@ -33,6 +33,25 @@ async fn restart(env: &Env) -> std::sync::Arc<mqttgate::server::Server> {
     mqttgate::server::Server::start(config).await.unwrap()
 }
 
+/// Asserts the instance counted exactly one TLS handshake failure with `reason`. The server
+/// records it just after the client sees the alert, hence the wait.
+async fn assert_one_handshake_failure(
+    gate: &std::sync::Arc<mqttgate::server::Server>,
+    reason: &str,
+) {
+    let series = format!("mqttgate_tls_handshakes_total{{result=\"failed\",reason=\"{reason}\"}}");
+    let g = gate.clone();
+    assert!(
+        eventually(Duration::from_secs(2), || metric(
+            &g.metrics.render(),
+            &series
+        ) == Some(1.0))
+        .await,
+        "{}",
+        gate.metrics.render()
+    );
+}
+
 /// Writes `crl` as root.crl, adds it (and `tls_extra` lines) to the config's [tls].
 fn configure_crl(env: &Env, crl: &[u8], tls_extra: &str) {
     std::fs::write(env.path("root.crl"), crl).unwrap();
@@ -80,18 +99,7 @@ async fn a_revoked_leaf_is_refused_at_the_handshake_and_counted_as_revoked() {
         refused.is_empty(),
         "no CONNACK for a revoked certificate: {refused:02x?}"
     );
-    // The server records the failure just after the client sees the alert.
-    let g = gate.clone();
-    let series = "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"revoked\"}";
-    assert!(
-        eventually(Duration::from_secs(2), || metric(
-            &g.metrics.render(),
-            series
-        ) == Some(1.0))
-        .await,
-        "{}",
-        gate.metrics.render()
-    );
+    assert_one_handshake_failure(&gate, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,18 +134,7 @@ async fn a_stale_crl_refuses_that_cas_clients_by_default() {
     let good = env.pki.root.issue(&leaf("good")).unwrap();
     let refused = try_connect(gate.local_addr(), &env, &good, "good").await;
     assert!(refused.is_empty(), "{refused:02x?}");
-    // The server records the failure just after the client sees the alert.
-    let g = gate.clone();
-    let series = "mqttgate_tls_handshakes_total{result=\"failed\",reason=\"stale_crl\"}";
-    assert!(
-        eventually(Duration::from_secs(2), || metric(
-            &g.metrics.render(),
-            series
-        ) == Some(1.0))
-        .await,
-        "{}",
-        gate.metrics.render()
-    );
+    assert_one_handshake_failure(&gate, "stale_crl").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
