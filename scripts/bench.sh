@@ -18,6 +18,7 @@ command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
   else
     echo "missing: ${need[*]} (apt-get install -y ${need[*]})" >&2
