@@ -4,9 +4,8 @@
 # /healthz, and proxies a real mosquitto_pub (client certificate, MQTT 3.1.1 and 5) to a
 # real Mosquitto on the host's loopback; a refused client gets its CONNACK.
 #
-# Not part of scripts/test.sh: the static release build alone takes minutes on a clean
-# tree, and buildah's vfs storage copies the image on every step. Run it by hand or in a
-# separate CI job:   scripts/image-test.sh
+# Not part of scripts/test.sh (the static release build alone takes minutes on a clean
+# tree); .ci/run runs it after the tests. By hand:   scripts/image-test.sh
 #
 # Uses buildah (installed with apt-get when missing) with --storage-driver vfs and
 # --isolation chroot, which work without a container engine or a registry: the runtime
@@ -26,7 +25,9 @@ command -v buildah >/dev/null || { echo "FAIL: buildah is not installed and coul
 IMAGE=${IMAGE:-mqttgate:test}
 TARGET=x86_64-unknown-linux-gnu
 BIN=target/$TARGET/release/mqttgate
-B=(buildah --storage-driver vfs)
+# Image storage lives under target/, so a run leaves nothing behind outside the repository.
+STORE="$PWD/target/buildah"
+B=(buildah --storage-driver vfs --root "$STORE/storage" --runroot "$STORE/run")
 
 echo "== static build ($BIN)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$TARGET" --bin mqttgate
