@@ -78,8 +78,10 @@ pub enum Refused {
     ClientGone,
     #[error(transparent)]
     Parse(#[from] ParseError),
-    #[error("client certificate is {}", if *.0 == HandshakeFailure::Expired { "expired" } else { "not yet valid" })]
-    CertificateDates(HandshakeFailure),
+    /// The certificate fails the checks repeated after every handshake (a resumed TLS
+    /// session skips verification): dates, or a leaf that does not parse.
+    #[error("client certificate refused after the handshake: {}", .0.label())]
+    Certificate(HandshakeFailure),
     #[error("{}", .0.reason)]
     Denied(Denial, Version),
     #[error("past the connection limit")]
@@ -99,7 +101,7 @@ impl Refused {
             Refused::Parse(ParseError::TooLarge { .. }) => "connect_too_large",
             Refused::Parse(ParseError::UnsupportedProtocol { .. }) => "unsupported_protocol",
             Refused::Parse(ParseError::Malformed { .. }) => "malformed",
-            Refused::CertificateDates(f) => f.label(),
+            Refused::Certificate(f) => f.label(),
             Refused::Denied(..) => "denied",
             Refused::Busy(_) => "busy",
             Refused::Upstream(..) => "upstream_unavailable",
@@ -116,7 +118,7 @@ impl Refused {
             Refused::Upstream(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
-            Refused::ClientGone | Refused::CertificateDates(_) | Refused::Io(_) => "",
+            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) => "",
         }
     }
 
@@ -128,7 +130,7 @@ impl Refused {
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
             Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
-            Refused::ClientGone | Refused::CertificateDates(_) | Refused::Io(_) => (None, None),
+            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) => (None, None),
         }
     }
 }
@@ -322,15 +324,15 @@ async fn authorize(
         .expect("client authentication is mandatory");
     let (leaf, intermediates) = certs.split_first().expect("at least one certificate");
     let info = CertInfo::parse(leaf)
-        .map_err(|_| Refused::CertificateDates(HandshakeFailure::BadCertificate))?;
+        .map_err(|_| Refused::Certificate(HandshakeFailure::BadCertificate))?;
     // A resumed TLS session skips certificate verification, so the dates are checked here
     // for every connection.
     let now = unix_now();
     if now > info.not_after {
-        return Err(Refused::CertificateDates(HandshakeFailure::Expired));
+        return Err(Refused::Certificate(HandshakeFailure::Expired));
     }
     if now < info.not_before {
-        return Err(Refused::CertificateDates(HandshakeFailure::NotYetValid));
+        return Err(Refused::Certificate(HandshakeFailure::NotYetValid));
     }
     ctx.metrics
         .client_cert_days
@@ -714,17 +716,10 @@ async fn relay_connack(
         tls.write_all(&buf).await?;
         tls.flush().await
     };
-    match timeout_at(deadline, write).await {
-        Ok(Ok(())) => {
-            relay.forwarded_down(&buf);
-            Ok(())
-        }
-        // The client is gone or stalled; the relay will notice and end the session.
-        _ => {
-            relay.forwarded_down(&buf);
-            Ok(())
-        }
-    }
+    // A client that is gone or stalled here is noticed by the relay, which ends the session.
+    let _ = timeout_at(deadline, write).await;
+    relay.forwarded_down(&buf);
+    Ok(())
 }
 
 /// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an

@@ -273,20 +273,16 @@ impl Relay {
         })
         .await
     }
+}
 
-    /// Hands any pooled buffer back; called when the relay ends early.
-    pub fn release(&mut self) {
+/// A relay that ends with bytes in flight hands its buffers back to the pool.
+impl Drop for Relay {
+    fn drop(&mut self) {
         for h in [&mut self.up, &mut self.down] {
             if let Some(buf) = h.buf.take() {
                 pool::give(buf);
             }
         }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 

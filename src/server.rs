@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,6 @@ pub struct Server {
     config: Config,
     trust_tx: watch::Sender<Arc<Trust>>,
     lifecycle_tx: watch::Sender<Lifecycle>,
-    generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     normal: Arc<Semaphore>,
     busy: Arc<Semaphore>,
@@ -93,7 +92,6 @@ impl Server {
             config,
             trust_tx,
             lifecycle_tx,
-            generation: AtomicU64::new(1),
             metrics,
             accept_task: std::sync::Mutex::new(None),
             background: std::sync::Mutex::new(Vec::new()),
@@ -151,10 +149,6 @@ impl Server {
         self.readiness();
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The trust state new connections see now.
     pub fn trust(&self) -> Arc<Trust> {
         self.trust_tx.borrow().clone()
@@ -167,10 +161,10 @@ impl Server {
     /// Reads every file again. On success new connections see the new state at once and
     /// every live session is re-decided; on failure nothing changes.
     pub fn reload(&self) -> Result<u64, LoadError> {
-        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        // The published state carries its own generation; nothing else to keep in step.
+        let generation = self.trust().generation + 1;
         match Trust::load(&self.config, generation) {
             Ok(trust) => {
-                self.generation.store(generation, Ordering::SeqCst);
                 self.metrics.observe_trust(&trust);
                 self.trust_tx.send_replace(Arc::new(trust));
                 self.metrics
