@@ -201,3 +201,37 @@ async fn a_der_crl_file_works_like_a_pem_one() {
     let ok = try_connect(gate.local_addr(), &env, &good, "good").await;
     assert_eq!(&ok[..4], &[0x20, 0x02, 0x00, 0x00]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermediate_revoked_by_its_issuers_crl_refuses_its_leaves() {
+    let env = env_with_cas(None).await;
+    // The root's CRL revokes the intermediate, not the leaf: revocation covers the whole
+    // presented chain (SPEC §7).
+    let crl = env.pki.root.crl(&[&env.pki.inter.cert], 86_400).unwrap();
+    configure_crl(&env, crl.as_bytes(), "");
+    let gate = restart(&env).await;
+    let leaf_cert = env.pki.inter.issue(&leaf("good")).unwrap();
+    let refused = match tls_connect(
+        gate.local_addr(),
+        &env.pki.root.cert.cert_pem,
+        &leaf_cert,
+        &[&env.pki.inter.cert],
+    )
+    .await
+    {
+        Ok(mut tls) => {
+            let _ = tls
+                .write_all(&connect_packet(4, "good", Some("good")))
+                .await;
+            read_until_close(&mut tls, Duration::from_millis(800))
+                .await
+                .0
+        }
+        Err(_) => Vec::new(),
+    };
+    assert!(
+        refused.is_empty(),
+        "no CONNACK for a leaf under a revoked intermediate: {refused:02x?}"
+    );
+    assert_one_handshake_failure(&gate, "revoked").await;
+}
