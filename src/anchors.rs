@@ -18,12 +18,41 @@ pub struct Anchor {
     pub info: CertInfo,
     /// The file it was loaded from, for logs and errors.
     pub file: PathBuf,
+    /// Its position among the file's certificates, from 1.
+    pub index: usize,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Anchors {
     /// In file order, then certificate order; each certificate once.
     pub anchors: Vec<Anchor>,
+    /// Certificates left out because they had expired when the files were read.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A registered CA certificate that was not loaded because it had expired. webpki never
+/// date-checks an anchor, so an expired one must not be loaded at all; and one expired CA
+/// must never fail the whole reload, or disabling any client would stop working until
+/// someone edits the CA file (SPEC §7).
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub file: PathBuf,
+    pub index: usize,
+    pub subject: String,
+    pub not_after: i64,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: certificate #{} ({}) expired at {}; not loaded",
+            self.file.display(),
+            self.index,
+            self.subject,
+            Utc(self.not_after)
+        )
+    }
 }
 
 /// Why a CA file was refused. `index` counts certificates in the file from 1.
@@ -54,26 +83,10 @@ pub enum AnchorError {
         index: usize,
         subject: String,
     },
-    // webpki never checks an anchor's dates, so an expired registered CA would keep
-    // validating clients silently; refusing it is the only place the date is seen.
-    #[error("{}: certificate #{index} ({subject}) expired at {}", .file.display(), Utc(*.not_after))]
-    Expired {
-        file: PathBuf,
-        index: usize,
-        subject: String,
-        not_after: i64,
-    },
-    #[error("{}: certificate #{index} ({subject}) is not valid before {}", .file.display(), Utc(*.not_before))]
-    NotYetValid {
-        file: PathBuf,
-        index: usize,
-        subject: String,
-        not_before: i64,
-    },
 }
 
 /// Unix seconds as RFC 3339 UTC, for messages.
-struct Utc(i64);
+pub struct Utc(pub i64);
 
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,26 +112,31 @@ impl Anchors {
     /// an empty set (thumbprint-only deployments). `now` is unix seconds.
     pub fn load(files: &[PathBuf], now: i64) -> Result<Anchors, AnchorError> {
         let mut seen = HashSet::new();
-        let mut anchors = Vec::new();
+        let mut all = Anchors::default();
         for file in files {
             let pem = std::fs::read(file).map_err(|source| AnchorError::Read {
                 file: file.clone(),
                 source,
             })?;
-            for anchor in Anchors::from_pem(&pem, file, now)? {
+            let loaded = Anchors::from_pem(&pem, file, now)?;
+            for anchor in loaded.anchors {
                 // The same CA listed in two files (a bundle and its parts) is one anchor.
                 if seen.insert(anchor.info.thumbprint) {
-                    anchors.push(anchor);
+                    all.anchors.push(anchor);
                 }
             }
+            all.skipped.extend(loaded.skipped);
         }
-        Ok(Anchors { anchors })
+        Ok(all)
     }
 
-    /// Every CERTIFICATE block of one PEM document, checked. Other blocks (keys) are
-    /// skipped. `file` only names the source in errors.
-    pub fn from_pem(pem: &[u8], file: &Path, now: i64) -> Result<Vec<Anchor>, AnchorError> {
+    /// Every CERTIFICATE block of one PEM document, checked; those expired at `now` are
+    /// skipped and listed. Other blocks (keys) are ignored. A CA that is not yet valid is
+    /// loaded: the admission check refuses its clients until its notBefore. `file` only
+    /// names the source in errors.
+    pub fn from_pem(pem: &[u8], file: &Path, now: i64) -> Result<Anchors, AnchorError> {
         let mut anchors = Vec::new();
+        let mut skipped = Vec::new();
         for (i, der) in CertificateDer::pem_slice_iter(pem).enumerate() {
             let index = i + 1;
             let der = der.map_err(|source| AnchorError::Pem {
@@ -144,33 +162,27 @@ impl Anchors {
                 });
             }
             if info.not_after < now {
-                return Err(AnchorError::Expired {
+                skipped.push(Skipped {
                     file: file.to_path_buf(),
                     index,
                     subject,
                     not_after: info.not_after,
                 });
-            }
-            if info.not_before > now {
-                return Err(AnchorError::NotYetValid {
-                    file: file.to_path_buf(),
-                    index,
-                    subject,
-                    not_before: info.not_before,
-                });
+                continue;
             }
             anchors.push(Anchor {
                 der,
                 info,
                 file: file.to_path_buf(),
+                index,
             });
         }
-        if anchors.is_empty() {
+        if anchors.is_empty() && skipped.is_empty() {
             return Err(AnchorError::NoCertificate {
                 file: file.to_path_buf(),
             });
         }
-        Ok(anchors)
+        Ok(Anchors { anchors, skipped })
     }
 
     pub fn len(&self) -> usize {
@@ -233,9 +245,13 @@ mod tests {
         let (root, inter, _) = chain();
         let pem = format!("{root}{inter}");
         let anchors = Anchors::from_pem(pem.as_bytes(), Path::new("ca.pem"), NOW).unwrap();
-        let names: Vec<&str> = anchors.iter().map(|a| a.info.subject_dn.as_str()).collect();
+        let names: Vec<&str> = anchors
+            .anchors
+            .iter()
+            .map(|a| a.info.subject_dn.as_str())
+            .collect();
         assert_eq!(names, ["CN=root", "CN=inter"]);
-        assert_eq!(anchors[1].info.issuer_dn, "CN=root");
+        assert_eq!(anchors.anchors[1].info.issuer_dn, "CN=root");
     }
 
     #[test]
@@ -251,27 +267,33 @@ mod tests {
     }
 
     #[test]
-    fn expired_ca_is_refused() {
-        let pem = ca_pem("old-ca", NOW - 1000, NOW - 1);
-        let err = Anchors::from_pem(pem.as_bytes(), Path::new("old.pem"), NOW).unwrap_err();
-        assert!(
-            matches!(err, AnchorError::Expired { index: 1, .. }),
-            "{err}"
-        );
+    fn expired_ca_is_skipped_and_reported_without_failing_the_file() {
+        let (root, _, _) = chain();
+        let pem = format!("{}{root}", ca_pem("old-ca", NOW - 1000, NOW - 1));
+        let loaded = Anchors::from_pem(pem.as_bytes(), Path::new("old.pem"), NOW).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded.anchors[0].info.subject_dn, "CN=root");
+        assert_eq!(loaded.skipped.len(), 1);
         assert_eq!(
-            err.to_string(),
-            "old.pem: certificate #1 (CN=old-ca) expired at 2027-01-15T07:59:59Z"
+            loaded.skipped[0].to_string(),
+            "old.pem: certificate #1 (CN=old-ca) expired at 2027-01-15T07:59:59Z; not loaded"
         );
     }
 
     #[test]
-    fn not_yet_valid_ca_is_refused() {
+    fn a_file_of_only_expired_cas_loads_nothing_and_is_not_an_error() {
+        let pem = ca_pem("old-ca", NOW - 1000, NOW - 1);
+        let loaded = Anchors::from_pem(pem.as_bytes(), Path::new("old.pem"), NOW).unwrap();
+        assert!(loaded.is_empty());
+        assert_eq!(loaded.skipped.len(), 1);
+    }
+
+    #[test]
+    fn not_yet_valid_ca_is_loaded_for_its_validity_to_be_checked_at_admission() {
         let pem = ca_pem("future-ca", NOW + 10, NOW + 1000);
-        let err = Anchors::from_pem(pem.as_bytes(), Path::new("f.pem"), NOW).unwrap_err();
-        assert!(
-            matches!(err, AnchorError::NotYetValid { index: 1, .. }),
-            "{err}"
-        );
+        let loaded = Anchors::from_pem(pem.as_bytes(), Path::new("f.pem"), NOW).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert!(loaded.skipped.is_empty());
     }
 
     #[test]

@@ -103,17 +103,27 @@ pub fn decision(
     );
 }
 
-pub fn closed(peer: SocketAddr, name: &str, reason: &str, bytes: (u64, u64), duration: Duration) {
+/// One line per accepted connection, however it ended (`outcome`: tls_failure, refused
+/// or session).
+pub fn closed(
+    peer: SocketAddr,
+    outcome: &str,
+    reason: &str,
+    name: &str,
+    bytes: (u64, u64),
+    duration: Duration,
+) {
     info!(
         target: "mqttgate::audit",
         event = "closed",
         %peer,
+        outcome,
         authentication_name = %name,
         reason,
         bytes_to_broker = bytes.0,
         bytes_to_client = bytes.1,
         duration_ms = duration.as_millis() as u64,
-        "session closed"
+        "connection closed"
     );
 }
 

@@ -94,6 +94,9 @@ pub struct Identity {
     pub client_name: String,
     pub scheme: Scheme,
     pub source: IdentitySource,
+    /// Unix seconds after which the identity no longer holds: the certificate's notAfter,
+    /// or its chain's when the scheme relies on the chain (set by `Trust::decide`).
+    pub valid_until: i64,
 }
 
 /// Why a client was refused. Every variant gets the same CONNACK; the variant only goes
@@ -199,6 +202,7 @@ pub fn decide(
         client_name: client.name.clone(),
         scheme: client.scheme,
         source,
+        valid_until: peer.cert.not_after,
     })
 }
 

@@ -106,6 +106,10 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             ));
         }
     }
+    for skipped in &trust.anchors.skipped {
+        writeln!(out, "  skipped: {skipped}")?;
+        warnings.push(format!("CA certificate skipped: {skipped}"));
+    }
     let clients = trust.registry.clients();
     writeln!(out, "clients: {}", clients.len())?;
     let mut by_scheme: BTreeMap<&str, (usize, usize)> = BTreeMap::new();

@@ -24,7 +24,7 @@ use tokio::time::{timeout, timeout_at};
 use tracing::debug;
 
 use crate::audit;
-use crate::auth::{self, Denial, Identity, Peer};
+use crate::auth::{self, Denial, Identity};
 use crate::cert::CertInfo;
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
@@ -90,6 +90,9 @@ pub enum Refused {
     Upstream(Version, String),
     #[error("read failed: {0}")]
     Io(std::io::Error),
+    /// Past the connection limit and its busy answers: closed at accept, no TLS work.
+    #[error("past the connection limit and its busy answers")]
+    OverLimit,
 }
 
 impl Refused {
@@ -106,6 +109,7 @@ impl Refused {
             Refused::Busy(_) => "busy",
             Refused::Upstream(..) => "upstream_unavailable",
             Refused::Io(_) => "io",
+            Refused::OverLimit => "over_limit",
         }
     }
 
@@ -118,7 +122,9 @@ impl Refused {
             Refused::Upstream(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
-            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) => "",
+            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) | Refused::OverLimit => {
+                ""
+            }
         }
     }
 
@@ -130,7 +136,9 @@ impl Refused {
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
             Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
-            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) => (None, None),
+            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) | Refused::OverLimit => {
+                (None, None)
+            }
         }
     }
 }
@@ -160,20 +168,46 @@ impl Closed {
 }
 
 /// What was decided about an admitted client, kept for the life of the session. The
-/// certificate itself stays in rustls (which keeps the peer chain anyway) and is parsed
+/// certificate itself stays in rustls (which keeps the peer chain anyway) and is admitted
 /// again only when a reload asks for a new decision.
 struct Session {
     version: Version,
     /// The CONNECT username, needed to re-decide on reload.
     username: Option<String>,
     identity: Identity,
-    not_after: i64,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order; emptied once sent.
     first_bytes: Vec<u8>,
 }
 
-/// Serves one accepted TCP connection to its end.
+/// How an accepted TCP connection ended. Every connection ends in exactly one, recorded
+/// once by [`record`]: one metric increment and one audit line (SPEC §7).
+#[derive(Debug)]
+pub enum Outcome {
+    /// The TLS handshake failed or did not finish before the deadline.
+    TlsFailed(HandshakeFailure),
+    /// Refused after the handshake (answered with a CONNACK where SPEC §3 gives one).
+    Refused(Refused),
+    /// A proxied session ended.
+    Session {
+        closed: Closed,
+        name: String,
+        bytes: (u64, u64),
+    },
+}
+
+impl Outcome {
+    /// `(outcome, reason)` metric labels.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::TlsFailed(f) => ("tls_failure", f.label()),
+            Outcome::Refused(r) => ("refused", r.label()),
+            Outcome::Session { closed, .. } => ("session", closed.label()),
+        }
+    }
+}
+
+/// Serves one accepted TCP connection to its end and records how it ended.
 pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
     let accepted = Instant::now();
     // Phases 1 to 5 run in a boxed future of their own that is freed before the session
@@ -181,31 +215,38 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: A
     // state is far larger than the relay's. Idle sessions are most of a server's life
     // (measured with -Zprint-type-sizes: the task future of a session went from 3,336 to
     // 2,248 bytes).
-    let Some(mut open) = Box::pin(open_session(&ctx, tcp, peer, admission, accepted)).await else {
-        return;
+    let outcome = match Box::pin(open_session(&ctx, tcp, peer, admission, accepted)).await {
+        Ok(mut open) => {
+            let closed = relay_session(&ctx, &mut open).await;
+            Outcome::Session {
+                closed,
+                name: std::mem::take(&mut open.session.identity.authentication_name),
+                bytes: open.relay.bytes(),
+            }
+        }
+        Err(outcome) => outcome,
     };
-    let m = &ctx.metrics;
-    let closed = relay_session(
-        &ctx,
-        &mut open.tls,
-        &mut open.upstream,
-        &mut open.relay,
-        &open.session,
-        open.trust_rx,
-    )
-    .await;
-    m.closed
-        .get_or_create(&metrics::Reason {
-            reason: closed.label(),
+    record(&ctx, peer, accepted, &outcome);
+}
+
+/// Records how a connection ended: the one place that counts closes and writes the
+/// audit line, so logs and metrics never disagree.
+pub fn record(ctx: &Ctx, peer: SocketAddr, accepted: Instant, outcome: &Outcome) {
+    let (kind, reason) = outcome.labels();
+    ctx.metrics
+        .closed
+        .get_or_create(&metrics::Close {
+            outcome: kind,
+            reason,
         })
         .inc();
-    audit::closed(
-        peer,
-        &open.session.identity.authentication_name,
-        closed.label(),
-        open.relay.bytes(),
-        accepted.elapsed(),
-    );
+    let (name, bytes) = match outcome {
+        Outcome::Session { name, bytes, .. } => (name.as_str(), *bytes),
+        // Whatever a refused or failed peer retries is rate-limited in the log.
+        _ if !ctx.denial_log.check(peer.ip(), std::time::Instant::now()).0 => return,
+        _ => ("", (0, 0)),
+    };
+    audit::closed(peer, kind, reason, name, bytes, accepted.elapsed());
 }
 
 /// What a session needs once the broker has accepted it.
@@ -214,187 +255,191 @@ struct Opened {
     upstream: TcpStream,
     relay: Relay,
     session: Session,
+    /// The trust state this session was last decided against is the one marked seen.
     trust_rx: TrustWatch,
 }
 
-/// Phases 1 to 5: handshake, CONNECT, decision, dial, the broker's CONNACK passed on. None
-/// when the connection was refused or failed (already recorded and answered).
+/// Phases 1 to 5: handshake, CONNECT, decision, dial, the broker's CONNACK passed on. On
+/// refusal or failure, the client has been answered and the outcome is returned.
 async fn open_session(
     ctx: &Ctx,
     tcp: TcpStream,
     peer: SocketAddr,
     admission: Admission,
     accepted: Instant,
-) -> Option<Opened> {
+) -> Result<Opened, Outcome> {
     let deadline = tokio::time::Instant::from_std(accepted + ctx.limits.connect_timeout);
+    let mut tls = handshake(ctx, tcp, peer, deadline, accepted)
+        .await
+        .map_err(Outcome::TlsFailed)?;
     let mut trust_rx = ctx.trust.clone();
-    let trust = trust_rx.borrow_and_update().clone();
-    let m = &ctx.metrics;
-
-    let mut tls = match handshake(&trust.server_config, tcp, deadline).await {
-        Ok(tls) => {
-            m.handshake_seconds
+    match admit_and_dial(ctx, &mut tls, &mut trust_rx, peer, deadline, admission).await {
+        Ok((session, upstream)) => {
+            let mut opened = Opened {
+                tls,
+                upstream,
+                relay: Relay::with_counters(ctx.metrics.up_bytes(), ctx.metrics.down_bytes()),
+                session,
+                trust_rx,
+            };
+            let o = &mut opened;
+            if let Err(refused) = open_upstream(
+                ctx,
+                &mut o.tls,
+                &mut o.upstream,
+                &mut o.session,
+                &mut o.relay,
+            )
+            .await
+            {
+                refuse(ctx, &mut opened.tls, &refused, peer, accepted).await;
+                return Err(Outcome::Refused(refused));
+            }
+            ctx.metrics
+                .accept_to_decision_seconds
+                .get_or_create(&metrics::Outcome {
+                    outcome: "connack_forwarded",
+                })
                 .observe(accepted.elapsed().as_secs_f64());
-            m.handshakes
-                .get_or_create(&metrics::ResultReason {
-                    result: "ok",
-                    reason: "",
-                })
-                .inc();
-            tls
+            Ok(opened)
         }
-        Err(failure) => {
-            m.handshakes
-                .get_or_create(&metrics::ResultReason {
-                    result: "failed",
-                    reason: failure.label(),
-                })
-                .inc();
-            debug!(%peer, reason = failure.label(), "tls handshake failed");
-            return None;
-        }
-    };
-
-    let mut session = match authorize(ctx, &trust, &mut tls, peer, deadline, admission).await {
-        Ok(session) => session,
         Err(refused) => {
             refuse(ctx, &mut tls, &refused, peer, accepted).await;
-            return None;
+            Err(Outcome::Refused(refused))
         }
-    };
-    let mut upstream = match dial(ctx).await {
-        Ok(s) => s,
-        Err(e) => {
-            let refused = Refused::Upstream(session.version, e);
-            refuse(ctx, &mut tls, &refused, peer, accepted).await;
-            return None;
-        }
-    };
-    let mut relay = Relay::with_counters(m.up_bytes(), m.down_bytes());
-    if let Err(refused) =
-        open_upstream(ctx, &mut tls, &mut upstream, &mut session, &mut relay).await
-    {
-        refuse(ctx, &mut tls, &refused, peer, accepted).await;
-        return None;
     }
-    m.accept_to_decision_seconds
-        .get_or_create(&metrics::Outcome {
-            outcome: "connack_forwarded",
-        })
-        .observe(accepted.elapsed().as_secs_f64());
-    Some(Opened {
-        tls,
-        upstream,
-        relay,
-        session,
-        trust_rx,
-    })
 }
 
-/// Phase 1: the TLS handshake, which also verifies the client certificate.
+/// Phase 1: the TLS handshake under the connect deadline, with the configuration (and so
+/// the verifier) of the trust state current at accept. The decision after CONNECT
+/// re-admits the certificate against the state current then.
 async fn handshake(
-    config: &Arc<rustls::ServerConfig>,
+    ctx: &Ctx,
     tcp: TcpStream,
+    peer: SocketAddr,
     deadline: tokio::time::Instant,
+    accepted: Instant,
 ) -> Result<TlsConn, HandshakeFailure> {
-    match timeout_at(deadline, TlsConn::accept(config.clone(), tcp)).await {
+    let config = ctx.trust.borrow().server_config.clone();
+    let result = match timeout_at(deadline, TlsConn::accept(config, tcp)).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(HandshakeFailure::classify(&e)),
         Err(_) => Err(HandshakeFailure::Timeout),
-    }
+    };
+    let m = &ctx.metrics;
+    let (result_label, reason) = match &result {
+        Ok(_) => {
+            m.handshake_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+            ("ok", "")
+        }
+        Err(failure) => {
+            debug!(%peer, reason = failure.label(), "tls handshake failed");
+            ("failed", failure.label())
+        }
+    };
+    m.handshakes
+        .get_or_create(&metrics::ResultReason {
+            result: result_label,
+            reason,
+        })
+        .inc();
+    result
 }
 
-/// Phases 2 and 3: read the CONNECT and decide.
-async fn authorize(
+/// Phases 2 to 4: read the CONNECT, decide against the newest trust state, dial the
+/// broker, and decide again if the state changed meanwhile, so that nothing reaches the
+/// broker on a decision a reload has overtaken (SPEC §7). The receiver is left marking the
+/// state of the final decision as seen: any later reload re-decides the live session.
+async fn admit_and_dial(
     ctx: &Ctx,
-    trust: &Trust,
     tls: &mut TlsConn,
+    trust_rx: &mut TrustWatch,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
     admission: Admission,
-) -> Result<Session, Refused> {
+) -> Result<(Session, TcpStream), Refused> {
     let (connect, pipelined) = read_connect(tls, deadline, ctx.limits.max_connect_bytes).await?;
     let version = connect.version;
     if admission == Admission::Busy {
         return Err(Refused::Busy(version));
     }
-    let conn = &*tls;
-    let certs = conn
-        .peer_certificates()
-        .expect("client authentication is mandatory");
-    let (leaf, intermediates) = certs.split_first().expect("at least one certificate");
-    let info = CertInfo::parse(leaf)
-        .map_err(|_| Refused::Certificate(HandshakeFailure::BadCertificate))?;
-    // A resumed TLS session skips certificate verification, so the dates are checked here
-    // for every connection.
-    let now = unix_now();
-    if now > info.not_after {
-        return Err(Refused::Certificate(HandshakeFailure::Expired));
+    let mut identity = decide(
+        ctx,
+        &trust_rx.borrow_and_update(),
+        tls,
+        &connect,
+        peer,
+        false,
+    )?;
+    let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
+    // No await from here until the first byte is written upstream.
+    if trust_rx.has_changed().unwrap_or(false) {
+        identity = decide(
+            ctx,
+            &trust_rx.borrow_and_update(),
+            tls,
+            &connect,
+            peer,
+            true,
+        )?;
     }
-    if now < info.not_before {
-        return Err(Refused::Certificate(HandshakeFailure::NotYetValid));
-    }
-    ctx.metrics
-        .client_cert_days
-        .observe((info.not_after - now) as f64 / 86_400.0);
-    let chains = chains(trust, &info, leaf, intermediates);
-    let decision = auth::decide(
-        &Peer {
-            cert: &info,
-            chains,
-        },
-        connect.username.as_deref(),
-        &trust.registry,
-        &trust.policy,
-    );
-    let facts = audit::TlsFacts {
-        version: conn
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default(),
-        cipher: conn
-            .negotiated_cipher_suite()
-            .map(|c| format!("{:?}", c.suite()))
-            .unwrap_or_default(),
-    };
-    record_decision(ctx, &decision, &info, &connect, peer, &facts);
-    let identity = decision.map_err(|denial| Refused::Denied(denial, version))?;
-    let upstream = if ctx.username_mode == UsernameMode::Passthrough
-        && ctx.client_id_mode == ClientIdMode::Passthrough
-    {
-        // Nothing to change: the codec re-encodes exactly the bytes the client sent.
-        connect.clone()
-    } else {
-        upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode)
-    };
+    let first = upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode);
     // Only the per-identity encoding can grow a field, past the 65535 bytes MQTT allows.
-    if upstream.client_id.len() > usize::from(u16::MAX) {
+    if first.client_id.len() > usize::from(u16::MAX) {
         return Err(Refused::Parse(ParseError::Malformed {
             version: Some(version),
             reason: "client identifier too long for the per-identity encoding",
         }));
     }
-    let mut first_bytes = upstream.encode();
+    let mut first_bytes = first.encode();
     first_bytes.extend_from_slice(&pipelined);
-    Ok(Session {
-        version,
-        username: connect.username,
-        identity,
-        not_after: info.not_after,
-        first_bytes,
-    })
+    Ok((
+        Session {
+            version,
+            username: connect.username,
+            identity,
+            first_bytes,
+        },
+        upstream,
+    ))
 }
 
-/// Did the handshake admit this leaf by chain? Only pinned leaves need a second look:
-/// the verifier admits an unpinned leaf only when it chains.
-fn chains(
+/// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
+/// registry), recorded in the audit log and metrics. `again` marks a second decision
+/// after a reload overtook the first; each is logged as the decision it was.
+fn decide(
+    ctx: &Ctx,
     trust: &Trust,
-    info: &CertInfo,
-    leaf: &rustls::pki_types::CertificateDer<'_>,
-    intermediates: &[rustls::pki_types::CertificateDer<'_>],
-) -> bool {
-    !trust.registry.has_thumbprint(&info.thumbprint)
-        || trust.verifier.chains(leaf, intermediates, UnixTime::now())
+    tls: &TlsConn,
+    connect: &Connect,
+    peer: SocketAddr,
+    again: bool,
+) -> Result<Identity, Refused> {
+    let chain = tls
+        .peer_certificates()
+        .ok_or(Refused::Certificate(HandshakeFailure::NoCertificate))?;
+    let (admitted, decision) = trust
+        .decide(chain, connect.username.as_deref(), UnixTime::now())
+        .map_err(|f| Refused::Certificate(f.0))?;
+    let info = &admitted.leaf;
+    if !again {
+        ctx.metrics
+            .client_cert_days
+            .observe((info.not_after - unix_now()) as f64 / 86_400.0);
+    }
+    let facts = audit::TlsFacts {
+        version: tls
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher: tls
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default(),
+    };
+    record_decision(ctx, &decision, info, connect, peer, &facts);
+    decision.map_err(|denial| Refused::Denied(denial, connect.version))
 }
 
 fn record_decision(
@@ -464,7 +509,8 @@ async fn read_connect(
     }
 }
 
-/// Answers a refusal with the CONNACK SPEC §3 gives it (if any), closes, and records it.
+/// Answers a refusal with the CONNACK SPEC §3 gives it (if any) and closes; `record`
+/// counts it.
 async fn refuse(
     ctx: &Ctx,
     tls: &mut TlsConn,
@@ -472,12 +518,6 @@ async fn refuse(
     peer: SocketAddr,
     accepted: Instant,
 ) {
-    ctx.metrics
-        .closed
-        .get_or_create(&metrics::Reason {
-            reason: refused.label(),
-        })
-        .inc();
     let (refusal, version) = refused.answer();
     debug!(%peer, reason = refused.label(), error = %refused, "refused");
     if let Some(bytes) = refusal.and_then(|r| {
@@ -611,20 +651,19 @@ async fn open_upstream(
 }
 
 /// Phase 6: relay both ways until a side closes, re-deciding the session on every reload
-/// and ending it at certificate expiry or shutdown.
-async fn relay_session(
-    ctx: &Ctx,
-    tls: &mut TlsConn,
-    upstream: &mut TcpStream,
-    relay: &mut Relay,
-    session: &Session,
-    mut trust_rx: TrustWatch,
-) -> Closed {
+/// and ending it when its identity's validity ends (certificate or CA notAfter) or at
+/// shutdown.
+async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
+    let Opened {
+        tls,
+        upstream,
+        relay,
+        session,
+        trust_rx,
+    } = open;
     let version = session.version;
     let mut lifecycle = ctx.lifecycle.clone();
-    let expires = tokio::time::Instant::now()
-        + Duration::from_secs(session.not_after.saturating_sub(unix_now()).max(0) as u64 + 1);
-    let expiry = tokio::time::sleep_until(expires);
+    let expiry = tokio::time::sleep_until(expiry_instant(session.identity.valid_until));
     tokio::pin!(expiry);
 
     let stop = loop {
@@ -641,8 +680,9 @@ async fn relay_session(
                     continue;
                 }
                 let trust = trust_rx.borrow_and_update().clone();
-                if !still_allowed(&trust, tls, session) {
-                    break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION);
+                match still_allowed(&trust, tls, session) {
+                    Some(valid_until) => expiry.as_mut().reset(expiry_instant(valid_until)),
+                    None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
                 }
             }
             _ = &mut expiry => break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION),
@@ -659,6 +699,12 @@ async fn relay_session(
     let (closed, reason) = stop;
     end_session(relay, tls, upstream, version, reason).await;
     closed
+}
+
+/// The first instant past `valid_until` (unix seconds): validity ends after that second.
+fn expiry_instant(valid_until: i64) -> tokio::time::Instant {
+    let left = valid_until.saturating_sub(unix_now()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(left + 1)
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
@@ -745,35 +791,19 @@ async fn end_session(
     let _ = upstream.shutdown().await;
 }
 
-/// SPEC §5: would this session be allowed under the new trust state?
-fn still_allowed(trust: &Trust, tls: &TlsConn, session: &Session) -> bool {
-    let Some((leaf, intermediates)) = tls.peer_certificates().and_then(|c| c.split_first()) else {
-        return false;
-    };
-    let Ok(info) = CertInfo::parse(leaf) else {
-        return false;
-    };
-    let pinned = trust.registry.has_thumbprint(&info.thumbprint);
-    let chained = trust.verifier.chains(leaf, intermediates, UnixTime::now());
-    // The handshake would refuse it now: neither chained nor pinned.
-    if !pinned && !chained {
-        return false;
-    }
-    match auth::decide(
-        &Peer {
-            cert: &info,
-            chains: chained,
-        },
-        session.username.as_deref(),
-        &trust.registry,
-        &trust.policy,
-    ) {
-        Ok(id) => auth::same_name(
-            &id.authentication_name,
-            &session.identity.authentication_name,
-        ),
-        Err(_) => false,
-    }
+/// SPEC §5: is this session still allowed under the new trust state, as the same
+/// identity? Its new validity end when it is.
+fn still_allowed(trust: &Trust, tls: &TlsConn, session: &Session) -> Option<i64> {
+    let chain = tls.peer_certificates()?;
+    let (_, decision) = trust
+        .decide(chain, session.username.as_deref(), UnixTime::now())
+        .ok()?;
+    let id = decision.ok()?;
+    auth::same_name(
+        &id.authentication_name,
+        &session.identity.authentication_name,
+    )
+    .then_some(id.valid_until)
 }
 
 #[cfg(test)]
@@ -788,6 +818,7 @@ mod tests {
             client_name: name.into(),
             scheme: Scheme::SubjectMatchesAuthenticationName,
             source: IdentitySource::Username,
+            valid_until: i64::MAX,
         }
     }
 

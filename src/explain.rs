@@ -2,31 +2,33 @@
 //! certificate (and optionally a CONNECT username), one line per step, and the CONNACK an
 //! MQTT 3.1.1 and an MQTT 5 client would get.
 //!
-//! This module only reports. The handshake's admission is the verifier's own
-//! `verify_client_cert` (tls.rs), the name, client and scheme checks are `auth.rs`'s
-//! functions, and the final answer is `auth::decide`'s result, so the report can't drift
-//! from what a live connection gets. What it can't see: possession of the private key
+//! This module only reports; it decides nothing. The handshake's admission is `admit`
+//! (the function the TLS verifier calls), the name, client and scheme steps are `auth.rs`'s
+//! functions, the final answer is `Trust::decide`'s (what a live connection gets after its
+//! CONNECT) and what the broker sees is `connection::upstream_connect`'s, so the report
+//! can't drift from what a live connection gets. What it can't see: possession of the private key
 //! (the CertificateVerify signature), which only a live handshake proves.
 
-use std::collections::HashSet;
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::CertificateError;
 
-use crate::auth::{self, IdentitySource, Peer, SubjectMatch};
+use crate::admit::admit;
+use crate::auth::{self, Identity, IdentitySource, Peer, SubjectMatch};
 use crate::cert::format_time;
 use crate::cert::CertInfo;
 use crate::cli::CliError;
 use crate::config::Config;
+use crate::connection::upstream_connect;
 use crate::mqtt::code;
+use crate::mqtt::{Connect, Version};
 use crate::registry::{Scheme, State};
 use crate::state::{unix_now, Trust};
-use crate::tls::{self, ClientVerifier, HandshakeFailure};
+use crate::tls::HandshakeFailure;
 
 /// The outcome of `explain`: the report, and whether the client would be let through.
 #[derive(Clone, Debug)]
@@ -118,7 +120,7 @@ pub fn explain_loaded(
         intermediates.len()
     ));
 
-    // TLS admission: pin, chain, and the verifier's own verdict.
+    // TLS admission: `admit`, the function the handshake's verifier calls, and its steps.
     let pinned_on: Vec<&str> = trust
         .registry
         .clients()
@@ -126,7 +128,7 @@ pub fn explain_loaded(
         .filter(|c| c.thumbprints.contains(&cert.thumbprint))
         .map(|c| c.name.as_str())
         .collect();
-    if trust.verifier.is_pinned(leaf) {
+    if trust.certs.is_pinned(leaf) {
         line(format!(
             "tls: pin: thumbprint registered in allowedThumbprints of {}",
             pinned_on.join(", ")
@@ -134,22 +136,38 @@ pub fn explain_loaded(
     } else {
         line("tls: pin: thumbprint is not in any client's allowedThumbprints".to_string());
     }
-    let chains = trust.verifier.chains(leaf, intermediates, at);
-    if chains {
-        line(format!(
-            "tls: chain: ok, reaches a registered CA certificate ({} registered)",
-            trust.anchors.anchors.len()
-        ));
-    } else if trust.anchors.anchors.is_empty() {
-        line("tls: chain: no CA certificate is registered ([tls] ca_certificates)".to_string());
-    } else {
-        let why = chain_error(config, trust, leaf, intermediates, at)?;
-        line(format!("tls: chain: fails: {why}"));
+    let admission = admit(chain, &trust.certs, at);
+    let chain_result = match &admission {
+        Ok(a) => a.chain.clone(),
+        Err(e) => Err(*e),
+    };
+    match &chain_result {
+        Ok(path) => {
+            line(format!(
+                "tls: chain: ok, reaches a registered CA certificate ({} registered)",
+                trust.anchors.anchors.len()
+            ));
+            line(format!(
+                "tls: chain: ends at {:?} through {} intermediate(s); the chain is valid until {}",
+                path.anchor,
+                path.intermediates,
+                format_time(path.not_after)
+            ));
+        }
+        Err(_) if trust.anchors.anchors.is_empty() => {
+            line("tls: chain: no CA certificate is registered ([tls] ca_certificates)".to_string())
+        }
+        Err(e) => line(format!(
+            "tls: chain: fails: {}",
+            describe_tls_error(&e.to_rustls())
+        )),
     }
-    let handshake = trust.verifier.verify_client_cert(leaf, intermediates, at);
-    let tls_refusal = match &handshake {
-        Ok(_) => {
-            let by = match (trust.verifier.is_pinned(leaf), chains) {
+    for skipped in &trust.anchors.skipped {
+        line(format!("tls: CA certificate skipped: {skipped}"));
+    }
+    let tls_refusal = match &admission {
+        Ok(a) => {
+            let by = match (a.pinned, a.chains()) {
                 (true, true) => "by pin and by chain",
                 (true, false) => "by pin",
                 _ => "by chain",
@@ -160,7 +178,7 @@ pub fn explain_loaded(
             None
         }
         Err(e) => {
-            let why = describe_tls_error(e);
+            let why = describe_tls_error(&e.to_rustls());
             line(format!("tls: handshake: refused: {why}"));
             Some(why)
         }
@@ -168,6 +186,7 @@ pub fn explain_loaded(
     if tls_refusal.is_some() {
         line("note: the handshake is refused, so nothing below is reached; it shows what would follow if it were admitted".to_string());
     }
+    let chains = chain_result.is_ok();
 
     // The authentication name: username, then each configured source in order.
     let policy = &trust.policy;
@@ -227,16 +246,20 @@ pub fn explain_loaded(
         }
     }
 
-    // The answer, from auth::decide.
-    let decision = auth::decide(
-        &Peer {
-            cert: &cert,
-            chains,
-        },
-        username,
-        &trust.registry,
-        policy,
-    );
+    // The answer: `Trust::decide`, what a live connection gets after its CONNECT. When the
+    // handshake refuses, `auth::decide` shows what would follow for the parsed leaf.
+    let decision = match trust.decide(chain, username, at) {
+        Ok((_, decision)) => decision,
+        Err(_) => auth::decide(
+            &Peer {
+                cert: &cert,
+                chains,
+            },
+            username,
+            &trust.registry,
+            policy,
+        ),
+    };
     let allowed = tls_refusal.is_none() && decision.is_ok();
     if let Some(why) = tls_refusal {
         line(format!("result: DENIED at the TLS handshake: {why}"));
@@ -248,13 +271,14 @@ pub fn explain_loaded(
         match &decision {
             Ok(id) => {
                 line(format!(
-                    "result: ALLOWED as {:?} (client {:?}, {}, name from {}); upstream sees username {:?}",
+                    "result: ALLOWED as {:?} (client {:?}, {}, name from {}) until {}",
                     id.authentication_name,
                     id.client_name,
                     id.scheme,
                     id.source.label(),
-                    id.authentication_name
+                    format_time(id.valid_until)
                 ));
+                line(upstream_view(config, id, username));
                 line(format!(
                     "connack: MQTT 3.1.1: 0x{:02X} connection accepted; MQTT 5: 0x{:02X} success (from the broker, after mqttgate forwards the CONNECT)",
                     code::V3_ACCEPTED,
@@ -334,45 +358,29 @@ fn scheme_check(
     )
 }
 
-/// Why the leaf does not chain, in the words of the chain verifier itself: a verifier
-/// built from the same CA certificates and CRLs but without any pins.
-fn chain_error(
-    config: &Config,
-    trust: &Trust,
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    at: UnixTime,
-) -> Result<String, CliError> {
-    let crls = config
-        .crl_files
-        .iter()
-        .map(|f| read_crls(f))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let unpinned = ClientVerifier::new(
-        &trust.anchors,
-        HashSet::new(),
-        crls,
-        config.stale_crl,
-        tls::provider(),
-    )?;
-    Ok(match unpinned.verify_client_cert(leaf, intermediates, at) {
-        Ok(_) => "the chain verifier accepts it (inconsistent state: please report)".to_string(),
-        Err(e) => describe_tls_error(&e),
-    })
-}
-
-fn read_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, CliError> {
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", file.display()))?;
-    if crls.is_empty() {
-        crls.push(CertificateRevocationListDer::from(bytes));
-    }
-    Ok(crls)
+/// What the broker receives, from `connection::upstream_connect`, the function that builds
+/// the live CONNECT: its username and client identifier for this identity.
+fn upstream_view(config: &Config, id: &Identity, username: Option<&str>) -> String {
+    const CLIENT_ID: &str = "<client id>";
+    let sent = Connect {
+        version: Version::V311,
+        clean_start: true,
+        keep_alive: 0,
+        properties: Vec::new(),
+        client_id: CLIENT_ID.to_string(),
+        will: None,
+        username: username.map(str::to_string),
+        password: None,
+    };
+    let up = upstream_connect(&sent, id, config.username_mode, config.client_id_mode);
+    let user = match &up.username {
+        Some(u) => format!("{u:?}"),
+        None => "none".to_string(),
+    };
+    format!(
+        "upstream: the broker sees username {user} and client id {:?} ({CLIENT_ID} is the one the client sends)",
+        up.client_id
+    )
 }
 
 /// A handshake error in plain words, with the metric reason label and rustls's own text.
@@ -777,6 +785,60 @@ mod tests {
         assert_eq!(
             line(&with, "tls: chain:"),
             "tls: chain: ok, reaches a registered CA certificate (2 registered)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+    use crate::config::{ClientIdMode, UsernameMode};
+    use crate::pki::{Ca, LeafSpec};
+
+    /// `explain` reports what `upstream_connect` builds, so the username and client id it
+    /// prints follow the `[upstream]` modes instead of assuming `rewrite`.
+    #[test]
+    fn explain_shows_what_the_broker_sees_under_each_upstream_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Ca::root("Root").unwrap();
+        let server = root.issue(&LeafSpec::server()).unwrap();
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        w("server.pem", &server.cert_pem);
+        w("server.key", &server.key_pem);
+        w("ca.pem", &root.cert.cert_pem);
+        w(
+            "clients.json",
+            r#"[{"name":"sensor-1","properties":{"authenticationName":"Sensor-1"}}]"#,
+        );
+        w(
+            "mqttgate.toml",
+            "[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [\"ca.pem\"]\n[registry]\nclients = \"clients.json\"\n",
+        );
+        let mut config = Config::load(&dir.path().join("mqttgate.toml")).unwrap();
+        let trust = Trust::load(&config, 0).unwrap();
+        let leaf = root.issue(&LeafSpec::client("sensor-1")).unwrap();
+        let chain = [CertificateDer::from(leaf.der.clone())];
+        let upstream_line = |config: &Config| {
+            let e = explain_loaded(config, &trust, &chain, Some("SENSOR-1"), unix_now()).unwrap();
+            assert!(e.allowed, "{}", e.text());
+            e.lines
+                .iter()
+                .find(|l| l.starts_with("upstream:"))
+                .cloned()
+                .unwrap_or_else(|| e.text())
+        };
+        assert!(
+            upstream_line(&config).contains(r#"sees username "Sensor-1" and client id "Sensor-1""#),
+            "{}",
+            upstream_line(&config)
+        );
+        config.username_mode = UsernameMode::Passthrough;
+        config.client_id_mode = ClientIdMode::PerIdentity;
+        assert!(
+            upstream_line(&config)
+                .contains(r#"sees username "SENSOR-1" and client id "Sensor-1/<client id>""#),
+            "{}",
+            upstream_line(&config)
         );
     }
 }

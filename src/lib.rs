@@ -20,6 +20,7 @@
 //! - [`config`], [`state`], [`metrics`], [`cli`].
 
 pub mod admin;
+pub mod admit;
 pub mod anchors;
 pub mod audit;
 pub mod auth;

@@ -34,6 +34,13 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// How a connection ended: `outcome` is tls_failure, refused or session.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Close {
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Result_ {
     pub result: &'static str,
@@ -93,13 +100,14 @@ pub struct Metrics {
     pub dials: Family<Result_, Counter>,
     pub dial_seconds: Histogram,
     pub bytes: Family<Direction, Counter>,
-    pub closed: Family<Reason, Counter>,
+    pub closed: Family<Close, Counter>,
     pub reloads: Family<Reload, Counter>,
     pub last_reload: Gauge,
     pub registry_clients: Family<SchemeState, Gauge>,
     pub client_cert_days: Histogram,
     pub server_cert_expiry: Gauge,
     pub ca_expiry: Family<AnchorLabel, Gauge>,
+    pub ca_skipped: Family<Reason, Gauge>,
     pub upstream_up: Gauge,
     pub ready: Gauge,
 }
@@ -186,10 +194,10 @@ impl Metrics {
             Unit::Bytes,
             bytes.clone(),
         );
-        let closed = Family::<Reason, Counter>::default();
+        let closed = Family::<Close, Counter>::default();
         registry.register(
             "connections_closed",
-            "Connections closed, by reason",
+            "Accepted connections by how they ended, exactly one each: outcome tls_failure (reason: the handshake failure), refused (the refusal) or session (who or what ended it)",
             closed.clone(),
         );
         let reloads = Family::<Reload, Counter>::default();
@@ -232,6 +240,12 @@ impl Metrics {
             Unit::Seconds,
             ca_expiry.clone(),
         );
+        let ca_skipped = Family::<Reason, Gauge>::default();
+        registry.register(
+            "ca_certificates_skipped",
+            "Registered CA certificates not loaded at the last (re)load, by reason (expired)",
+            ca_skipped.clone(),
+        );
         let upstream_up = Gauge::default();
         registry.register(
             "upstream_up",
@@ -255,6 +269,7 @@ impl Metrics {
             client_cert_days,
             server_cert_expiry,
             ca_expiry,
+            ca_skipped,
             upstream_up,
             ready,
             accepted,
@@ -304,21 +319,30 @@ impl Metrics {
         }
         self.server_cert_expiry.set(trust.server_cert.not_after);
         self.ca_expiry.clear();
-        let mut position: std::collections::HashMap<&std::path::Path, usize> = Default::default();
-        for a in &trust.anchors.anchors {
-            let n = position.entry(a.file.as_path()).or_default();
-            *n += 1;
-            let file = a
-                .file
+        let anchors = &trust.anchors;
+        let loaded = anchors
+            .anchors
+            .iter()
+            .map(|a| (&a.file, a.index, a.info.not_after));
+        let skipped = anchors
+            .skipped
+            .iter()
+            .map(|s| (&s.file, s.index, s.not_after));
+        // Skipped (expired) CAs keep their series, in the past, so an expiry alert fires.
+        for (file, index, not_after) in loaded.chain(skipped) {
+            let file = file
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
             self.ca_expiry
                 .get_or_create(&AnchorLabel {
-                    anchor: format!("{file}#{n}"),
+                    anchor: format!("{file}#{index}"),
                 })
-                .set(a.info.not_after);
+                .set(not_after);
         }
+        self.ca_skipped
+            .get_or_create(&Reason { reason: "expired" })
+            .set(anchors.skipped.len() as i64);
     }
 
     pub fn up_bytes(&self) -> Counter {

@@ -176,6 +176,22 @@ impl Ca {
         })
     }
 
+    /// The same root (subject and key) re-issued with other dates, as a CA renewal does.
+    pub fn renewed(&self, cn: &str, not_before: i64, not_after: i64) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(&self.cert.key_pem)?;
+        let params = ca_params(cn, not_before, not_after);
+        let cert = params.self_signed(&key)?;
+        let issued = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        };
+        Ok(Ca {
+            issuer: Issuer::new(params, key),
+            cert: issued,
+        })
+    }
+
     /// An intermediate CA signed by this one.
     pub fn intermediate(&self, cn: &str) -> Result<Ca, PkiError> {
         let key = KeyKind::P256.generate()?;

@@ -70,6 +70,7 @@ impl Server {
             source,
         })?;
         let metrics = Arc::new(Metrics::new());
+        warn_skipped(&trust);
         metrics.observe_trust(&trust);
         metrics.last_reload.set(state::unix_now());
         let (trust_tx, trust_rx) = state::publish(trust);
@@ -165,6 +166,7 @@ impl Server {
         let generation = self.trust().generation + 1;
         match Trust::load(&self.config, generation) {
             Ok(trust) => {
+                warn_skipped(&trust);
                 self.metrics.observe_trust(&trust);
                 self.trust_tx.send_replace(Arc::new(trust));
                 self.metrics
@@ -223,6 +225,13 @@ impl Server {
         if b > 0 {
             let _busy = self.busy.acquire_many(b).await;
         }
+    }
+}
+
+/// SPEC §7: an expired CA certificate is left out and said so, never failing the load.
+fn warn_skipped(trust: &Trust) {
+    for skipped in &trust.anchors.skipped {
+        warn!(ca = %skipped, "registered CA certificate has expired and is not loaded");
     }
 }
 
@@ -285,6 +294,8 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             // Past the limit and its busy answers: no TLS work at all.
             server.metrics.refused_at_limit.inc();
             drop(tcp);
+            let over = connection::Outcome::Refused(connection::Refused::OverLimit);
+            connection::record(&ctx, peer, std::time::Instant::now(), &over);
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -13,12 +13,16 @@ use rustls::pki_types::CertificateRevocationListDer;
 use tokio::sync::watch;
 use x509_parser::prelude::FromDer;
 
+use crate::admit::{admit, Admitted, CertFailure, CertTrust};
 use crate::anchors::{AnchorError, Anchors};
 use crate::auth::Policy;
+use crate::auth::{self, Denial, Identity, Peer};
 use crate::cert::CertInfo;
 use crate::config::Config;
+use crate::registry::Scheme;
 use crate::registry::{Registry, RegistryError};
 use crate::tls::{self, ClientVerifier, TlsError};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -49,7 +53,8 @@ pub struct Trust {
     pub generation: u64,
     pub registry: Registry,
     pub anchors: Anchors,
-    pub verifier: Arc<ClientVerifier>,
+    /// What admits a certificate (SPEC §7); the handshake's verifier asks the same.
+    pub certs: Arc<CertTrust>,
     /// The rustls configuration new handshakes use.
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
@@ -93,24 +98,31 @@ impl Trust {
             .flatten()
             .collect();
         let provider = tls::provider();
-        let verifier = Arc::new(ClientVerifier::new(
-            &anchors,
-            pins,
-            crls,
-            config.stale_crl,
-            provider.clone(),
-        )?);
+        let certs = Arc::new(
+            CertTrust::new(
+                &anchors,
+                pins,
+                crls,
+                config.stale_crl,
+                provider.signature_verification_algorithms,
+            )
+            .map_err(|message| TlsError::File {
+                file: "CA certificates".into(),
+                message,
+            })?,
+        );
+        let verifier = Arc::new(ClientVerifier::new(certs.clone()));
         let (chain, key) = tls::load_server_identity(&config.server_cert, &config.server_key)?;
         let server_cert = CertInfo::parse(&chain[0]).map_err(|e| TlsError::File {
             file: config.server_cert.display().to_string(),
             message: e.to_string(),
         })?;
-        let server = tls::server_config(chain, key, verifier.clone(), config.min_tls, provider)?;
+        let server = tls::server_config(chain, key, verifier, config.min_tls, provider)?;
         Ok(Trust {
             generation,
             registry,
             anchors,
-            verifier,
+            certs,
             server_config: Arc::new(server),
             policy: Policy {
                 name_sources: config.name_sources.clone(),
@@ -118,6 +130,34 @@ impl Trust {
             },
             server_cert,
         })
+    }
+}
+
+impl Trust {
+    /// SPEC §2 and §7, the whole decision for one client: its certificate chain admitted
+    /// (`admit`), then the registry (`auth::decide`). The post-handshake check, the
+    /// re-decision of live sessions and `explain` all call this, with the newest state.
+    pub fn decide(
+        &self,
+        chain: &[CertificateDer<'_>],
+        username: Option<&str>,
+        now: UnixTime,
+    ) -> Result<(Admitted, Result<Identity, Denial>), CertFailure> {
+        let admitted = admit(chain, &self.certs, now)?;
+        let decision = auth::decide(
+            &Peer {
+                cert: &admitted.leaf,
+                chains: admitted.chains(),
+            },
+            username,
+            &self.registry,
+            &self.policy,
+        )
+        .map(|mut id| {
+            id.valid_until = admitted.valid_until(id.scheme != Scheme::ThumbprintMatch);
+            id
+        });
+        Ok((admitted, decision))
     }
 }
 

@@ -1,28 +1,21 @@
-//! The TLS side: the rustls `ServerConfig` and the client-certificate verifier that admits a
-//! leaf when it chains to a registered CA certificate or when its SHA-256 thumbprint is
-//! registered. It does not decide *who* the client is; `auth.rs` does that after CONNECT.
+//! The TLS side: the rustls `ServerConfig` and the client-certificate verifier, which asks
+//! `admit` (chain to a registered CA, or a registered thumbprint) and checks the handshake
+//! signature. It does not decide *who* the client is; `auth.rs` does that after CONNECT.
 
-use std::collections::HashSet;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime,
-};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 
-use crate::anchors::Anchors;
-use crate::cert::Thumbprint;
-use crate::config::{StaleCrl, TlsVersion};
+use crate::admit::{admit, CertFailure, CertTrust};
+use crate::config::TlsVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -74,80 +67,16 @@ pub fn load_server_identity(
     Ok((chain, key))
 }
 
-/// Admits a client certificate by registered CA chain or by registered thumbprint, and
-/// always checks the handshake signature (proof of the private key).
+/// The rustls side of admission: the handshake refuses what [`admit`] refuses, and always
+/// checks the handshake signature (proof of the private key).
+#[derive(Debug)]
 pub struct ClientVerifier {
-    chain: Option<Arc<dyn ClientCertVerifier>>,
-    pins: HashSet<Thumbprint>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for ClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientVerifier")
-            .field("chain", &self.chain.is_some())
-            .field("pins", &self.pins.len())
-            .finish()
-    }
+    trust: Arc<CertTrust>,
 }
 
 impl ClientVerifier {
-    pub fn new(
-        anchors: &Anchors,
-        pins: HashSet<Thumbprint>,
-        crls: Vec<CertificateRevocationListDer<'static>>,
-        stale: StaleCrl,
-        provider: Arc<CryptoProvider>,
-    ) -> Result<ClientVerifier, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for a in &anchors.anchors {
-            roots.add(a.der.clone()).map_err(|e| TlsError::File {
-                file: a.file.display().to_string(),
-                message: format!("{}: not usable as a trust anchor: {e}", a.info.subject_dn),
-            })?;
-        }
-        let algs = provider.signature_verification_algorithms;
-        let chain = if roots.is_empty() {
-            None
-        } else {
-            // Revocation is checked for leaves only and a CA without a CRL stays usable:
-            // with webpki's default policy one CA's CRL would fail every other CA's chains.
-            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let builder = if crls.is_empty() {
-                builder
-            } else {
-                let b = builder
-                    .with_crls(crls)
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status();
-                match stale {
-                    StaleCrl::Refuse => b.enforce_revocation_expiration(),
-                    StaleCrl::Ignore => b,
-                }
-            };
-            Some(builder.build().map_err(|e| TlsError::File {
-                file: "CA certificates".into(),
-                message: e.to_string(),
-            })?)
-        };
-        Ok(ClientVerifier { chain, pins, algs })
-    }
-
-    /// Does the leaf chain to a registered CA certificate? Used after the handshake for
-    /// pinned certificates, which the handshake admitted without looking for a chain.
-    pub fn chains(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> bool {
-        self.chain
-            .as_ref()
-            .is_some_and(|v| v.verify_client_cert(end_entity, intermediates, now).is_ok())
-    }
-
-    pub fn is_pinned(&self, end_entity: &CertificateDer<'_>) -> bool {
-        self.pins.contains(&Thumbprint::of(end_entity))
+    pub fn new(trust: Arc<CertTrust>) -> ClientVerifier {
+        ClientVerifier { trust }
     }
 
     /// Verifies a handshake signature with the certificate's bare public key. For pinned
@@ -160,18 +89,16 @@ impl ClientVerifier {
         dss: &DigitallySignedStruct,
         tls13: bool,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = self.trust.algorithms();
         let (_, parsed) = x509_parser::parse_x509_certificate(cert)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let spki = SubjectPublicKeyInfoDer::from(parsed.tbs_certificate.subject_pki.raw);
         if tls13 {
-            return rustls::crypto::verify_tls13_signature_with_raw_key(
-                message, &spki, dss, &self.algs,
-            );
+            return rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, algs);
         }
         let key = webpki::RawPublicKeyEntity::try_from(&spki)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let candidates = self
-            .algs
+        let candidates = algs
             .mapping
             .iter()
             .filter(|(scheme, _)| *scheme == dss.scheme)
@@ -204,17 +131,12 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.is_pinned(end_entity) {
-            // A pin replaces the chain, not the validity period.
-            check_dates(end_entity, now)?;
-            return Ok(ClientCertVerified::assertion());
-        }
-        match &self.chain {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
-        }
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        admit(&chain, &self.trust, now)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(CertFailure::to_rustls)
     }
 
     fn verify_tls12_signature(
@@ -223,8 +145,8 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs) {
-            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) => {
+        match rustls::crypto::verify_tls12_signature(message, cert, dss, self.trust.algorithms()) {
+            Err(rustls::Error::InvalidCertificate(_)) if self.trust.is_pinned(cert) => {
                 self.verify_with_spki(message, cert, dss, false)
             }
             other => other,
@@ -237,8 +159,8 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs) {
-            Err(rustls::Error::InvalidCertificate(_)) if self.is_pinned(cert) => {
+        match rustls::crypto::verify_tls13_signature(message, cert, dss, self.trust.algorithms()) {
+            Err(rustls::Error::InvalidCertificate(_)) if self.trust.is_pinned(cert) => {
                 self.verify_with_spki(message, cert, dss, true)
             }
             other => other,
@@ -246,24 +168,8 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.trust.algorithms().supported_schemes()
     }
-}
-
-fn check_dates(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-    let now = now.as_secs() as i64;
-    let validity = &cert.tbs_certificate.validity;
-    if now < validity.not_before.timestamp() {
-        return Err(rustls::Error::InvalidCertificate(
-            CertificateError::NotValidYet,
-        ));
-    }
-    if now > validity.not_after.timestamp() {
-        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
-    }
-    Ok(())
 }
 
 /// The rustls server configuration for one generation of trust state.

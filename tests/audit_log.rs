@@ -1,5 +1,5 @@
 //! The audit log of the real binary: one JSON event per decision with the certificate
-//! facts, one per closed session, and never the CONNECT password.
+//! facts, one "closed" event per accepted connection, and never the CONNECT password.
 
 mod common;
 
@@ -99,8 +99,23 @@ async fn json_audit_log_has_one_event_per_decision_and_no_password() {
     assert_eq!(denied["reason"], "unknown_client");
     assert_eq!(denied["authentication_name"], "intruder");
     assert_eq!(denied["mqtt"], "5");
-    let closed: Vec<_> = events.iter().filter(|e| e["event"] == "closed").collect();
+    // One "closed" event per connection, whatever its outcome (the harness's readiness
+    // probe is a connection too), each naming the connection's peer.
+    let closed_for = |decision: &serde_json::Value| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "closed" && e["peer"] == decision["peer"])
+            .collect()
+    };
+    let denied_event = decisions.iter().find(|e| e["result"] == "denied").unwrap();
+    let refused = closed_for(denied_event);
+    assert_eq!(refused.len(), 1, "{log}");
+    assert_eq!(refused[0]["outcome"], "refused");
+    assert_eq!(refused[0]["reason"], "denied");
+    let allowed_event = decisions.iter().find(|e| e["result"] == "allowed").unwrap();
+    let closed = closed_for(allowed_event);
     assert_eq!(closed.len(), 1, "{log}");
+    assert_eq!(closed[0]["outcome"], "session");
     assert_eq!(closed[0]["authentication_name"], "sensor-1");
     assert!(closed[0]["bytes_to_broker"].as_u64().unwrap() > 0);
     assert!(closed[0]["duration_ms"].is_u64());
