@@ -18,6 +18,11 @@ pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_CONNECT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BUSY_ANSWERS: usize = 64;
+/// Pending connections default to a quarter of `max_connections`, and at least this many.
+pub const MIN_DEFAULT_PENDING: usize = 16;
+/// Pending connections from one address default to a quarter of `max_pending`, and at
+/// least this many (clients behind one NAT address share it).
+pub const MIN_DEFAULT_PENDING_PER_SOURCE: usize = 4;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_UPSTREAM_CHECK_INTERVAL_MS: u64 = 2_000;
@@ -106,6 +111,8 @@ struct RawLimits {
     max_connect_bytes: Option<usize>,
     max_connections: Option<usize>,
     busy_answers: Option<usize>,
+    max_pending: Option<usize>,
+    max_pending_per_source: Option<usize>,
     drain_timeout_ms: Option<u64>,
 }
 
@@ -176,6 +183,11 @@ pub struct Limits {
     /// Connections past `max_connections` that still get a TLS handshake and a
     /// "server busy" CONNACK; past that, new TCP connections are closed before any TLS work.
     pub busy_answers: usize,
+    /// Connections still in their TLS handshake or CONNECT (SPEC §7); past it, accepting
+    /// pauses and new connections wait in the kernel's backlog.
+    pub max_pending: usize,
+    /// Pending connections from one source address; past it, closed at accept.
+    pub max_pending_per_source: usize,
     pub drain_timeout: Duration,
 }
 
@@ -354,6 +366,21 @@ impl Config {
                 format!("{max_connect_bytes} is outside 14..=268435460"),
             ));
         }
+        let max_connections = positive(
+            "limits.max_connections",
+            l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as u64,
+        )? as usize;
+        let max_pending = positive(
+            "limits.max_pending",
+            l.max_pending
+                .unwrap_or((max_connections / 4).max(MIN_DEFAULT_PENDING)) as u64,
+        )? as usize;
+        let max_pending_per_source = positive(
+            "limits.max_pending_per_source",
+            l.max_pending_per_source
+                .unwrap_or((max_pending / 4).max(MIN_DEFAULT_PENDING_PER_SOURCE))
+                as u64,
+        )? as usize;
         let limits = Limits {
             connect_timeout: Duration::from_millis(positive(
                 "limits.connect_timeout_ms",
@@ -364,11 +391,10 @@ impl Config {
                 l.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
             )?),
             max_connect_bytes,
-            max_connections: positive(
-                "limits.max_connections",
-                l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as u64,
-            )? as usize,
+            max_connections,
             busy_answers: l.busy_answers.unwrap_or(DEFAULT_BUSY_ANSWERS),
+            max_pending,
+            max_pending_per_source,
             drain_timeout: Duration::from_millis(
                 l.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
             ),

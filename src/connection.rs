@@ -30,8 +30,10 @@ use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Refusal, Version};
 use crate::relay::{Ended, Relay};
+use crate::slots::{AtAccept, Pending, Slots};
 use crate::state::{unix_now, Trust, TrustWatch};
 use crate::tls::HandshakeFailure;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// How long a stopping session may take to reach a broker packet boundary before it is
 /// closed without a DISCONNECT.
@@ -60,13 +62,7 @@ pub struct Ctx {
     pub lifecycle: watch::Receiver<Lifecycle>,
     pub metrics: Arc<Metrics>,
     pub denial_log: audit::DenialLimiter,
-}
-
-/// Whether this connection is within the connection limit or only gets a "server busy".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    Normal,
-    Busy,
+    pub slots: Arc<Slots>,
 }
 
 /// Why a connection was refused after its TLS handshake. Each variant is one metric label.
@@ -90,9 +86,10 @@ pub enum Refused {
     Upstream(Version, String),
     #[error("read failed: {0}")]
     Io(std::io::Error),
-    /// Past the connection limit and its busy answers: closed at accept, no TLS work.
-    #[error("past the connection limit and its busy answers")]
-    OverLimit,
+    /// Closed at accept, before any TLS work: past the connection limit and its busy
+    /// answers, or past its source address's share of pending slots.
+    #[error("closed at accept: {0:?}")]
+    AtAccept(AtAccept),
 }
 
 impl Refused {
@@ -109,7 +106,8 @@ impl Refused {
             Refused::Busy(_) => "busy",
             Refused::Upstream(..) => "upstream_unavailable",
             Refused::Io(_) => "io",
-            Refused::OverLimit => "over_limit",
+            Refused::AtAccept(AtAccept::OverLimit) => "over_limit",
+            Refused::AtAccept(AtAccept::SourceOverLimit) => "source_pending_limit",
         }
     }
 
@@ -122,9 +120,10 @@ impl Refused {
             Refused::Upstream(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
-            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) | Refused::OverLimit => {
-                ""
-            }
+            Refused::ClientGone
+            | Refused::Certificate(_)
+            | Refused::Io(_)
+            | Refused::AtAccept(_) => "",
         }
     }
 
@@ -136,9 +135,10 @@ impl Refused {
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
             Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
-            Refused::ClientGone | Refused::Certificate(_) | Refused::Io(_) | Refused::OverLimit => {
-                (None, None)
-            }
+            Refused::ClientGone
+            | Refused::Certificate(_)
+            | Refused::Io(_)
+            | Refused::AtAccept(_) => (None, None),
         }
     }
 }
@@ -208,14 +208,17 @@ impl Outcome {
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
-pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, pending: Pending) {
     let accepted = Instant::now();
     // Phases 1 to 5 run in a boxed future of their own that is freed before the session
     // starts: a task's allocation is as large as its largest state, and the handshake's
     // state is far larger than the relay's. Idle sessions are most of a server's life
     // (measured with -Zprint-type-sizes: the task future of a session went from 3,336 to
     // 2,248 bytes).
-    let outcome = match Box::pin(open_session(&ctx, tcp, peer, admission, accepted)).await {
+    let opened = Box::pin(open_session(&ctx, tcp, peer, accepted)).await;
+    // The session holds a session slot from here on; its pending slot is free again.
+    drop(pending);
+    let outcome = match opened {
         Ok(mut open) => {
             let closed = relay_session(&ctx, &mut open).await;
             Outcome::Session {
@@ -257,6 +260,7 @@ struct Opened {
     session: Session,
     /// The trust state this session was last decided against is the one marked seen.
     trust_rx: TrustWatch,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Phases 1 to 5: handshake, CONNECT, decision, dial, the broker's CONNACK passed on. On
@@ -265,7 +269,6 @@ async fn open_session(
     ctx: &Ctx,
     tcp: TcpStream,
     peer: SocketAddr,
-    admission: Admission,
     accepted: Instant,
 ) -> Result<Opened, Outcome> {
     let deadline = tokio::time::Instant::from_std(accepted + ctx.limits.connect_timeout);
@@ -273,14 +276,15 @@ async fn open_session(
         .await
         .map_err(Outcome::TlsFailed)?;
     let mut trust_rx = ctx.trust.clone();
-    match admit_and_dial(ctx, &mut tls, &mut trust_rx, peer, deadline, admission).await {
-        Ok((session, upstream)) => {
+    match admit_and_dial(ctx, &mut tls, &mut trust_rx, peer, deadline).await {
+        Ok((session, upstream, slot)) => {
             let mut opened = Opened {
                 tls,
                 upstream,
                 relay: Relay::with_counters(ctx.metrics.up_bytes(), ctx.metrics.down_bytes()),
                 session,
                 trust_rx,
+                _slot: slot,
             };
             let o = &mut opened;
             if let Err(refused) = open_upstream(
@@ -357,13 +361,11 @@ async fn admit_and_dial(
     trust_rx: &mut TrustWatch,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
-    admission: Admission,
-) -> Result<(Session, TcpStream), Refused> {
+) -> Result<(Session, TcpStream, OwnedSemaphorePermit), Refused> {
     let (connect, pipelined) = read_connect(tls, deadline, ctx.limits.max_connect_bytes).await?;
     let version = connect.version;
-    if admission == Admission::Busy {
-        return Err(Refused::Busy(version));
-    }
+    // Busy before the decision: a client past the limit learns nothing about the registry.
+    let slot = ctx.slots.session().ok_or(Refused::Busy(version))?;
     let mut identity = decide(
         ctx,
         &trust_rx.borrow_and_update(),
@@ -402,6 +404,7 @@ async fn admit_and_dial(
             first_bytes,
         },
         upstream,
+        slot,
     ))
 }
 
@@ -660,6 +663,7 @@ async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
         relay,
         session,
         trust_rx,
+        ..
     } = open;
     let version = session.version;
     let mut lifecycle = ctx.lifecycle.clone();

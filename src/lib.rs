@@ -37,6 +37,7 @@ pub mod pool;
 pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod slots;
 pub mod state;
 pub mod tls;
 pub mod tls_io;

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::connection::{self, Admission, Ctx, Lifecycle};
+use crate::connection::{self, Ctx, Lifecycle};
 use crate::metrics::Metrics;
+use crate::slots::{AtAccept, Slots};
 use crate::state::{self, LoadError, Trust};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,7 @@ pub struct Server {
     trust_tx: watch::Sender<Arc<Trust>>,
     lifecycle_tx: watch::Sender<Lifecycle>,
     pub metrics: Arc<Metrics>,
-    normal: Arc<Semaphore>,
-    busy: Arc<Semaphore>,
+    slots: Arc<Slots>,
     accept_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     admin_addr: SocketAddr,
@@ -75,6 +75,7 @@ impl Server {
         metrics.last_reload.set(state::unix_now());
         let (trust_tx, trust_rx) = state::publish(trust);
         let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Running);
+        let slots = Slots::new(&config.limits);
         let ctx = Arc::new(Ctx {
             limits: config.limits.clone(),
             upstream: config.upstream.clone(),
@@ -85,11 +86,11 @@ impl Server {
             lifecycle: lifecycle_rx,
             metrics: metrics.clone(),
             denial_log: Default::default(),
+            slots: slots.clone(),
         });
         let server = Arc::new(Server {
             local_addr,
-            normal: Arc::new(Semaphore::new(config.limits.max_connections)),
-            busy: Arc::new(Semaphore::new(config.limits.busy_answers)),
+            slots,
             config,
             trust_tx,
             lifecycle_tx,
@@ -217,14 +218,9 @@ impl Server {
         info!("stopped");
     }
 
-    /// Resolves once no connection task holds a permit.
+    /// Resolves once no connection holds a slot.
     async fn idle(&self) {
-        let n = self.config.limits.max_connections as u32;
-        let b = self.config.limits.busy_answers as u32;
-        let _all = self.normal.acquire_many(n).await;
-        if b > 0 {
-            let _busy = self.busy.acquire_many(b).await;
-        }
+        self.slots.idle().await;
     }
 }
 
@@ -279,6 +275,8 @@ async fn watch_files(server: Arc<Server>, every: Duration) {
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) {
     loop {
+        // Past the pending cap, stop accepting: new connections wait in the backlog.
+        let permit = server.slots.pending_slot().await;
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -290,34 +288,26 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             }
         };
         server.metrics.accepted.inc();
-        let Some((permit, admission)) = admit(&server) else {
-            // Past the limit and its busy answers: no TLS work at all.
-            server.metrics.refused_at_limit.inc();
-            drop(tcp);
-            let over = connection::Outcome::Refused(connection::Refused::OverLimit);
-            connection::record(&ctx, peer, std::time::Instant::now(), &over);
-            continue;
+        let pending = match server.slots.admit(permit, peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                // No TLS work at all.
+                if why == AtAccept::OverLimit {
+                    server.metrics.refused_at_limit.inc();
+                }
+                drop(tcp);
+                let outcome = connection::Outcome::Refused(connection::Refused::AtAccept(why));
+                connection::record(&ctx, peer, std::time::Instant::now(), &outcome);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         let metrics = server.metrics.clone();
         tokio::spawn(async move {
             metrics.active.inc();
-            connection::serve(ctx, tcp, peer, admission).await;
+            connection::serve(ctx, tcp, peer, pending).await;
             metrics.active.dec();
-            drop(permit);
         });
     }
-}
-
-fn admit(server: &Server) -> Option<(OwnedSemaphorePermit, Admission)> {
-    if let Ok(p) = server.normal.clone().try_acquire_owned() {
-        return Some((p, Admission::Normal));
-    }
-    server
-        .busy
-        .clone()
-        .try_acquire_owned()
-        .ok()
-        .map(|p| (p, Admission::Busy))
 }
