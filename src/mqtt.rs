@@ -1238,6 +1238,13 @@ mod tests {
     }
 
     #[test]
+    fn over_long_fields_are_an_encode_error_not_a_panic() {
+        let mut connect = parse(&hex(V311_CLEAN));
+        connect.client_id = "x".repeat(usize::from(u16::MAX) + 1);
+        let _ = connect.encode();
+    }
+
+    #[test]
     fn version_levels_and_labels() {
         assert_eq!(
             [V31, V311, V5].map(|v| (v.level(), v.label())),
