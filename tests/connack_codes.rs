@@ -370,6 +370,7 @@ fn big_v5_connect_with_password(len: usize) -> Vec<u8> {
         password: Some(vec![b'p'; len]),
     }
     .encode()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +394,8 @@ async fn connect_over_the_limit_is_packet_too_large_in_v5_and_a_close_in_v3() {
         username: None,
         password: None,
     }
-    .encode();
+    .encode()
+    .unwrap();
     let got = exchange(&env, "sensor-1", &with_property).await;
     assert_eq!(got, V5_PACKET_TOO_LARGE, "2000-byte user property");
 
@@ -408,7 +410,7 @@ async fn connect_over_the_limit_is_packet_too_large_in_v5_and_a_close_in_v3() {
             username: Some("sensor-1".into()),
             password: Some(vec![b'p'; 2000]),
         };
-        let got = exchange(&env, "sensor-1", &c.encode()).await;
+        let got = exchange(&env, "sensor-1", &c.encode().unwrap()).await;
         assert!(got.is_empty(), "level {level}: {got:02x?}");
     }
 
