@@ -320,6 +320,110 @@ mod tests {
         assert_eq!(bytes, (100_000, 4));
     }
 
+    /// A client stream that yields `bytes`, then fails like a TLS stream whose peer closed
+    /// TCP without close_notify; what is written to it is dropped.
+    struct AbruptClient {
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncRead for AbruptClient {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.bytes.is_empty() {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = self.bytes.len().min(buf.remaining());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for AbruptClient {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const PINGREQ: [u8; 2] = [0xc0, 0x00];
+    const DISCONNECT: [u8; 2] = [0xe0, 0x00];
+
+    /// How a relay ends when the client sends `bytes` and then drops TCP.
+    async fn ends_after(forwarded: &[u8], bytes: &[u8]) -> Ended {
+        let mut client = AbruptClient {
+            bytes: bytes.to_vec(),
+        };
+        let (mut upstream, _broker) = duplex(1024);
+        let mut relay = Relay::new();
+        relay.forwarded_up(forwarded.len());
+        relay.run(&mut client, &mut upstream).await
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_after_disconnect_is_a_client_close() {
+        // A PUBLISH, then DISCONNECT: split so the DISCONNECT's bytes arrive in two reads.
+        let publish = [0x30, 0x05, 0x00, 0x01, b't', b'h', b'i'];
+        let ended = ends_after(&[], &[&publish[..], &DISCONNECT].concat()).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+        // A v5 DISCONNECT with a reason code and properties.
+        let ended = ends_after(&[], &[0xe0, 0x02, 0x00, 0x00]).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+        // Pipelined after the CONNECT, which the caller forwarded itself.
+        let connect = [
+            0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01,
+            b'c',
+        ];
+        let ended = ends_after(&[&connect[..], &DISCONNECT].concat(), &[]).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_without_disconnect_is_an_error() {
+        for bytes in [
+            &[][..],
+            &PINGREQ,
+            &[0xe0],
+            &[&DISCONNECT[..], &PINGREQ].concat(),
+        ] {
+            let ended = ends_after(&[], bytes).await;
+            assert!(matches!(ended, Ended::Error(_)), "{bytes:02x?}: {ended:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_closing_after_the_clients_disconnect_is_a_client_close() {
+        let (mut client_app, mut client) = duplex(64);
+        let (mut upstream, mut broker) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut relay = Relay::new();
+            relay.run(&mut client, &mut upstream).await
+        });
+        client_app.write_all(&DISCONNECT).await.unwrap();
+        let mut got = [0u8; 2];
+        broker.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, DISCONNECT);
+        // Mosquitto closes as soon as it reads a DISCONNECT, before the client does.
+        drop(broker);
+        let mut rest = Vec::new();
+        client_app.read_to_end(&mut rest).await.unwrap();
+        drop(client_app);
+        let ended = task.await.unwrap();
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+    }
+
     #[tokio::test]
     async fn finish_at_boundary_never_splits_a_broker_packet() {
         let (mut client_app, mut client) = duplex(1024);
