@@ -600,7 +600,7 @@ async fn open_upstream(
             "the broker did not take the CONNECT".into(),
         ));
     }
-    relay.forwarded_up(first.len());
+    relay.forwarded_up(&first);
     drop(first);
     relay_connack(ctx, tls, upstream, session.version, relay).await
 }

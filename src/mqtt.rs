@@ -642,8 +642,9 @@ pub fn disconnect_v5(reason: u8) -> Vec<u8> {
     vec![DISCONNECT, 0x02, reason, 0x00]
 }
 
-/// Tracks MQTT packet boundaries in a byte stream flowing broker -> client without buffering it,
-/// so the relay can inject a DISCONNECT only between packets.
+/// Tracks MQTT packet boundaries in a byte stream without buffering it: broker -> client,
+/// so the relay can inject a DISCONNECT only between packets; client -> broker, so the
+/// relay knows a session the client ended with DISCONNECT.
 ///
 /// The broker is trusted to frame its packets; if a remaining length runs past four bytes
 /// the stream is treated as lost and no boundary is reported again.
@@ -655,6 +656,8 @@ pub struct PacketBoundary {
     len: usize,
     /// Body bytes still to skip.
     body_left: usize,
+    /// The first byte of the packet in progress, or of the last one once it is complete.
+    first: u8,
     lost: bool,
 }
 
@@ -674,6 +677,7 @@ impl PacketBoundary {
                 // The packet type byte.
                 self.header_len = 1;
                 self.len = 0;
+                self.first = byte;
                 continue;
             }
             self.len |= usize::from(byte & 0x7F) << (7 * (self.header_len - 1));
@@ -690,6 +694,11 @@ impl PacketBoundary {
     /// True when the bytes fed so far end exactly at a packet end.
     pub fn at_boundary(&self) -> bool {
         !self.lost && self.header_len == 0 && self.body_left == 0
+    }
+
+    /// True when the bytes fed so far end exactly after a whole DISCONNECT (any version).
+    pub fn ends_after_disconnect(&self) -> bool {
+        self.at_boundary() && self.first >> 4 == DISCONNECT >> 4
     }
 }
 
@@ -1411,6 +1420,41 @@ mod tests {
         for i in 0..=stream.len() {
             check_boundaries(&stream, &ends, &[i]);
         }
+    }
+
+    #[test]
+    fn a_stream_ending_after_a_whole_disconnect_is_seen_in_every_split() {
+        let (stream, _) = stream_of(&[
+            hex("101200044d5154540402003c0006636c69333131"),
+            packet(0x30, &[0xaa; 130]),
+            hex("c000"),
+            hex("e0020000"), // v5, reason code and empty properties
+        ]);
+        for i in 0..=stream.len() {
+            let mut tracker = PacketBoundary::default();
+            tracker.feed(&stream[..i]);
+            tracker.feed(&stream[i..]);
+            assert!(tracker.ends_after_disconnect(), "split at {i}");
+        }
+        let mut tracker = PacketBoundary::default();
+        assert!(!tracker.ends_after_disconnect(), "nothing yet");
+        for (bytes, after_disconnect) in [
+            (&[0xe0][..], false),
+            (&[0x00], true),
+            (&[0xc0, 0x00], false),
+            (&[0xe0, 0x00, 0xc0], false),
+        ] {
+            tracker.feed(bytes);
+            assert_eq!(
+                tracker.ends_after_disconnect(),
+                after_disconnect,
+                "{bytes:02x?}"
+            );
+        }
+        // A PUBLISH whose payload holds DISCONNECT's bytes is not a DISCONNECT.
+        let mut tracker = PacketBoundary::default();
+        tracker.feed(&packet(0x30, &[0x00, 0x01, b't', 0xe0, 0x00]));
+        assert!(!tracker.ends_after_disconnect());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! direction borrows a buffer from a per-thread pool only while it has bytes in flight and
 //! hands it back when its read would block, so an idle connection holds none. The
 //! broker-to-client direction also tracks MQTT packet boundaries, so mqttgate can end a
-//! session with a DISCONNECT that never lands in the middle of a broker packet.
+//! session with a DISCONNECT that never lands in the middle of a broker packet. The
+//! client-to-broker direction tracks them too, so a session the client ended with a
+//! DISCONNECT is a clean close even when its TLS stack then drops TCP without
+//! close_notify (Python's ssl, many embedded stacks).
 
 use std::future::poll_fn;
 use std::io;
@@ -128,7 +131,8 @@ impl Half {
 /// How the copy ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The client closed its side first.
+    /// The client closed its side first, or ended the session with a DISCONNECT whatever
+    /// happened after it.
     Client,
     /// The broker closed its side first.
     Upstream,
@@ -140,6 +144,9 @@ pub enum Ended {
 pub struct Relay {
     up: Half,
     down: Half,
+    /// Client -> broker packets.
+    up_boundary: PacketBoundary,
+    /// Broker -> client packets.
     boundary: PacketBoundary,
     first_eof: Option<bool>,
 }
@@ -157,12 +164,19 @@ impl Relay {
         r
     }
 
-    /// Accounts for client bytes the caller forwarded itself (the CONNECT it rewrote).
-    pub fn forwarded_up(&mut self, n: usize) {
-        self.up.bytes += n as u64;
+    /// Accounts for client bytes the caller forwarded itself (the CONNECT it rewrote and
+    /// what the client pipelined after it), so packet boundaries stay right.
+    pub fn forwarded_up(&mut self, bytes: &[u8]) {
+        self.up_boundary.feed(bytes);
+        self.up.bytes += bytes.len() as u64;
         if let Some(c) = &self.up.counter {
-            c.inc_by(n as u64);
+            c.inc_by(bytes.len() as u64);
         }
+    }
+
+    /// The client's last packet was a whole DISCONNECT: the client ended the session.
+    fn client_disconnected(&self) -> bool {
+        self.up_boundary.ends_after_disconnect()
     }
 
     /// Accounts for broker bytes the caller forwarded itself before the relay started, so
@@ -204,11 +218,11 @@ impl Relay {
             cx,
             Pin::new(&mut *client),
             Pin::new(&mut *upstream),
-            None,
+            Some(&mut self.up_boundary),
             false,
         );
         if let Poll::Ready(Err(e)) = up {
-            return Poll::Ready(Ended::Error(e));
+            return Poll::Ready(self.error_or_client(e));
         }
         if up.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(true);
@@ -221,19 +235,32 @@ impl Relay {
             false,
         );
         if let Poll::Ready(Err(e)) = down {
-            return Poll::Ready(Ended::Error(e));
+            return Poll::Ready(self.error_or_client(e));
         }
         if down.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(false);
         }
         if up.is_ready() && down.is_ready() {
-            return Poll::Ready(if self.first_eof == Some(true) {
-                Ended::Client
-            } else {
-                Ended::Upstream
-            });
+            // A broker closes as soon as it reads a DISCONNECT, often before the client.
+            return Poll::Ready(
+                if self.first_eof == Some(true) || self.client_disconnected() {
+                    Ended::Client
+                } else {
+                    Ended::Upstream
+                },
+            );
         }
         Poll::Pending
+    }
+
+    /// After the client's DISCONNECT the session is over: how its TCP and TLS then end
+    /// (no close_notify, a reset) is no error.
+    fn error_or_client(&self, e: io::Error) -> Ended {
+        if self.client_disconnected() {
+            Ended::Client
+        } else {
+            Ended::Error(e)
+        }
     }
 
     /// Stops reading from the client, passes on what is already read, and forwards broker
@@ -368,7 +395,7 @@ mod tests {
         };
         let (mut upstream, _broker) = duplex(1024);
         let mut relay = Relay::new();
-        relay.forwarded_up(forwarded.len());
+        relay.forwarded_up(forwarded);
         relay.run(&mut client, &mut upstream).await
     }
 
