@@ -250,7 +250,8 @@ fn main() {
         username: Some(name.clone()),
         password: None,
     }
-    .encode();
+    .encode()
+    .unwrap();
     let mut allowed = 0;
     for _ in 0..iters {
         allowed += measured_connect_path(&packet, &cert, &reg, &policy) as usize;

@@ -2,13 +2,22 @@
 //! the `mqttgate::audit` tracing target. Denials from one peer address are rate-limited
 //! in the log (metrics count every one), so a misconfigured device retrying in a loop
 //! can't flood the log. Passwords are never logged: no event takes the CONNECT password.
+//!
+//! Strings a client chooses (client id, username, certificate fields) are recorded as
+//! `str` values: the text format quotes and escapes them, JSON escapes them. The text
+//! format's field writer ([`TextFields`]) also escapes control characters in every other
+//! value, so one event is one line whatever a field holds.
 
 use std::collections::HashMap;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tracing::field::{Field, Visit};
 use tracing::{info, warn};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::Writer;
 
 use crate::auth::{Denial, Identity};
 use crate::cert::CertInfo;
@@ -84,17 +93,17 @@ pub fn decision(
         result,
         reason,
         %peer,
-        client_id = %connect.client_id,
+        client_id = connect.client_id.as_str(),
         authentication_name = name.unwrap_or(""),
         source,
         scheme,
-        subject = %cert.subject_dn,
+        subject = cert.subject_dn.as_str(),
         dns = ?cert.dns,
         uris = ?cert.uris,
         emails = ?cert.emails,
         ips = ?cert.ips,
         thumbprint = %cert.thumbprint,
-        issuer = %cert.issuer_dn,
+        issuer = cert.issuer_dn.as_str(),
         serial = %cert.serial_hex,
         tls_version = %tls.version,
         cipher = %tls.cipher,
@@ -118,7 +127,7 @@ pub fn closed(
         event = "closed",
         %peer,
         outcome,
-        authentication_name = %name,
+        authentication_name = name,
         reason,
         bytes_to_broker = bytes.0,
         bytes_to_client = bytes.1,
@@ -127,9 +136,128 @@ pub fn closed(
     );
 }
 
+/// The text log's field writer: tracing's default layout (`name=value` separated by
+/// spaces, the message bare, `str` values quoted), with control characters escaped in
+/// every value.
+pub struct TextFields;
+
+impl<'w> MakeVisitor<Writer<'w>> for TextFields {
+    type Visitor = TextVisitor<'w>;
+
+    fn make_visitor(&self, writer: Writer<'w>) -> TextVisitor<'w> {
+        TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        }
+    }
+}
+
+pub struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        // Records from the `log` crate carry their metadata as fields; the event line
+        // already shows it.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.result = write_field(&mut self.writer, !self.first, name, value);
+        self.first = false;
+    }
+}
+
+impl VisitOutput<fmt::Result> for TextVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for TextVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+fn write_field(
+    out: &mut dyn fmt::Write,
+    separate: bool,
+    name: &str,
+    value: &dyn fmt::Debug,
+) -> fmt::Result {
+    if separate {
+        out.write_char(' ')?;
+    }
+    if name != "message" {
+        write!(out, "{name}=")?;
+    }
+    write!(EscapeControl(out), "{value:?}")
+}
+
+/// Passes text on with control characters (and the Unicode line and paragraph
+/// separators) written as escapes, so a value cannot end the line it is on.
+struct EscapeControl<'a>(&'a mut dyn fmt::Write);
+
+impl fmt::Write for EscapeControl<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) =
+            rest.find(|c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found a character");
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn field(name: &str, value: &dyn fmt::Debug) -> String {
+        let mut out = String::new();
+        write_field(&mut out, false, name, value).unwrap();
+        out
+    }
+
+    #[test]
+    fn text_values_cannot_break_their_line() {
+        let forged = "dev\n2026-01-01T00:00:00Z  INFO forged";
+        // A Display value (`%x`) arrives raw; control characters are escaped.
+        assert_eq!(
+            field("client_id", &format_args!("{forged}")),
+            "client_id=dev\\n2026-01-01T00:00:00Z  INFO forged"
+        );
+        assert_eq!(
+            field("x", &format_args!("a\r\u{1b}[31m\u{2028}\u{85}b\tc")),
+            "x=a\\r\\u{1b}[31m\\u{2028}\\u{85}b\\tc"
+        );
+        // A `str` value is quoted (Rust escapes it first).
+        assert_eq!(
+            field("client_id", &forged),
+            "client_id=\"dev\\n2026-01-01T00:00:00Z  INFO forged\""
+        );
+        // The message is written bare; ordinary text passes unchanged.
+        assert_eq!(
+            field("message", &format_args!("session closed")),
+            "session closed"
+        );
+        assert_eq!(field("name", &format_args!("Kiosk ✓")), "name=Kiosk ✓");
+    }
 
     #[test]
     fn denials_past_the_budget_are_suppressed_then_summarised() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::tls_io::TlsConn;
 use rustls::pki_types::UnixTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at};
@@ -29,6 +29,7 @@ use crate::cert::CertInfo;
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Refusal, Version};
+use crate::packet_io::{self, ReadError};
 use crate::relay::{Ended, Relay};
 use crate::slots::{AtAccept, Pending, Slots};
 use crate::state::{unix_now, Trust, TrustWatch};
@@ -387,14 +388,13 @@ async fn admit_and_dial(
         )?;
     }
     let first = upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode);
-    // Only the per-identity encoding can grow a field, past the 65535 bytes MQTT allows.
-    if first.client_id.len() > usize::from(u16::MAX) {
-        return Err(Refused::Parse(ParseError::Malformed {
+    // A rewrite can grow a field past what MQTT allows (a per-identity client id).
+    let mut first_bytes = first.encode().map_err(|_| {
+        Refused::Parse(ParseError::Malformed {
             version: Some(version),
-            reason: "client identifier too long for the per-identity encoding",
-        }));
-    }
-    let mut first_bytes = first.encode();
+            reason: "rewritten connect does not fit mqtt's field lengths",
+        })
+    })?;
     first_bytes.extend_from_slice(&pipelined);
     Ok((
         Session {
@@ -483,32 +483,27 @@ async fn read_connect(
 ) -> Result<(Connect, Vec<u8>), Refused> {
     // Most CONNECTs fit in a few hundred bytes; grow only when the header says so.
     let mut buf: Vec<u8> = Vec::with_capacity(512);
-    loop {
-        match mqtt::parse_connect(&buf, max) {
-            Ok(Some((connect, len))) => {
-                let pipelined = buf.split_off(len);
-                return Ok((connect, pipelined));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Refused::Parse(e)),
+    let read = packet_io::read_packet(tls, &mut buf, deadline, max, |b| {
+        mqtt::parse_connect(b, max)
+    })
+    .await;
+    match read {
+        Ok((connect, len)) => {
+            let pipelined = buf.split_off(len);
+            Ok((connect, pipelined))
         }
-        // parse_connect refuses a packet over `max` before it is complete, so an
-        // incomplete CONNECT never needs more than `max` bytes.
-        let want = max.saturating_sub(buf.len()).clamp(1, 4096);
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let read = timeout_at(deadline, tls.read(&mut buf[start..])).await;
-        match read {
-            Ok(Ok(0)) => return Err(Refused::ClientGone),
-            Ok(Ok(n)) => buf.truncate(start + n),
-            Ok(Err(e)) => return Err(Refused::Io(e)),
-            Err(_) => {
-                buf.truncate(start);
-                return Err(Refused::ConnectTimeout {
-                    version: mqtt::peek_version(&buf),
-                });
-            }
-        }
+        Err(ReadError::Invalid(e)) => Err(Refused::Parse(e)),
+        Err(ReadError::Closed) => Err(Refused::ClientGone),
+        Err(ReadError::Io(e)) => Err(Refused::Io(e)),
+        Err(ReadError::Timeout) => Err(Refused::ConnectTimeout {
+            version: mqtt::peek_version(&buf),
+        }),
+        // parse_connect refuses an oversized CONNECT itself, before `max` bytes are in.
+        Err(ReadError::TooLarge { max }) => Err(Refused::Parse(ParseError::TooLarge {
+            len: buf.len(),
+            max,
+            version: mqtt::peek_version(&buf),
+        })),
     }
 }
 
@@ -527,7 +522,7 @@ async fn refuse(
         let reason = ctx.reason_strings.then(|| refused.client_text());
         r.connack(version, reason)
     }) {
-        let code = bytes[3];
+        let code = mqtt::connack_code(&bytes).expect("mqttgate's own CONNACKs are well framed");
         let protocol = match version {
             Some(v) if bytes.len() > 4 => v.label(),
             Some(Version::V5) | None => "3.1.1",
@@ -648,7 +643,7 @@ async fn open_upstream(
             "the broker did not take the CONNECT".into(),
         ));
     }
-    relay.forwarded_up(first.len());
+    relay.forwarded_up(&first);
     drop(first);
     relay_connack(ctx, tls, upstream, session.version, relay).await
 }
@@ -727,38 +722,39 @@ async fn relay_connack(
 ) -> Result<(), Refused> {
     let deadline = tokio::time::Instant::now() + ctx.limits.dial_timeout;
     let mut buf = Vec::with_capacity(64);
-    let complete = loop {
-        match mqtt::packet_len(&buf) {
-            Ok(Some(len)) if buf.len() >= len => break Some(len),
-            Ok(_) if buf.len() < MAX_CONNACK => {}
-            _ => break None,
-        }
-        let start = buf.len();
-        buf.resize(start + 512, 0);
-        match timeout_at(deadline, upstream.read(&mut buf[start..])).await {
-            Ok(Ok(n)) if n > 0 => buf.truncate(start + n),
-            Ok(Ok(_)) => {
-                return Err(Refused::Upstream(
-                    version,
-                    "broker closed before its CONNACK".into(),
-                ))
-            }
-            Ok(Err(e)) => return Err(Refused::Upstream(version, e.to_string())),
-            Err(_) => {
-                return Err(Refused::Upstream(
-                    version,
-                    "no CONNACK from the broker".into(),
-                ))
-            }
-        }
+    // The broker frames its own packets: one whose length does not parse, or that is
+    // longer than MAX_CONNACK, is forwarded as it is, uncounted.
+    let framed = |b: &[u8]| {
+        Ok::<_, std::convert::Infallible>(match mqtt::packet_len(b) {
+            Ok(Some(len)) => (b.len() >= len).then_some(()),
+            Ok(None) => None,
+            Err(_) => Some(()),
+        })
     };
-    if complete.is_some_and(|len| buf[0] == 0x20 && len >= 4) {
+    match packet_io::read_packet(upstream, &mut buf, deadline, MAX_CONNACK, framed).await {
+        Ok(()) | Err(ReadError::TooLarge { .. }) => {}
+        Err(ReadError::Invalid(never)) => match never {},
+        Err(ReadError::Closed) => {
+            return Err(Refused::Upstream(
+                version,
+                "broker closed before its CONNACK".into(),
+            ))
+        }
+        Err(ReadError::Io(e)) => return Err(Refused::Upstream(version, e.to_string())),
+        Err(ReadError::Timeout) => {
+            return Err(Refused::Upstream(
+                version,
+                "no CONNACK from the broker".into(),
+            ))
+        }
+    }
+    if let Some(code) = mqtt::connack_code(&buf) {
         ctx.metrics
             .connacks
             .get_or_create(&metrics::Connack {
                 sender: "broker",
                 protocol: version.label(),
-                code: hex_label(buf[3]),
+                code: hex_label(code),
             })
             .inc();
     }

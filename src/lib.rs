@@ -14,6 +14,7 @@
 //! - [`tls`]: rustls configuration and the client-certificate verifier.
 //! - [`tls_io`]: the TLS stream (rustls unbuffered API, buffers only while bytes are in flight).
 //! - [`mqtt`]: the CONNECT codec and the packets mqttgate sends (pure).
+//! - [`packet_io`]: reads one packet under a deadline and a size bound (the CONNECT, the CONNACK).
 //! - [`auth`]: the decision (pure).
 //! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
 //! - [`relay`]: the byte copy after the CONNECT; [`pool`]: the I/O buffers both borrow.
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod explain;
 pub mod metrics;
 pub mod mqtt;
+pub mod packet_io;
 pub mod pki;
 pub mod pool;
 pub mod registry;

@@ -89,7 +89,8 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Text => builder.init(),
+        // Client-chosen strings must not be able to start a line of their own.
+        LogFormat::Text => builder.fmt_fields(mqttgate::audit::TextFields).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -126,6 +126,16 @@ pub enum ParseError {
     },
 }
 
+/// Why a CONNECT cannot be encoded. Nothing [`parse_connect`] accepts fails; a rewrite can
+/// (a per-identity client id or a long authentication name grows a field).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("{field} is longer than 65535 bytes")]
+    FieldTooLong { field: &'static str },
+    #[error("connect of {len} bytes is over the mqtt maximum")]
+    TooLarge { len: usize },
+}
+
 impl ParseError {
     /// The client's version, when the packet got far enough to tell.
     pub fn version(&self) -> Option<Version> {
@@ -189,6 +199,21 @@ pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
         None => Ok(None),
         Some((_, rest)) => Ok(read_varint(rest)?.map(|(len, n)| 1 + n + len)),
     }
+}
+
+/// The reason code (v5) or return code (v3) of the complete CONNACK at the start of
+/// `buf`, or `None` when `buf` does not start with a whole, well-framed CONNACK. The
+/// remaining length is a variable byte integer: a v5 CONNACK with many properties puts
+/// the code after a two-byte (or longer) length.
+pub fn connack_code(buf: &[u8]) -> Option<u8> {
+    let (&first, rest) = buf.split_first()?;
+    if first != CONNACK {
+        return None;
+    }
+    let (remaining, varint_len) = read_varint(rest).ok()??;
+    // Acknowledge flags, then the code.
+    let body = rest.get(varint_len..varint_len + remaining)?;
+    body.get(1).copied()
 }
 
 /// The client's version from the start of a CONNECT that never completed, once its
@@ -484,15 +509,35 @@ impl Connect {
         1 + varint_len(remaining) + remaining
     }
 
+    /// The two-byte-length fields, named for errors.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        [
+            Some(("client identifier", self.client_id.len())),
+            self.will.as_ref().map(|w| ("will topic", w.topic.len())),
+            self.will
+                .as_ref()
+                .map(|w| ("will payload", w.payload.len())),
+            self.username.as_ref().map(|u| ("username", u.len())),
+            self.password.as_ref().map(|p| ("password", p.len())),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Encodes the packet as the fields say: flags follow the fields, v5 properties are
-    /// written only for v5, varints are minimal.
-    ///
-    /// # Panics
-    /// When a string or binary field is longer than 65535 bytes, or the packet longer than
-    /// 268435455; neither can come out of [`parse_connect`].
-    pub fn encode(&self) -> Vec<u8> {
+    /// written only for v5, varints are minimal. Every length is checked before anything
+    /// is written, so the writers below cannot fail.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        if let Some((field, _)) = self.fields().find(|&(_, len)| len > usize::from(u16::MAX)) {
+            return Err(EncodeError::FieldTooLong { field });
+        }
         let v5 = self.version == Version::V5;
         let remaining = self.remaining_len();
+        if remaining > VARINT_MAX {
+            return Err(EncodeError::TooLarge {
+                len: self.encoded_len(),
+            });
+        }
         let mut out = Vec::with_capacity(1 + varint_len(remaining) + remaining);
         out.push(CONNECT);
         put_varint(&mut out, remaining);
@@ -518,7 +563,7 @@ impl Connect {
             put_binary(&mut out, password);
         }
         debug_assert_eq!(out.len(), self.encoded_len());
-        out
+        Ok(out)
     }
 }
 
@@ -597,8 +642,9 @@ pub fn disconnect_v5(reason: u8) -> Vec<u8> {
     vec![DISCONNECT, 0x02, reason, 0x00]
 }
 
-/// Tracks MQTT packet boundaries in a byte stream flowing broker -> client without buffering it,
-/// so the relay can inject a DISCONNECT only between packets.
+/// Tracks MQTT packet boundaries in a byte stream without buffering it: broker -> client,
+/// so the relay can inject a DISCONNECT only between packets; client -> broker, so the
+/// relay knows a session the client ended with DISCONNECT.
 ///
 /// The broker is trusted to frame its packets; if a remaining length runs past four bytes
 /// the stream is treated as lost and no boundary is reported again.
@@ -610,6 +656,8 @@ pub struct PacketBoundary {
     len: usize,
     /// Body bytes still to skip.
     body_left: usize,
+    /// The first byte of the packet in progress, or of the last one once it is complete.
+    first: u8,
     lost: bool,
 }
 
@@ -629,6 +677,7 @@ impl PacketBoundary {
                 // The packet type byte.
                 self.header_len = 1;
                 self.len = 0;
+                self.first = byte;
                 continue;
             }
             self.len |= usize::from(byte & 0x7F) << (7 * (self.header_len - 1));
@@ -645,6 +694,11 @@ impl PacketBoundary {
     /// True when the bytes fed so far end exactly at a packet end.
     pub fn at_boundary(&self) -> bool {
         !self.lost && self.header_len == 0 && self.body_left == 0
+    }
+
+    /// True when the bytes fed so far end exactly after a whole DISCONNECT (any version).
+    pub fn ends_after_disconnect(&self) -> bool {
+        self.at_boundary() && self.first >> 4 == DISCONNECT >> 4
     }
 }
 
@@ -820,7 +874,7 @@ mod tests {
             let bytes = hex(vector);
             let connect = parse(&bytes);
             assert_eq!(connect.encoded_len(), bytes.len(), "{vector}");
-            assert_eq!(connect.encode(), bytes, "{vector}");
+            assert_eq!(connect.encode().unwrap(), bytes, "{vector}");
         }
     }
 
@@ -1027,7 +1081,7 @@ mod tests {
         let connect = parse(&bytes);
         assert_eq!(connect.username, None);
         assert_eq!(connect.password, Some(vec![0xff, 0x00]));
-        assert_eq!(connect.encode(), bytes);
+        assert_eq!(connect.encode(), Ok(bytes));
     }
 
     #[test]
@@ -1035,7 +1089,7 @@ mod tests {
         let bytes = v311(0x82, &[0x00, 0x01, b'c', 0x00, 0x00]);
         let connect = parse(&bytes);
         assert_eq!(connect.username, Some(String::new()));
-        assert_eq!(connect.encode(), bytes);
+        assert_eq!(connect.encode(), Ok(bytes));
     }
 
     #[test]
@@ -1222,7 +1276,7 @@ mod tests {
             rewritten.username = Some("sensor-17".into());
             rewritten.password = None;
             rewritten.client_id = "sensor-17".into();
-            let bytes = rewritten.encode();
+            let bytes = rewritten.encode().unwrap();
             assert_eq!(bytes.len(), rewritten.encoded_len());
             assert_eq!(
                 parse(&bytes),
@@ -1235,6 +1289,71 @@ mod tests {
                 "{vector}"
             );
         }
+    }
+
+    #[test]
+    fn over_long_fields_are_an_encode_error_not_a_panic() {
+        let mut connect = parse(&hex(V311_CLEAN));
+        connect.client_id = "x".repeat(usize::from(u16::MAX) + 1);
+        assert_eq!(
+            connect.encode(),
+            Err(EncodeError::FieldTooLong {
+                field: "client identifier"
+            })
+        );
+        connect.client_id = "x".repeat(usize::from(u16::MAX));
+        assert!(connect.encode().is_ok(), "65535 bytes fit");
+        connect.username = Some("u".repeat(70_000));
+        assert_eq!(
+            connect.encode(),
+            Err(EncodeError::FieldTooLong { field: "username" })
+        );
+    }
+
+    #[test]
+    fn connect_over_the_mqtt_maximum_is_an_encode_error_not_a_panic() {
+        let mut connect = parse(&hex(V5_USER_PASSWORD_PROPERTIES));
+        // Zeroed allocations stay untouched until written: this costs no real memory.
+        connect.properties = vec![0; VARINT_MAX];
+        assert!(matches!(
+            connect.encode(),
+            Err(EncodeError::TooLarge { len }) if len > VARINT_MAX
+        ));
+    }
+
+    #[test]
+    fn connack_code_reads_past_a_long_remaining_length() {
+        assert_eq!(connack_code(&[0x20, 0x02, 0x00, 0x05]), Some(0x05));
+        assert_eq!(connack_code(&[0x20, 0x03, 0x01, 0x87, 0x00]), Some(0x87));
+        // v5, session present, 0x87, a 200-byte User Property: remaining length 210 = d2 01.
+        let mut properties = vec![0x26, 0x00, 0x01, b'k', 0x00, 200];
+        properties.extend_from_slice(&[b'v'; 200]);
+        let mut body = vec![0x01, 0x87];
+        put_properties(&mut body, &properties);
+        let long = packet(CONNACK, &body);
+        assert_eq!(&long[..4], &[0x20, 0xd2, 0x01, 0x01]);
+        assert_eq!(connack_code(&long), Some(0x87));
+        // With bytes the broker sent after it.
+        assert_eq!(
+            connack_code(&[&long[..], &[0xd0, 0x00]].concat()),
+            Some(0x87)
+        );
+        for end in 0..long.len() {
+            assert_eq!(connack_code(&long[..end]), None, "[..{end}]");
+        }
+        // mqttgate's own refusals, reason string included.
+        let own = connack(V5, code::V5_SERVER_BUSY, Some(&"busy ".repeat(40)));
+        assert!(own[1] & 0x80 != 0);
+        assert_eq!(connack_code(&own), Some(code::V5_SERVER_BUSY));
+    }
+
+    #[test]
+    fn connack_code_refuses_what_is_not_a_connack() {
+        assert_eq!(connack_code(&[0xd0, 0x00]), None);
+        assert_eq!(connack_code(&[0x21, 0x02, 0x00, 0x00]), None);
+        // Too short to hold a code, and a length over four bytes.
+        assert_eq!(connack_code(&[0x20, 0x01, 0x00]), None);
+        assert_eq!(connack_code(&[0x20, 0xff, 0xff, 0xff, 0xff, 0x00]), None);
     }
 
     #[test]
@@ -1301,6 +1420,41 @@ mod tests {
         for i in 0..=stream.len() {
             check_boundaries(&stream, &ends, &[i]);
         }
+    }
+
+    #[test]
+    fn a_stream_ending_after_a_whole_disconnect_is_seen_in_every_split() {
+        let (stream, _) = stream_of(&[
+            hex("101200044d5154540402003c0006636c69333131"),
+            packet(0x30, &[0xaa; 130]),
+            hex("c000"),
+            hex("e0020000"), // v5, reason code and empty properties
+        ]);
+        for i in 0..=stream.len() {
+            let mut tracker = PacketBoundary::default();
+            tracker.feed(&stream[..i]);
+            tracker.feed(&stream[i..]);
+            assert!(tracker.ends_after_disconnect(), "split at {i}");
+        }
+        let mut tracker = PacketBoundary::default();
+        assert!(!tracker.ends_after_disconnect(), "nothing yet");
+        for (bytes, after_disconnect) in [
+            (&[0xe0][..], false),
+            (&[0x00], true),
+            (&[0xc0, 0x00], false),
+            (&[0xe0, 0x00, 0xc0], false),
+        ] {
+            tracker.feed(bytes);
+            assert_eq!(
+                tracker.ends_after_disconnect(),
+                after_disconnect,
+                "{bytes:02x?}"
+            );
+        }
+        // A PUBLISH whose payload holds DISCONNECT's bytes is not a DISCONNECT.
+        let mut tracker = PacketBoundary::default();
+        tracker.feed(&packet(0x30, &[0x00, 0x01, b't', 0xe0, 0x00]));
+        assert!(!tracker.ends_after_disconnect());
     }
 
     #[test]
@@ -1379,14 +1533,14 @@ mod tests {
     fn check_any_input(input: &[u8], max_len: usize) {
         if let Ok(Some((connect, consumed))) = parse_connect(input, max_len) {
             assert!(consumed <= max_len && consumed <= input.len());
-            assert_eq!(connect.encode(), &input[..consumed]);
+            assert_eq!(connect.encode().unwrap(), &input[..consumed]);
         }
     }
 
     proptest! {
         #[test]
         fn valid_connects_round_trip(connect in any_connect()) {
-            let bytes = connect.encode();
+            let bytes = connect.encode().unwrap();
             prop_assert_eq!(bytes.len(), connect.encoded_len());
             prop_assert_eq!(parse_connect(&bytes, bytes.len()), Ok(Some((connect, bytes.len()))));
         }

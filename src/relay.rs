@@ -6,7 +6,10 @@
 //! direction borrows a buffer from a per-thread pool only while it has bytes in flight and
 //! hands it back when its read would block, so an idle connection holds none. The
 //! broker-to-client direction also tracks MQTT packet boundaries, so mqttgate can end a
-//! session with a DISCONNECT that never lands in the middle of a broker packet.
+//! session with a DISCONNECT that never lands in the middle of a broker packet. The
+//! client-to-broker direction tracks them too, so a session the client ended with a
+//! DISCONNECT is a clean close even when its TLS stack then drops TCP without
+//! close_notify (Python's ssl, many embedded stacks).
 
 use std::future::poll_fn;
 use std::io;
@@ -128,7 +131,8 @@ impl Half {
 /// How the copy ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The client closed its side first.
+    /// The client closed its side first, or ended the session with a DISCONNECT whatever
+    /// happened after it.
     Client,
     /// The broker closed its side first.
     Upstream,
@@ -140,6 +144,9 @@ pub enum Ended {
 pub struct Relay {
     up: Half,
     down: Half,
+    /// Client -> broker packets.
+    up_boundary: PacketBoundary,
+    /// Broker -> client packets.
     boundary: PacketBoundary,
     first_eof: Option<bool>,
 }
@@ -157,12 +164,19 @@ impl Relay {
         r
     }
 
-    /// Accounts for client bytes the caller forwarded itself (the CONNECT it rewrote).
-    pub fn forwarded_up(&mut self, n: usize) {
-        self.up.bytes += n as u64;
+    /// Accounts for client bytes the caller forwarded itself (the CONNECT it rewrote and
+    /// what the client pipelined after it), so packet boundaries stay right.
+    pub fn forwarded_up(&mut self, bytes: &[u8]) {
+        self.up_boundary.feed(bytes);
+        self.up.bytes += bytes.len() as u64;
         if let Some(c) = &self.up.counter {
-            c.inc_by(n as u64);
+            c.inc_by(bytes.len() as u64);
         }
+    }
+
+    /// The client's last packet was a whole DISCONNECT: the client ended the session.
+    fn client_disconnected(&self) -> bool {
+        self.up_boundary.ends_after_disconnect()
     }
 
     /// Accounts for broker bytes the caller forwarded itself before the relay started, so
@@ -204,11 +218,11 @@ impl Relay {
             cx,
             Pin::new(&mut *client),
             Pin::new(&mut *upstream),
-            None,
+            Some(&mut self.up_boundary),
             false,
         );
         if let Poll::Ready(Err(e)) = up {
-            return Poll::Ready(Ended::Error(e));
+            return Poll::Ready(self.error_or_client(e));
         }
         if up.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(true);
@@ -221,19 +235,32 @@ impl Relay {
             false,
         );
         if let Poll::Ready(Err(e)) = down {
-            return Poll::Ready(Ended::Error(e));
+            return Poll::Ready(self.error_or_client(e));
         }
         if down.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(false);
         }
         if up.is_ready() && down.is_ready() {
-            return Poll::Ready(if self.first_eof == Some(true) {
-                Ended::Client
-            } else {
-                Ended::Upstream
-            });
+            // A broker closes as soon as it reads a DISCONNECT, often before the client.
+            return Poll::Ready(
+                if self.first_eof == Some(true) || self.client_disconnected() {
+                    Ended::Client
+                } else {
+                    Ended::Upstream
+                },
+            );
         }
         Poll::Pending
+    }
+
+    /// After the client's DISCONNECT the session is over: how its TCP and TLS then end
+    /// (no close_notify, a reset) is no error.
+    fn error_or_client(&self, e: io::Error) -> Ended {
+        if self.client_disconnected() {
+            Ended::Client
+        } else {
+            Ended::Error(e)
+        }
     }
 
     /// Stops reading from the client, passes on what is already read, and forwards broker
@@ -318,6 +345,110 @@ mod tests {
         let (ended, bytes) = task.await.unwrap();
         assert!(matches!(ended, Ended::Client), "{ended:?}");
         assert_eq!(bytes, (100_000, 4));
+    }
+
+    /// A client stream that yields `bytes`, then fails like a TLS stream whose peer closed
+    /// TCP without close_notify; what is written to it is dropped.
+    struct AbruptClient {
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncRead for AbruptClient {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.bytes.is_empty() {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = self.bytes.len().min(buf.remaining());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for AbruptClient {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const PINGREQ: [u8; 2] = [0xc0, 0x00];
+    const DISCONNECT: [u8; 2] = [0xe0, 0x00];
+
+    /// How a relay ends when the client sends `bytes` and then drops TCP.
+    async fn ends_after(forwarded: &[u8], bytes: &[u8]) -> Ended {
+        let mut client = AbruptClient {
+            bytes: bytes.to_vec(),
+        };
+        let (mut upstream, _broker) = duplex(1024);
+        let mut relay = Relay::new();
+        relay.forwarded_up(forwarded);
+        relay.run(&mut client, &mut upstream).await
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_after_disconnect_is_a_client_close() {
+        // A PUBLISH, then DISCONNECT: split so the DISCONNECT's bytes arrive in two reads.
+        let publish = [0x30, 0x05, 0x00, 0x01, b't', b'h', b'i'];
+        let ended = ends_after(&[], &[&publish[..], &DISCONNECT].concat()).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+        // A v5 DISCONNECT with a reason code and properties.
+        let ended = ends_after(&[], &[0xe0, 0x02, 0x00, 0x00]).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+        // Pipelined after the CONNECT, which the caller forwarded itself.
+        let connect = [
+            0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01,
+            b'c',
+        ];
+        let ended = ends_after(&[&connect[..], &DISCONNECT].concat(), &[]).await;
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_without_disconnect_is_an_error() {
+        for bytes in [
+            &[][..],
+            &PINGREQ,
+            &[0xe0],
+            &[&DISCONNECT[..], &PINGREQ].concat(),
+        ] {
+            let ended = ends_after(&[], bytes).await;
+            assert!(matches!(ended, Ended::Error(_)), "{bytes:02x?}: {ended:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_closing_after_the_clients_disconnect_is_a_client_close() {
+        let (mut client_app, mut client) = duplex(64);
+        let (mut upstream, mut broker) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut relay = Relay::new();
+            relay.run(&mut client, &mut upstream).await
+        });
+        client_app.write_all(&DISCONNECT).await.unwrap();
+        let mut got = [0u8; 2];
+        broker.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, DISCONNECT);
+        // Mosquitto closes as soon as it reads a DISCONNECT, before the client does.
+        drop(broker);
+        let mut rest = Vec::new();
+        client_app.read_to_end(&mut rest).await.unwrap();
+        drop(client_app);
+        let ended = task.await.unwrap();
+        assert!(matches!(ended, Ended::Client), "{ended:?}");
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ fn connect_with_password(version: Version, user: &str) -> Vec<u8> {
         password: Some(PASSWORD.to_vec()),
     }
     .encode()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

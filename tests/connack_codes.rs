@@ -243,6 +243,56 @@ async fn a_broker_too_slow_to_accept_is_server_unavailable_after_the_dial_deadli
     );
 }
 
+/// A v5 CONNACK with `code` whose User Property makes its remaining length take two bytes.
+fn long_v5_connack(code: u8) -> Vec<u8> {
+    let mut properties = vec![0x26, 0x00, 0x01, b'k'];
+    properties.extend_from_slice(&200u16.to_be_bytes());
+    properties.extend_from_slice(&[b'v'; 200]);
+    let mut body = vec![0x00, code];
+    put_varint(&mut body, properties.len());
+    body.extend_from_slice(&properties);
+    let mut packet = vec![0x20];
+    put_varint(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    assert!(
+        packet[1] & 0x80 != 0,
+        "the remaining length takes two bytes"
+    );
+    packet
+}
+
+/// A broker that answers every CONNECT with `connack` and then holds the connection.
+async fn broker_answering(connack: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = s.write_all(&connack).await;
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_v5_connack_from_the_broker_is_forwarded_and_counted_with_its_code() {
+    let connack = long_v5_connack(0x87);
+    let env = gate("", Some(broker_answering(connack.clone()).await)).await;
+    let cert = env.pki.root.issue(&leaf("sensor-1")).unwrap();
+    let mut tls = env.tls(&cert, &[]).await.expect("tls handshake");
+    tls.write_all(&connect_packet(5, "c", None)).await.unwrap();
+    assert_eq!(read_exact(&mut tls, connack.len(), WAIT).await, connack);
+    let series = |code: &str| {
+        format!("mqttgate_connacks_sent_total{{sender=\"broker\",protocol=\"5\",code=\"{code}\"}}")
+    };
+    let scrape = env.gate.metrics.render();
+    assert_eq!(metric(&scrape, &series("0x87")), Some(1.0), "{scrape}");
+    assert_eq!(metric(&scrape, &series("0x00")), None, "{scrape}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_reports_server_unavailable_when_the_upstream_is_down() {
     let env = gate("", Some(closed_port_address())).await;
@@ -320,6 +370,7 @@ fn big_v5_connect_with_password(len: usize) -> Vec<u8> {
         password: Some(vec![b'p'; len]),
     }
     .encode()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +394,8 @@ async fn connect_over_the_limit_is_packet_too_large_in_v5_and_a_close_in_v3() {
         username: None,
         password: None,
     }
-    .encode();
+    .encode()
+    .unwrap();
     let got = exchange(&env, "sensor-1", &with_property).await;
     assert_eq!(got, V5_PACKET_TOO_LARGE, "2000-byte user property");
 
@@ -358,7 +410,7 @@ async fn connect_over_the_limit_is_packet_too_large_in_v5_and_a_close_in_v3() {
             username: Some("sensor-1".into()),
             password: Some(vec![b'p'; 2000]),
         };
-        let got = exchange(&env, "sensor-1", &c.encode()).await;
+        let got = exchange(&env, "sensor-1", &c.encode().unwrap()).await;
         assert!(got.is_empty(), "level {level}: {got:02x?}");
     }
 

@@ -26,6 +26,7 @@ fn v5_persistent_connect(name: &str) -> Vec<u8> {
         password: None,
     }
     .encode()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

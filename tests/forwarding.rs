@@ -272,7 +272,7 @@ async fn a_client_password_is_dropped_and_the_session_works() {
     let env = env_with(None, None, None).await;
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let mut tls = env.tls(&s1, &[]).await.unwrap();
-    tls.write_all(&client_connect("sensor-1", b"secret").encode())
+    tls.write_all(&client_connect("sensor-1", b"secret").encode().unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -296,7 +296,7 @@ async fn connect_seen_upstream(
     let env = env_with(client_id, username, Some(addr)).await;
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
     let mut tls = env.tls(&s1, &[]).await.unwrap();
-    tls.write_all(&sent.encode()).await.unwrap();
+    tls.write_all(&sent.encode().unwrap()).await.unwrap();
     assert_eq!(
         read_exact(&mut tls, 4, WAIT).await,
         [0x20, 0x02, 0x00, 0x00]

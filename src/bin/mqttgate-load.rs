@@ -244,6 +244,7 @@ fn connect_packet(cli: &Cli, client_id: String) -> Vec<u8> {
         password: None,
     }
     .encode()
+    .expect("load-test CONNECT fields are short")
 }
 
 fn publish_packet(out: &mut Vec<u8>, v5: bool, topic: &str, qos: u8, id: u16, payload: &[u8]) {

@@ -445,7 +445,7 @@ pub fn connect_packet(version: u8, client_id: &str, username: Option<&str>) -> V
         username: username.map(str::to_string),
         password: None,
     };
-    c.encode()
+    c.encode().unwrap()
 }
 
 /// A registry entry in Azure's client-resource shape.
