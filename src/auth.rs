@@ -425,6 +425,53 @@ mod tests {
     }
 
     #[test]
+    fn same_name_folds_ascii_case_only() {
+        assert!(same_name("KIOSK", "kiosk"));
+        // U+212A KELVIN SIGN lowercases to 'k' in Unicode; SPEC §7 keeps it distinct.
+        assert!(!same_name("\u{212A}iosk", "kiosk"));
+        assert!(!same_name("ÄRGER", "ärger"));
+        assert!(same_name("ärger", "ärger"));
+    }
+
+    #[test]
+    fn kelvin_sign_in_the_common_name_does_not_prove_client_kiosk() {
+        let reg = registry(&format!(
+            "[{}]",
+            client("kiosk", "SubjectMatchesAuthenticationName")
+        ));
+        let mut c = cert();
+        c.subject_cn = Some("\u{212A}iosk".into());
+        assert_eq!(
+            decide_with(&c, true, Some("kiosk"), &reg, &policy(&[])),
+            Err(Denied::NameMismatch)
+        );
+        assert_eq!(
+            decide_with(&c, true, None, &reg, &policy(&[NameSource::Subject])),
+            Err(Denied::UnknownClient)
+        );
+    }
+
+    #[test]
+    fn same_name_compares_ip_literals_as_addresses() {
+        assert!(same_name("2001:0db8:0:0:0:0:0:7", "2001:db8::7"));
+        assert!(same_name("2001:DB8::7", "2001:db8::7"));
+        assert!(!same_name("2001:db8::7", "2001:db8::8"));
+        assert!(!same_name("10.0.0.7", "::ffff:10.0.0.7"));
+    }
+
+    #[test]
+    fn ip_username_finds_a_client_registered_in_long_form() {
+        let reg = registry(&format!(
+            "[{}]",
+            client("2001:0db8:0:0:0:0:0:7", "IpMatchesAuthenticationName")
+        ));
+        let id = decide_with(&cert(), true, Some("2001:db8::7"), &reg, &policy(&[])).unwrap();
+        assert_eq!(id.authentication_name, "2001:0db8:0:0:0:0:0:7");
+        let id = decide_with(&cert(), true, None, &reg, &policy(&[NameSource::Ip]));
+        assert_eq!(id.unwrap().client_name, "2001:0db8:0:0:0:0:0:7");
+    }
+
+    #[test]
     fn unknown_and_disabled_clients_are_denied() {
         let reg = registry(r#"[{"name":"sensor-17","properties":{"state":"Disabled"}}]"#);
         assert_eq!(

@@ -780,6 +780,58 @@ mod tests {
     }
 
     #[test]
+    fn lookup_folds_ascii_case_only() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "kiosk"}},
+                {"name": "b", "properties": {"authenticationName": "ÄRGER"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("KIOSK").unwrap().name, "a");
+        assert!(registry.get("\u{212A}iosk").is_none());
+        assert!(registry.get("ärger").is_none());
+        assert_eq!(registry.get("ÄRGER").unwrap().name, "b");
+    }
+
+    #[test]
+    fn names_differing_beyond_ascii_case_are_distinct_clients() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "kiosk"}},
+                {"name": "b", "properties": {"authenticationName": "\u212Aiosk"}},
+                {"name": "\u212A"}, {"name": "k"}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("\u{212A}iosk").unwrap().name, "b");
+        assert_eq!(registry.len(), 4);
+    }
+
+    #[test]
+    fn ip_literal_names_are_looked_up_as_addresses() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "2001:0db8:0:0:0:0:0:7"}},
+                {"name": "b", "properties": {"authenticationName": "10.0.0.7"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("2001:db8::7").unwrap().name, "a");
+        assert_eq!(registry.get("2001:DB8:0::7").unwrap().name, "a");
+        assert_eq!(registry.get("10.0.0.7").unwrap().name, "b");
+        assert!(registry.get("2001:db8::8").is_none());
+    }
+
+    #[test]
+    fn ip_literal_names_equal_as_addresses_are_refused() {
+        let err = refused(
+            r#"[{"name": "a", "properties": {"authenticationName": "2001:db8::7"}},
+                {"name": "b", "properties": {"authenticationName": "2001:0db8:0:0:0:0:0:7"}}]"#,
+        );
+        assert!(
+            err.starts_with(
+                r#"clients.json: entry 1 ("b"): properties.authenticationName: "2001:0db8:0:0:0:0:0:7" is already used by entry 0 ("a")"#
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn authentication_names_equal_ignoring_case_are_refused_naming_both_entries() {
         let err = refused(
             r#"[{"name": "a", "properties": {"authenticationName": "Dev-1"}},
