@@ -229,7 +229,7 @@ pub fn authentication_name(
 pub fn field_matches(cert: &CertInfo, scheme: Scheme, name: &str, subject: SubjectMatch) -> bool {
     let any_ci = |values: &[String]| values.iter().any(|v| same_name(v, name));
     match scheme {
-        // Names are case-insensitive everywhere else in the registry, so the CN is too.
+        // Compared as the registry compares names (SPEC §7), so the CN is too.
         Scheme::SubjectMatchesAuthenticationName => match subject {
             SubjectMatch::CommonName => cert
                 .subject_cn
@@ -249,13 +249,9 @@ pub fn field_matches(cert: &CertInfo, scheme: Scheme, name: &str, subject: Subje
     }
 }
 
-/// Authentication names compare ignoring case, as the registry does.
+/// Names compare as the registry indexes them: by [`crate::registry::name_key`].
 pub fn same_name(a: &str, b: &str) -> bool {
-    if a.is_ascii() && b.is_ascii() {
-        a.eq_ignore_ascii_case(b)
-    } else {
-        a.to_lowercase() == b.to_lowercase()
-    }
+    crate::registry::name_key(a) == crate::registry::name_key(b)
 }
 
 #[cfg(test)]
@@ -467,7 +463,9 @@ mod tests {
         ));
         let id = decide_with(&cert(), true, Some("2001:db8::7"), &reg, &policy(&[])).unwrap();
         assert_eq!(id.authentication_name, "2001:0db8:0:0:0:0:0:7");
-        let id = decide_with(&cert(), true, None, &reg, &policy(&[NameSource::Ip]));
+        let mut c = cert();
+        c.ips.retain(IpAddr::is_ipv6);
+        let id = decide_with(&c, true, None, &reg, &policy(&[NameSource::Ip]));
         assert_eq!(id.unwrap().client_name, "2001:0db8:0:0:0:0:0:7");
     }
 

@@ -14,8 +14,10 @@
 //! `provisioningState`, …) is ignored. A JSON `null` counts as absent, as Azure writes
 //! null for unset optional properties.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -107,20 +109,52 @@ pub struct Client {
     pub description: Option<String>,
 }
 
-/// The loaded clients, indexed by case-folded authentication name.
+/// The loaded clients, indexed by the [`name_key`] of their authentication names.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     clients: Vec<Client>,
-    index: HashMap<String, usize>,
+    index: HashMap<NameKey<'static>, usize>,
     thumbprints: HashSet<Thumbprint>,
 }
 
-/// The case fold used for authentication names and client names: Rust's Unicode
-/// `to_lowercase`. It is simple lowercasing, not full case folding (`"ß"` and `"SS"`
-/// differ), which is enough for the DNS names, URIs and device ids used in practice and
-/// is the same on every platform.
-pub fn fold_case(s: &str) -> String {
-    s.to_lowercase()
+/// The one key authentication names and client names are compared and indexed by
+/// (SPEC §7 "Names"): a name that parses as an IP address is that address, so
+/// `2001:0db8:0:0:0:0:0:7` and `2001:db8::7` are one name; any other name is its text with
+/// ASCII letters lowercased and every other character compared exactly. No Unicode case
+/// mapping: it would make `\u{212A}iosk` (Kelvin sign) and `kiosk` one name, and its
+/// tables change between Unicode versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NameKey<'a> {
+    Ip(IpAddr),
+    Text(Cow<'a, str>),
+}
+
+pub fn name_key(name: &str) -> NameKey<'_> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return NameKey::Ip(ip);
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        NameKey::Text(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        NameKey::Text(Cow::Borrowed(name))
+    }
+}
+
+impl NameKey<'_> {
+    fn into_owned(self) -> NameKey<'static> {
+        match self {
+            NameKey::Ip(ip) => NameKey::Ip(ip),
+            NameKey::Text(t) => NameKey::Text(Cow::Owned(t.into_owned())),
+        }
+    }
+
+    /// How two names with this key were found equal, for the duplicate error.
+    fn compared(&self) -> &'static str {
+        match self {
+            NameKey::Ip(_) => "compared as IP addresses",
+            NameKey::Text(_) => "compared ignoring case",
+        }
+    }
 }
 
 /// Which entry of the file an error is about. `index` is the 0-based array position
@@ -194,8 +228,12 @@ pub enum Problem {
     Empty,
     #[error("must be 1 to 128 characters, got {0}")]
     Length(usize),
-    #[error("{value:?} is already used by {other} (compared ignoring case)")]
-    Duplicate { value: String, other: EntryRef },
+    #[error("{value:?} is already used by {other} ({compared})")]
+    Duplicate {
+        value: String,
+        other: EntryRef,
+        compared: &'static str,
+    },
     #[error("unknown validation scheme {0:?}; expected one of {list}", list = scheme_list())]
     UnknownScheme(String),
     #[error("required with ThumbprintMatch")]
@@ -281,7 +319,7 @@ impl Registry {
             index: HashMap::with_capacity(entries.len()),
             thumbprints: HashSet::new(),
         };
-        let mut names: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        let mut names: HashMap<NameKey<'static>, usize> = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let client = parse_entry(entry, index, &file)?;
             let at = Ctx {
@@ -298,16 +336,19 @@ impl Registry {
                 name: Some(registry.clients[i].name.clone()),
             };
             // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
-            if let Some(&i) = names.get(&fold_case(&client.name)) {
+            let name = name_key(&client.name).into_owned();
+            if let Some(&i) = names.get(&name) {
                 return Err(at.err(
                     "name",
                     Problem::Duplicate {
                         value: client.name.clone(),
                         other: other(i),
+                        compared: name.compared(),
                     },
                 ));
             }
-            if let Some(&i) = registry.index.get(&fold_case(&client.authentication_name)) {
+            let key = name_key(&client.authentication_name).into_owned();
+            if let Some(&i) = registry.index.get(&key) {
                 let field = if entry_is_flat(entry) {
                     "authenticationName"
                 } else {
@@ -318,13 +359,12 @@ impl Registry {
                     Problem::Duplicate {
                         value: client.authentication_name.clone(),
                         other: other(i),
+                        compared: key.compared(),
                     },
                 ));
             }
-            names.insert(fold_case(&client.name), index);
-            registry
-                .index
-                .insert(fold_case(&client.authentication_name), index);
+            names.insert(name, index);
+            registry.index.insert(key, index);
             registry
                 .thumbprints
                 .extend(client.thumbprints.iter().copied());
@@ -333,10 +373,10 @@ impl Registry {
         Ok(registry)
     }
 
-    /// The client with this authentication name, ignoring case (see [`fold_case`]).
+    /// The client with this authentication name, compared by [`name_key`].
     pub fn get(&self, authentication_name: &str) -> Option<&Client> {
         self.index
-            .get(&fold_case(authentication_name))
+            .get(&name_key(authentication_name))
             .map(|&i| &self.clients[i])
     }
 
@@ -774,7 +814,9 @@ mod tests {
             registry.get("SENSOR-17.PLANT.EXAMPLE.COM").unwrap().name,
             "a"
         );
-        assert_eq!(registry.get("ärger").unwrap().name, "b");
+        // SPEC §7: only ASCII letters fold.
+        assert_eq!(registry.get("ÄRGER").unwrap().name, "b");
+        assert!(registry.get("ärger").is_none());
         assert!(registry.get("sensor-18.plant.example.com").is_none());
         assert!(registry.get("").is_none());
     }
@@ -878,7 +920,7 @@ mod tests {
             r#"[{{"name": "a", "properties": {{"authenticationName": "{ok}"}}}}]"#
         ))
         .unwrap();
-        assert!(registry.get(&ok.to_uppercase()).is_some());
+        assert!(registry.get(&ok).is_some());
 
         let long = "é".repeat(129);
         let err = refused(&format!(
