@@ -29,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod explain;
+pub mod memory;
 pub mod metrics;
 pub mod mqtt;
 pub mod pki;
