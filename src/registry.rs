@@ -410,6 +410,10 @@ impl Registry {
                 .hash_one(name_key(&registry.clients[i as usize].authentication_name))
         });
         registry.thumbprints.shrink_to_fit();
+        if registry.len() >= TRIM_AFTER_CLIENTS {
+            // The per-entry JSON values were freed between the clients' allocations.
+            crate::memory::release_free_memory();
+        }
         Ok(registry)
     }
 
