@@ -233,7 +233,7 @@ pub fn authentication_name(
 pub fn field_matches(cert: &CertInfo, scheme: Scheme, name: &str, subject: SubjectMatch) -> bool {
     let any_ci = |values: &[String]| values.iter().any(|v| same_name(v, name));
     match scheme {
-        // Names are case-insensitive everywhere else in the registry, so the CN is too.
+        // Compared as the registry compares names (SPEC §7), so the CN is too.
         Scheme::SubjectMatchesAuthenticationName => match subject {
             SubjectMatch::CommonName => cert
                 .subject_cn
@@ -253,13 +253,9 @@ pub fn field_matches(cert: &CertInfo, scheme: Scheme, name: &str, subject: Subje
     }
 }
 
-/// Authentication names compare ignoring case, as the registry does.
+/// Names compare as the registry indexes them: by [`crate::registry::name_key`].
 pub fn same_name(a: &str, b: &str) -> bool {
-    if a.is_ascii() && b.is_ascii() {
-        a.eq_ignore_ascii_case(b)
-    } else {
-        a.to_lowercase() == b.to_lowercase()
-    }
+    crate::registry::name_key(a) == crate::registry::name_key(b)
 }
 
 #[cfg(test)]
@@ -426,6 +422,55 @@ mod tests {
         ));
         let id = decide_with(&cert(), true, Some("SENSOR-17"), &reg, &policy(&[])).unwrap();
         assert_eq!(id.authentication_name, "Sensor-17");
+    }
+
+    #[test]
+    fn same_name_folds_ascii_case_only() {
+        assert!(same_name("KIOSK", "kiosk"));
+        // U+212A KELVIN SIGN lowercases to 'k' in Unicode; SPEC §7 keeps it distinct.
+        assert!(!same_name("\u{212A}iosk", "kiosk"));
+        assert!(!same_name("ÄRGER", "ärger"));
+        assert!(same_name("ärger", "ärger"));
+    }
+
+    #[test]
+    fn kelvin_sign_in_the_common_name_does_not_prove_client_kiosk() {
+        let reg = registry(&format!(
+            "[{}]",
+            client("kiosk", "SubjectMatchesAuthenticationName")
+        ));
+        let mut c = cert();
+        c.subject_cn = Some("\u{212A}iosk".into());
+        assert_eq!(
+            decide_with(&c, true, Some("kiosk"), &reg, &policy(&[])),
+            Err(Denied::NameMismatch)
+        );
+        assert_eq!(
+            decide_with(&c, true, None, &reg, &policy(&[NameSource::Subject])),
+            Err(Denied::UnknownClient)
+        );
+    }
+
+    #[test]
+    fn same_name_compares_ip_literals_as_addresses() {
+        assert!(same_name("2001:0db8:0:0:0:0:0:7", "2001:db8::7"));
+        assert!(same_name("2001:DB8::7", "2001:db8::7"));
+        assert!(!same_name("2001:db8::7", "2001:db8::8"));
+        assert!(!same_name("10.0.0.7", "::ffff:10.0.0.7"));
+    }
+
+    #[test]
+    fn ip_username_finds_a_client_registered_in_long_form() {
+        let reg = registry(&format!(
+            "[{}]",
+            client("2001:0db8:0:0:0:0:0:7", "IpMatchesAuthenticationName")
+        ));
+        let id = decide_with(&cert(), true, Some("2001:db8::7"), &reg, &policy(&[])).unwrap();
+        assert_eq!(id.authentication_name, "2001:0db8:0:0:0:0:0:7");
+        let mut c = cert();
+        c.ips.retain(IpAddr::is_ipv6);
+        let id = decide_with(&c, true, None, &reg, &policy(&[NameSource::Ip]));
+        assert_eq!(id.unwrap().client_name, "2001:0db8:0:0:0:0:0:7");
     }
 
     #[test]

@@ -93,6 +93,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawRegistry {
     clients: PathBuf,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -204,6 +205,8 @@ pub struct Config {
     pub ca_files: Vec<PathBuf>,
     pub min_tls: TlsVersion,
     pub registry_file: PathBuf,
+    /// A larger registry file is refused before it is read (`registry.max_bytes`).
+    pub registry_max_bytes: u64,
     pub upstream: String,
     pub username_mode: UsernameMode,
     pub client_id_mode: ClientIdMode,
@@ -414,6 +417,11 @@ impl Config {
             ca_files: raw.tls.ca_certificates.iter().map(|p| resolve(p)).collect(),
             min_tls,
             registry_file: resolve(&raw.registry.clients),
+            registry_max_bytes: match raw.registry.max_bytes {
+                None => crate::registry::DEFAULT_MAX_BYTES,
+                Some(0) => return Err(field_err("registry.max_bytes", "must be positive".into())),
+                Some(n) => n,
+            },
             upstream,
             username_mode,
             client_id_mode,

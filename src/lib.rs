@@ -31,6 +31,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod explain;
+pub mod memory;
 pub mod metrics;
 pub mod mqtt;
 pub mod packet_io;

@@ -14,10 +14,16 @@
 //! `provisioningState`, …) is ignored. A JSON `null` counts as absent, as Azure writes
 //! null for unset optional properties.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::BuildHasher;
+use std::io::{BufRead, BufReader, Read};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use hashbrown::HashTable;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -103,24 +109,113 @@ pub struct Client {
     /// Primary then secondary, for `ThumbprintMatch`; empty for the other schemes.
     pub thumbprints: Vec<Thumbprint>,
     pub state: State,
-    pub attributes: BTreeMap<String, AttributeValue>,
+    pub attributes: Attributes,
     pub description: Option<String>,
 }
 
-/// The loaded clients, indexed by case-folded authentication name.
+/// A client's attributes, sorted by key: one allocation instead of a tree of nodes (a
+/// `BTreeMap` costs ~640 bytes for the first few entries, most of a small client's size).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes(Box<[(Box<str>, AttributeValue)]>);
+
+impl Attributes {
+    pub fn get(&self, key: &str) -> Option<&AttributeValue> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &AttributeValue)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for Attributes {
+    type Output = AttributeValue;
+
+    fn index(&self, key: &str) -> &AttributeValue {
+        self.get(key).expect("attribute present")
+    }
+}
+
+/// The loaded clients. The index holds positions in `clients`, not copies of the names:
+/// a name's key is computed again when a lookup lands on it, so each name is stored once.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     clients: Vec<Client>,
-    index: HashMap<String, usize>,
+    index: HashTable<u32>,
+    hasher: std::hash::RandomState,
     thumbprints: HashSet<Thumbprint>,
 }
 
-/// The case fold used for authentication names and client names: Rust's Unicode
-/// `to_lowercase`. It is simple lowercasing, not full case folding (`"ß"` and `"SS"`
-/// differ), which is enough for the DNS names, URIs and device ids used in practice and
-/// is the same on every platform.
-pub fn fold_case(s: &str) -> String {
-    s.to_lowercase()
+/// Below this many clients freeing a registry returns too little to be worth a trim.
+const TRIM_AFTER_CLIENTS: usize = 1_000;
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let clients = std::mem::take(&mut self.clients);
+        let large = clients.len() >= TRIM_AFTER_CLIENTS;
+        drop(clients);
+        self.index = HashTable::new();
+        self.thumbprints = HashSet::new();
+        if large {
+            // The previous generation after a reload: give its pages back to the OS now
+            // rather than keep them in this thread's arena (see memory.rs for the numbers).
+            crate::memory::release_free_memory();
+        }
+    }
+}
+
+/// The one key authentication names and client names are compared and indexed by
+/// (SPEC §7 "Names"): a name that parses as an IP address is that address, so
+/// `2001:0db8:0:0:0:0:0:7` and `2001:db8::7` are one name; any other name is its text with
+/// ASCII letters lowercased and every other character compared exactly. No Unicode case
+/// mapping: it would make `\u{212A}iosk` (Kelvin sign) and `kiosk` one name, and its
+/// tables change between Unicode versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NameKey<'a> {
+    Ip(IpAddr),
+    Text(Cow<'a, str>),
+}
+
+pub fn name_key(name: &str) -> NameKey<'_> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return NameKey::Ip(ip);
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        NameKey::Text(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        NameKey::Text(Cow::Borrowed(name))
+    }
+}
+
+impl NameKey<'_> {
+    /// Whether `name` has this key, without building its key: a lookup compares a stored
+    /// name this way, so the index needs no copy of it.
+    fn is_key_of(&self, name: &str) -> bool {
+        match self {
+            NameKey::Ip(ip) => name.parse::<IpAddr>().is_ok_and(|a| a == *ip),
+            // Changing the case of ASCII letters never makes a non-address an address.
+            NameKey::Text(text) => name.eq_ignore_ascii_case(text),
+        }
+    }
+
+    /// How two names with this key were found equal, for the duplicate error.
+    fn compared(&self) -> &'static str {
+        match self {
+            NameKey::Ip(_) => "compared as IP addresses",
+            NameKey::Text(_) => "compared ignoring case",
+        }
+    }
 }
 
 /// Which entry of the file an error is about. `index` is the 0-based array position
@@ -156,6 +251,8 @@ pub enum RegistryError {
     },
     #[error("{}: expected a JSON array of clients or an object with a \"value\" array", .file.display())]
     Shape { file: PathBuf },
+    #[error("{}: file is {size} bytes, over registry.max_bytes ({max}); raise it in the configuration if the registry is really this large", .file.display())]
+    TooLarge { file: PathBuf, size: u64, max: u64 },
     #[error(transparent)]
     Entry(Box<EntryError>),
 }
@@ -194,8 +291,12 @@ pub enum Problem {
     Empty,
     #[error("must be 1 to 128 characters, got {0}")]
     Length(usize),
-    #[error("{value:?} is already used by {other} (compared ignoring case)")]
-    Duplicate { value: String, other: EntryRef },
+    #[error("{value:?} is already used by {other} ({compared})")]
+    Duplicate {
+        value: String,
+        other: EntryRef,
+        compared: &'static str,
+    },
     #[error("unknown validation scheme {0:?}; expected one of {list}", list = scheme_list())]
     UnknownScheme(String),
     #[error("required with ThumbprintMatch")]
@@ -234,110 +335,96 @@ const PROPERTY_FIELDS: [&str; 5] = [
 
 const MAX_AUTHENTICATION_NAME: usize = 128;
 
+/// The default of `registry.max_bytes`: ~20 times a 100,000-client registry as Azure
+/// writes it (~30 MiB with its extra fields would be 100k clients at ~300 bytes).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Registry {
-    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
-        let json = std::fs::read(path).map_err(|source| RegistryError::Read {
+    /// Reads the file as `Trust::load` does. A file over `max_bytes` is refused from its
+    /// metadata, before any of it is read, so a wrong file can't exhaust memory.
+    pub fn load(path: &Path, max_bytes: u64) -> Result<Registry, RegistryError> {
+        let read_err = |source| RegistryError::Read {
             file: path.to_path_buf(),
             source,
-        })?;
-        Registry::from_json(&json, path)
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let size = file.metadata().map_err(read_err)?.len();
+        if size > max_bytes {
+            return Err(RegistryError::TooLarge {
+                file: path.to_path_buf(),
+                size,
+                max: max_bytes,
+            });
+        }
+        // `take`: a file that grows after the check is cut off (and fails as invalid JSON).
+        let reader = BufReader::with_capacity(64 * 1024, file.take(max_bytes));
+        Registry::from_reader(reader, path).map_err(|e| match e {
+            RegistryError::Json { source, .. } if source.is_io() => RegistryError::Read {
+                file: path.to_path_buf(),
+                source: source.into(),
+            },
+            e => e,
+        })
     }
 
     /// Parses and validates a whole document; the first problem refuses it, so a reload
     /// with a mistake keeps the previous registry. `source` only names the file in errors.
     pub fn from_json(json: &[u8], source: &Path) -> Result<Registry, RegistryError> {
+        Registry::from_reader(json, source)
+    }
+
+    /// Streams the document: each entry is parsed into a small JSON value and turned into
+    /// a `Client` at once, so the whole file is never in memory as a JSON tree (which
+    /// took ~18 times the file's size).
+    fn from_reader(mut reader: impl BufRead, source: &Path) -> Result<Registry, RegistryError> {
         let file = source.to_path_buf();
-        // Windows PowerShell 5 redirects `az` output as UTF-16; other editors add a BOM.
-        if json.starts_with(&[0xff, 0xfe]) || json.starts_with(&[0xfe, 0xff]) {
-            return Err(RegistryError::Utf16 { file });
-        }
-        let json = json.strip_prefix(b"\xef\xbb\xbf").unwrap_or(json);
-        let doc: Value = serde_json::from_slice(json).map_err(|source| RegistryError::Json {
+        let head = reader.fill_buf().map_err(|source| RegistryError::Read {
             file: file.clone(),
             source,
         })?;
-        let entries = match &doc {
-            Value::Array(entries) => entries,
-            Value::Object(list) => match list.get("value") {
-                Some(Value::Array(entries)) => {
-                    if let Some(Value::String(next)) = list.get("nextLink") {
-                        if !next.is_empty() {
-                            tracing::warn!(
-                                file = %file.display(),
-                                "registry is one page of a paged list (nextLink is set); \
-                                 clients on later pages are unknown"
-                            );
-                        }
-                    }
-                    entries
-                }
-                _ => return Err(RegistryError::Shape { file }),
-            },
-            _ => return Err(RegistryError::Shape { file }),
+        // Windows PowerShell 5 redirects `az` output as UTF-16; other editors add a BOM.
+        if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+            return Err(RegistryError::Utf16 { file });
+        }
+        if head.starts_with(b"\xef\xbb\xbf") {
+            reader.consume(3);
+        }
+        let mut loader = Loader {
+            file: source,
+            registry: Registry::default(),
+            names: HashTable::new(),
+            refused: None,
         };
-
-        let mut registry = Registry {
-            clients: Vec::with_capacity(entries.len()),
-            index: HashMap::with_capacity(entries.len()),
-            thumbprints: HashSet::new(),
-        };
-        let mut names: HashMap<String, usize> = HashMap::with_capacity(entries.len());
-        for (index, entry) in entries.iter().enumerate() {
-            let client = parse_entry(entry, index, &file)?;
-            let at = Ctx {
-                file: &file,
-                entry: EntryRef {
-                    index,
-                    name: Some(client.name.clone()),
-                },
-                prefix: "",
-            };
-            // Array position equals position in `clients`: any error stops the load.
-            let other = |i: usize| EntryRef {
-                index: i,
-                name: Some(registry.clients[i].name.clone()),
-            };
-            // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
-            if let Some(&i) = names.get(&fold_case(&client.name)) {
-                return Err(at.err(
-                    "name",
-                    Problem::Duplicate {
-                        value: client.name.clone(),
-                        other: other(i),
-                    },
-                ));
-            }
-            if let Some(&i) = registry.index.get(&fold_case(&client.authentication_name)) {
-                let field = if entry_is_flat(entry) {
-                    "authenticationName"
-                } else {
-                    "properties.authenticationName"
-                };
-                return Err(at.err(
-                    field,
-                    Problem::Duplicate {
-                        value: client.authentication_name.clone(),
-                        other: other(i),
-                    },
-                ));
-            }
-            names.insert(fold_case(&client.name), index);
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let parsed = de::Deserializer::deserialize_any(&mut de, Document(&mut loader))
+            .and_then(|()| de.end());
+        if let Some(refused) = loader.refused.take() {
+            return Err(refused);
+        }
+        parsed.map_err(|source| RegistryError::Json { file, source })?;
+        let mut registry = loader.registry;
+        registry.clients.shrink_to_fit();
+        registry.index.shrink_to_fit(|&i| {
             registry
-                .index
-                .insert(fold_case(&client.authentication_name), index);
-            registry
-                .thumbprints
-                .extend(client.thumbprints.iter().copied());
-            registry.clients.push(client);
+                .hasher
+                .hash_one(name_key(&registry.clients[i as usize].authentication_name))
+        });
+        registry.thumbprints.shrink_to_fit();
+        if registry.len() >= TRIM_AFTER_CLIENTS {
+            // The per-entry JSON values were freed between the clients' allocations.
+            crate::memory::release_free_memory();
         }
         Ok(registry)
     }
 
-    /// The client with this authentication name, ignoring case (see [`fold_case`]).
+    /// The client with this authentication name, compared by [`name_key`].
     pub fn get(&self, authentication_name: &str) -> Option<&Client> {
+        let key = name_key(authentication_name);
         self.index
-            .get(&fold_case(authentication_name))
-            .map(|&i| &self.clients[i])
+            .find(self.hasher.hash_one(&key), |&i| {
+                key.is_key_of(&self.clients[i as usize].authentication_name)
+            })
+            .map(|&i| &self.clients[i as usize])
     }
 
     /// Whether any client lists this thumbprint; the TLS handshake admits such a
@@ -356,6 +443,233 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
+    }
+}
+
+/// The registry being built while the document streams by.
+struct Loader<'a> {
+    file: &'a Path,
+    registry: Registry,
+    /// Client names seen so far, for their uniqueness; dropped after the load.
+    names: HashTable<u32>,
+    /// The rule an entry broke; serde only carries a message, so the error waits here.
+    refused: Option<RegistryError>,
+}
+
+impl Loader<'_> {
+    fn refuse<E: de::Error>(&mut self, error: RegistryError) -> E {
+        self.refused = Some(error);
+        E::custom("registry refused")
+    }
+
+    fn shape<E: de::Error>(&mut self) -> E {
+        let file = self.file.to_path_buf();
+        self.refuse(RegistryError::Shape { file })
+    }
+
+    fn add(&mut self, entry: &Value) -> Result<(), RegistryError> {
+        let index = self.registry.clients.len();
+        let file = self.file;
+        let client = parse_entry(entry, index, file)?;
+        let Registry {
+            clients,
+            index: by_name,
+            hasher,
+            thumbprints,
+        } = &mut self.registry;
+        let at = Ctx {
+            file,
+            entry: EntryRef {
+                index,
+                name: Some(client.name.clone()),
+            },
+            prefix: "",
+        };
+        // Array position equals position in `clients`: any error stops the load.
+        let other = |i: u32| EntryRef {
+            index: i as usize,
+            name: Some(clients[i as usize].name.clone()),
+        };
+        // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
+        let name = name_key(&client.name);
+        let name_hash = hasher.hash_one(&name);
+        if let Some(&i) = self
+            .names
+            .find(name_hash, |&i| name.is_key_of(&clients[i as usize].name))
+        {
+            return Err(at.err(
+                "name",
+                Problem::Duplicate {
+                    value: client.name.clone(),
+                    other: other(i),
+                    compared: name.compared(),
+                },
+            ));
+        }
+        let key = name_key(&client.authentication_name);
+        let key_hash = hasher.hash_one(&key);
+        if let Some(&i) = by_name.find(key_hash, |&i| {
+            key.is_key_of(&clients[i as usize].authentication_name)
+        }) {
+            let field = if entry_is_flat(entry) {
+                "authenticationName"
+            } else {
+                "properties.authenticationName"
+            };
+            return Err(at.err(
+                field,
+                Problem::Duplicate {
+                    value: client.authentication_name.clone(),
+                    other: other(i),
+                    compared: key.compared(),
+                },
+            ));
+        }
+        let position = u32::try_from(index).map_err(|_| {
+            at.err(
+                "",
+                Problem::Type {
+                    expected: "at most 4294967295 entries",
+                    got: "more",
+                },
+            )
+        })?;
+        self.names.insert_unique(name_hash, position, |&i| {
+            hasher.hash_one(name_key(&clients[i as usize].name))
+        });
+        by_name.insert_unique(key_hash, position, |&i| {
+            hasher.hash_one(name_key(&clients[i as usize].authentication_name))
+        });
+        thumbprints.extend(client.thumbprints.iter().copied());
+        clients.push(client);
+        Ok(())
+    }
+}
+
+/// The whole document: an array of entries, or an ARM list `{"value": [...]}`.
+struct Document<'l, 'a>(&'l mut Loader<'a>);
+
+/// The entries array.
+struct Entries<'l, 'a>(&'l mut Loader<'a>);
+
+impl<'de> Visitor<'de> for Document<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of clients or an object with a \"value\" array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        Entries(self.0).visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "value" if !seen => {
+                    seen = true;
+                    map.next_value_seed(Entries(&mut *self.0))?;
+                }
+                "nextLink" => {
+                    if let Some(Value::String(next)) = map.next_value::<Option<Value>>()? {
+                        if !next.is_empty() {
+                            tracing::warn!(
+                                file = %self.0.file.display(),
+                                "registry is one page of a paged list (nextLink is set); \
+                                 clients on later pages are unknown"
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if seen {
+            Ok(())
+        } else {
+            Err(self.0.shape())
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Entries<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // Under "value" only an array will do.
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Entries<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of clients")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<Value>()? {
+            if let Err(e) = self.0.add(&entry) {
+                return Err(self.0.refuse(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.0.shape())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(self.0.shape())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.0.shape())
     }
 }
 
@@ -476,7 +790,7 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
     };
 
     let attributes = match present(props, "attributes") {
-        None => BTreeMap::new(),
+        None => Attributes::default(),
         Some(Value::Object(attrs)) => attrs
             .iter()
             .map(|(key, value)| {
@@ -486,9 +800,13 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
                 }
                 let value = attribute_value(value)
                     .ok_or_else(|| at.err(&field, Problem::AttributeValue))?;
-                Ok((key.clone(), value))
+                Ok((key.as_str().into(), value))
             })
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<Vec<(Box<str>, AttributeValue)>, _>>()
+            .map(|mut attrs| {
+                attrs.sort_by(|a, b| a.0.cmp(&b.0));
+                Attributes(attrs.into_boxed_slice())
+            })?,
         Some(other) => return Err(at.type_err("attributes", "an object", other)),
     };
 
@@ -774,9 +1092,63 @@ mod tests {
             registry.get("SENSOR-17.PLANT.EXAMPLE.COM").unwrap().name,
             "a"
         );
-        assert_eq!(registry.get("ärger").unwrap().name, "b");
+        // SPEC §7: only ASCII letters fold.
+        assert_eq!(registry.get("ÄRGER").unwrap().name, "b");
+        assert!(registry.get("ärger").is_none());
         assert!(registry.get("sensor-18.plant.example.com").is_none());
         assert!(registry.get("").is_none());
+    }
+
+    #[test]
+    fn lookup_folds_ascii_case_only() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "kiosk"}},
+                {"name": "b", "properties": {"authenticationName": "ÄRGER"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("KIOSK").unwrap().name, "a");
+        assert!(registry.get("\u{212A}iosk").is_none());
+        assert!(registry.get("ärger").is_none());
+        assert_eq!(registry.get("ÄRGER").unwrap().name, "b");
+    }
+
+    #[test]
+    fn names_differing_beyond_ascii_case_are_distinct_clients() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "kiosk"}},
+                {"name": "b", "properties": {"authenticationName": "\u212Aiosk"}},
+                {"name": "\u212A"}, {"name": "k"}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("\u{212A}iosk").unwrap().name, "b");
+        assert_eq!(registry.len(), 4);
+    }
+
+    #[test]
+    fn ip_literal_names_are_looked_up_as_addresses() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"authenticationName": "2001:0db8:0:0:0:0:0:7"}},
+                {"name": "b", "properties": {"authenticationName": "10.0.0.7"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(registry.get("2001:db8::7").unwrap().name, "a");
+        assert_eq!(registry.get("2001:DB8:0::7").unwrap().name, "a");
+        assert_eq!(registry.get("10.0.0.7").unwrap().name, "b");
+        assert!(registry.get("2001:db8::8").is_none());
+    }
+
+    #[test]
+    fn ip_literal_names_equal_as_addresses_are_refused() {
+        let err = refused(
+            r#"[{"name": "a", "properties": {"authenticationName": "2001:db8::7"}},
+                {"name": "b", "properties": {"authenticationName": "2001:0db8:0:0:0:0:0:7"}}]"#,
+        );
+        assert!(
+            err.starts_with(
+                r#"clients.json: entry 1 ("b"): properties.authenticationName: "2001:0db8:0:0:0:0:0:7" is already used by entry 0 ("a")"#
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -826,7 +1198,7 @@ mod tests {
             r#"[{{"name": "a", "properties": {{"authenticationName": "{ok}"}}}}]"#
         ))
         .unwrap();
-        assert!(registry.get(&ok.to_uppercase()).is_some());
+        assert!(registry.get(&ok).is_some());
 
         let long = "é".repeat(129);
         let err = refused(&format!(
@@ -1106,12 +1478,45 @@ mod tests {
         let tmp = crate::cert::tests::TempDir::new("registry-load");
         let path = tmp.path("clients.json");
         std::fs::write(&path, spec_example()).unwrap();
-        assert_eq!(Registry::load(&path).unwrap().len(), 2);
+        assert_eq!(Registry::load(&path, DEFAULT_MAX_BYTES).unwrap().len(), 2);
         let missing = tmp.path("absent.json");
-        let err = Registry::load(&missing).unwrap_err();
+        let err = Registry::load(&missing, DEFAULT_MAX_BYTES).unwrap_err();
         assert!(err
             .to_string()
             .starts_with(&format!("{}: cannot read: ", missing.display())));
+    }
+
+    #[test]
+    fn file_over_max_bytes_is_refused_naming_the_file_and_the_field() {
+        let tmp = crate::cert::tests::TempDir::new("registry-cap");
+        let path = tmp.path("clients.json");
+        std::fs::write(&path, spec_example()).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(Registry::load(&path, size).unwrap().len(), 2);
+        let err = Registry::load(&path, size - 1).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: file is {size} bytes, over registry.max_bytes ({}); raise it in the configuration if the registry is really this large",
+                path.display(),
+                size - 1
+            )
+        );
+    }
+
+    #[test]
+    fn an_entry_error_comes_from_the_stream_with_its_position() {
+        // The entry after the bad one is never parsed; the error still names entry 1.
+        let err = refused(r#"{"value": [{"name": "a"}, {"name": "b", "state": 1}, {"name": "#);
+        assert_eq!(
+            err,
+            r#"clients.json: entry 1 ("b"): state: expected a string, got a number"#
+        );
+        let err = refused(r#"{"value": [{"name": "a"}], "nextLink": "x", "id": [1, {"a": 2}]} x"#);
+        assert!(
+            err.starts_with("clients.json: invalid JSON: trailing"),
+            "{err}"
+        );
     }
 
     #[test]

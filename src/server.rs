@@ -2,7 +2,7 @@
 //! connection's story is in `connection.rs`; this file only starts and stops them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,38 +238,96 @@ async fn upstream_checker(server: Arc<Server>) {
     }
 }
 
-/// A fingerprint of the watched files' contents. Contents, not modification times:
-/// Kubernetes updates a mounted ConfigMap or Secret by swapping a `..data` symlink, which
-/// leaves the paths' own metadata unchanged.
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
-    files
+/// What the watcher last saw of one file: its metadata through any symlinks, and the
+/// SHA-256 of the content that had that metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    stamp: Option<Stamp>,
+    hash: Option<[u8; 32]>,
+}
+
+/// The metadata that changes when a file's content may have. `ctime` is in it because
+/// every write sets it and nothing can set it back, so an edit that keeps the size and
+/// restores the mtime is still seen. `target`: Kubernetes updates a mounted ConfigMap or
+/// Secret by swapping a `..data` symlink, which leaves the path's own metadata unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    target: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(file: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::canonicalize(file).ok()?;
+    let m = std::fs::metadata(&target).ok()?;
+    Some(Stamp {
+        target,
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+fn hash(file: &Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(file).ok()?;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Some(out)
+}
+
+/// The files' state now, hashing only those whose metadata differs from `last`, so an
+/// idle check costs a few `stat` calls whatever the files' sizes. Also says how many
+/// files it read.
+fn fingerprint(files: &[PathBuf], last: &[Seen]) -> (Vec<Seen>, usize) {
+    let mut hashed = 0;
+    let now = files
         .iter()
-        .map(|f| {
-            std::fs::read(f).ok().map(|bytes| {
-                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-                let mut out = [0u8; 32];
-                out.copy_from_slice(d.as_ref());
-                out
-            })
+        .enumerate()
+        .map(|(i, file)| {
+            let stamp = stamp(file);
+            match last.get(i) {
+                Some(seen) if stamp.is_some() && seen.stamp == stamp => seen.clone(),
+                _ => {
+                    hashed += 1;
+                    Seen {
+                        hash: hash(file),
+                        stamp,
+                    }
+                }
+            }
         })
-        .collect()
+        .collect();
+    (now, hashed)
+}
+
+/// Contents decide: a file touched but unchanged does not reload.
+fn contents_changed(last: &[Seen], now: &[Seen]) -> bool {
+    last.len() != now.len() || last.iter().zip(now).any(|(a, b)| a.hash != b.hash)
 }
 
 async fn watch_files(server: Arc<Server>, every: Duration) {
     let files = server.config.watched_files();
-    let mut last = fingerprint(&files);
+    let (mut last, _) = fingerprint(&files, &[]);
     loop {
         tokio::time::sleep(every).await;
-        let files2 = files.clone();
-        let now = tokio::task::spawn_blocking(move || fingerprint(&files2))
-            .await
-            .unwrap_or_default();
-        if now != last {
+        let (files2, last2) = (files.clone(), last.clone());
+        let Ok((now, _)) = tokio::task::spawn_blocking(move || fingerprint(&files2, &last2)).await
+        else {
+            continue;
+        };
+        if contents_changed(&last, &now) {
             info!("trust files changed; reloading");
             // A failed reload keeps the old state; the next change tries again.
             let _ = server.reload();
-            last = now;
         }
+        last = now;
     }
 }
 
@@ -309,5 +367,96 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             connection::serve(ctx, tcp, peer, pending).await;
             metrics.active.dec();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctime(file: &Path) -> (i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(file).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    }
+
+    /// Writes `content` until the file's ctime differs from `old`: the kernel stamps
+    /// with a coarse clock, so two writes within one tick can share a timestamp.
+    fn write_in_a_new_tick(file: &Path, content: &str, old: (i64, i64)) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            std::fs::write(file, content).unwrap();
+            if ctime(file) != old {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "ctime never moved");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let tmp = crate::cert::tests::TempDir::new("watch-unchanged");
+        let files = vec![tmp.path("a.json"), tmp.path("b.pem")];
+        std::fs::write(&files[0], "[]").unwrap();
+        std::fs::write(&files[1], "pem").unwrap();
+        let (first, hashed) = fingerprint(&files, &[]);
+        assert_eq!(hashed, 2);
+        let (second, hashed) = fingerprint(&files, &first);
+        assert_eq!(hashed, 0);
+        assert!(!contents_changed(&first, &second));
+    }
+
+    #[test]
+    fn same_size_edit_with_the_mtime_restored_is_seen() {
+        let tmp = crate::cert::tests::TempDir::new("watch-mtime");
+        let files = vec![tmp.path("clients.json")];
+        std::fs::write(&files[0], "[1]").unwrap();
+        let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+        let (before, _) = fingerprint(&files, &[]);
+        write_in_a_new_tick(&files[0], "[2]", ctime(&files[0]));
+        std::fs::File::options()
+            .write(true)
+            .open(&files[0])
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+            mtime
+        );
+        let (after, hashed) = fingerprint(&files, &before);
+        assert_eq!(hashed, 1);
+        assert!(contents_changed(&before, &after));
+    }
+
+    #[test]
+    fn swapped_data_symlink_is_seen_and_a_touch_alone_does_not_reload() {
+        let tmp = crate::cert::tests::TempDir::new("watch-symlink");
+        let (v1, v2) = (tmp.path("v1"), tmp.path("v2"));
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v1.join("clients.json"), "[1]").unwrap();
+        std::fs::write(v2.join("clients.json"), "[2]").unwrap();
+        let data = tmp.path("..data");
+        std::os::unix::fs::symlink(&v1, &data).unwrap();
+        let file = tmp.path("clients.json");
+        std::os::unix::fs::symlink(data.join("clients.json"), &file).unwrap();
+        let files = vec![file];
+        let (before, _) = fingerprint(&files, &[]);
+
+        let next = tmp.path("..data_tmp");
+        std::os::unix::fs::symlink(&v2, &next).unwrap();
+        std::fs::rename(&next, &data).unwrap();
+        let (after, hashed) = fingerprint(&files, &before);
+        assert_eq!(hashed, 1);
+        assert!(contents_changed(&before, &after));
+
+        // Rewritten with the same bytes: read again, but no reload.
+        let inner = v2.join("clients.json");
+        write_in_a_new_tick(&inner, "[2]", ctime(&inner));
+        let (touched, hashed) = fingerprint(&files, &after);
+        assert_eq!(hashed, 1);
+        assert!(!contents_changed(&after, &touched));
     }
 }

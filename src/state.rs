@@ -82,7 +82,7 @@ impl Trust {
     /// Reads and checks every file the configuration names.
     pub fn load(config: &Config, generation: u64) -> Result<Trust, LoadError> {
         let now = unix_now();
-        let registry = Registry::load(&config.registry_file)?;
+        let registry = Registry::load(&config.registry_file, config.registry_max_bytes)?;
         let anchors = Anchors::load(&config.ca_files, now)?;
         let pins: HashSet<_> = registry
             .clients()
