@@ -56,9 +56,9 @@ enum Step {
     Closed,
 }
 
-/// A server-side TLS stream over TCP.
-pub struct TlsConn {
-    io: TcpStream,
+/// A server-side TLS stream, over TCP in production and over in-memory pipes in tests.
+pub struct TlsConn<IO = TcpStream> {
+    io: IO,
     conn: UnbufferedServerConnection,
     /// Received bytes not yet processed: a pooled buffer only while it holds bytes.
     inb: Option<Box<[u8]>>,
@@ -75,9 +75,9 @@ pub struct TlsConn {
     close_sent: bool,
 }
 
-impl TlsConn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
     /// Runs the server handshake over `io` (which verifies the client certificate).
-    pub async fn accept(config: Arc<ServerConfig>, io: TcpStream) -> io::Result<TlsConn> {
+    pub async fn accept(config: Arc<ServerConfig>, io: IO) -> io::Result<TlsConn<IO>> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut t = TlsConn {
             io,
@@ -329,7 +329,7 @@ impl TlsConn {
     }
 }
 
-impl AsyncRead for TlsConn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -370,7 +370,7 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -438,7 +438,7 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-impl Drop for TlsConn {
+impl<IO> Drop for TlsConn<IO> {
     fn drop(&mut self) {
         if let Some(b) = self.inb.take() {
             pool::give(b);
@@ -446,5 +446,105 @@ impl Drop for TlsConn {
         if let Some(b) = self.outb.take() {
             pool::give(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real rustls client over an in-memory pipe: a small pipe so every flight
+    //! and record crosses it in pieces.
+
+    use std::time::Duration;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::timeout;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::pki::{Ca, LeafSpec};
+
+    const PIPE: usize = 4096;
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    /// A server config whose certificate chain is at least `chain_bytes` long (long DNS
+    /// names in the leaf), and a client config that trusts it.
+    fn configs(chain_bytes: usize) -> (Arc<ServerConfig>, Arc<ClientConfig>, usize) {
+        let root = Ca::root("tls_io test root").unwrap();
+        let inter = root.intermediate("tls_io test intermediate").unwrap();
+        let mut spec = LeafSpec::server();
+        let mut i = 0;
+        while spec.dns.iter().map(|d| d.len() + 4).sum::<usize>() < chain_bytes {
+            spec.dns.push(format!("{i:04}.{}.example", "a".repeat(60)));
+            i += 1;
+        }
+        let leaf = inter.issue(&spec).unwrap();
+        let chain = vec![
+            CertificateDer::from(leaf.der.clone()),
+            CertificateDer::from(inter.cert.der.clone()),
+        ];
+        let chain_len = chain.iter().map(|c| c.len()).sum();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(root.cert.der.clone()))
+            .unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client), chain_len)
+    }
+
+    /// A completed handshake: the server's end and the client's.
+    async fn pair(chain_bytes: usize) -> (TlsConn<DuplexStream>, TlsStream<DuplexStream>) {
+        let (server, client, _) = configs(chain_bytes);
+        let (a, b) = duplex(PIPE);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (s, c) = timeout(DEADLINE, async {
+            tokio::join!(
+                TlsConn::accept(server, a),
+                TlsConnector::from(client).connect(name, b)
+            )
+        })
+        .await
+        .expect("handshake finished in time");
+        (s.expect("server handshake"), c.expect("client handshake"))
+    }
+
+    #[tokio::test]
+    async fn server_flight_larger_than_a_pool_buffer_completes() {
+        let (_, _, chain_len) = configs(21 * 1024);
+        assert!(chain_len > pool::SIZE, "chain of {chain_len} bytes");
+        let (mut s, mut c) = pair(21 * 1024).await;
+        c.write_all(b"ping").await.unwrap();
+        c.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"ping");
+        s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
+        timeout(DEADLINE, c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"pong");
     }
 }
