@@ -186,31 +186,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut enc) => {
+                // rustls has already dequeued this record: it goes into the buffer now or
+                // is lost, so make room instead of flushing first.
                 let ob = outb.get_or_insert_with(pool::take);
-                match enc.encode(&mut ob[*out_end..]) {
-                    Ok(n) => {
-                        *out_end += n;
-                        Step::Again
-                    }
+                let n = match enc.encode(&mut ob[*out_end..]) {
+                    Ok(n) => n,
                     Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        if *out_end > *out_pos {
-                            Step::Flush
-                        } else {
-                            // A handshake flight larger than a record buffer.
-                            let mut big = vec![0u8; required_size].into_boxed_slice();
-                            let n = enc
-                                .encode(&mut big)
-                                .map_err(|e| io::Error::other(e.to_string()))?;
-                            if let Some(b) = outb.replace(big) {
-                                pool::give(b);
-                            }
-                            *out_pos = 0;
-                            *out_end = n;
-                            Step::Again
-                        }
+                        make_room(outb, out_pos, out_end, required_size);
+                        let ob = outb.as_mut().expect("make_room leaves a buffer");
+                        enc.encode(&mut ob[*out_end..])
+                            .map_err(|e| io::Error::other(e.to_string()))?
                     }
                     Err(e) => return Err(io::Error::other(e.to_string())),
-                }
+                };
+                *out_end += n;
+                Step::Again
             }
             ConnectionState::TransmitTlsData(t) => {
                 if *out_end > *out_pos {
@@ -229,8 +219,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
                             *out_end += n;
                             Step::Wrote(data.len())
                         }
+                        // Nothing was consumed: send what is buffered, then try again.
                         Err(EncryptError::InsufficientSize(_)) if *out_end > *out_pos => {
                             Step::Flush
+                        }
+                        // More than one record's worth at once (a queued KeyUpdate ahead
+                        // of the data): a bigger buffer for this write only.
+                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => {
+                            make_room(outb, out_pos, out_end, required_size);
+                            let ob = outb.as_mut().expect("make_room leaves a buffer");
+                            let n = w
+                                .encrypt(data, &mut ob[*out_end..])
+                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            *out_end += n;
+                            Step::Wrote(data.len())
                         }
                         Err(e) => return Err(io::Error::other(e.to_string())),
                     }
@@ -327,6 +331,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Makes `required` bytes free after the unsent bytes `pos..end` of the output buffer:
+/// moves them to the front when that is enough, else into a bigger buffer (which goes back
+/// to the allocator, not the pool, once sent).
+fn make_room(outb: &mut Option<Box<[u8]>>, pos: &mut usize, end: &mut usize, required: usize) {
+    let ob = outb.get_or_insert_with(pool::take);
+    let pending = *end - *pos;
+    if ob.len() - *end >= required {
+        return;
+    }
+    if ob.len() >= pending + required {
+        ob.copy_within(*pos..*end, 0);
+    } else {
+        let mut big = vec![0u8; pending + required].into_boxed_slice();
+        big[..pending].copy_from_slice(&ob[*pos..*end]);
+        if let Some(old) = outb.replace(big) {
+            pool::give(old);
+        }
+    }
+    *pos = 0;
+    *end = pending;
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<IO> {
@@ -428,9 +454,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
                 this.conn.process_tls_records(incoming).state
             {
                 let ob = this.outb.get_or_insert_with(pool::take);
-                if let Ok(n) = w.queue_close_notify(&mut ob[this.out_end..]) {
-                    this.out_end += n;
-                }
+                let n = match w.queue_close_notify(&mut ob[this.out_end..]) {
+                    Ok(n) => n,
+                    // The alert now waits behind records rustls still holds: send them all.
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) => {
+                        make_room(
+                            &mut this.outb,
+                            &mut this.out_pos,
+                            &mut this.out_end,
+                            required_size,
+                        );
+                        let ob = this.outb.as_mut().expect("make_room leaves a buffer");
+                        w.queue_close_notify(&mut ob[this.out_end..]).unwrap_or(0)
+                    }
+                    Err(_) => 0,
+                };
+                this.out_end += n;
             }
             ready!(this.poll_flush_out(cx))?;
         }
