@@ -588,4 +588,175 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"pong");
     }
+
+    #[tokio::test]
+    async fn one_byte_reads_get_every_byte_in_order() {
+        let (mut s, mut c) = pair(0).await;
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                c.write_all(&sent).await.unwrap();
+                c.flush().await.unwrap();
+                c
+            })
+        };
+        let mut got = Vec::with_capacity(sent.len());
+        let mut one = [0u8; 1];
+        while got.len() < sent.len() {
+            let n = timeout(DEADLINE, s.read(&mut one)).await.unwrap().unwrap();
+            assert_eq!(n, 1, "a 1-byte read makes progress until the data ends");
+            got.push(one[0]);
+        }
+        assert_eq!(got, sent);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn eof_without_close_notify_is_unexpected_eof() {
+        let (mut s, c) = pair(0).await;
+        let (tcp, _) = c.into_inner();
+        drop(tcp);
+        let mut buf = [0u8; 64];
+        let err = timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn client_close_notify_is_a_clean_end_after_its_data() {
+        let (mut s, mut c) = pair(0).await;
+        c.write_all(b"last words").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .expect("close_notify ends the stream cleanly");
+        assert_eq!(got, b"last words");
+    }
+
+    #[tokio::test]
+    async fn server_close_notify_is_a_clean_end_for_the_client() {
+        let (mut s, mut c) = pair(0).await;
+        s.write_all(b"bye").await.unwrap();
+        timeout(DEADLINE, s.shutdown()).await.unwrap().unwrap();
+        let mut got = Vec::new();
+        timeout(DEADLINE, c.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .expect("the client saw close_notify, not a bare EOF");
+        assert_eq!(got, b"bye");
+        // rustls' client answers with its own close_notify, which the server reads as the end.
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        timeout(DEADLINE, s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    /// A peer that keeps sending one endless handshake message gets an error once the
+    /// receive buffer's bound is reached; the server has taken at most that bound.
+    #[tokio::test]
+    async fn endless_handshake_message_is_refused_within_the_receive_bound() {
+        let (server, _, _) = configs(0);
+        let (a, mut b) = duplex(PIPE);
+        let accept = tokio::spawn(TlsConn::accept(server, a));
+        // A ClientHello announcing the largest length, then record after record of it.
+        let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xff, 0xff];
+        first.resize(5 + 0x4000, 0x41);
+        let mut more = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        more.resize(5 + 0x4000, 0x41);
+        let mut written = 0usize;
+        let sending = async {
+            b.write_all(&first).await?;
+            written += first.len();
+            for _ in 0..64 {
+                b.write_all(&more).await?;
+                written += more.len();
+            }
+            io::Result::Ok(())
+        };
+        let sent = timeout(DEADLINE, sending)
+            .await
+            .expect("the server stops reading");
+        assert!(sent.is_err(), "the server must close before 1 MiB arrives");
+        let err = timeout(DEADLINE, accept)
+            .await
+            .unwrap()
+            .unwrap()
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            written <= MAX_IN + PIPE + more.len(),
+            "server took {written} bytes"
+        );
+    }
+
+    /// Many KeyUpdates with no data between them: rustls' limit ends the connection with
+    /// an error instead of answering each one.
+    #[tokio::test]
+    async fn key_update_flood_without_data_is_refused() {
+        let (mut s, mut c) = pair(0).await;
+        let flood = async {
+            for _ in 0..200 {
+                c.get_mut().1.refresh_traffic_keys().unwrap();
+                c.flush().await?;
+            }
+            io::Result::Ok(())
+        };
+        let reading = async {
+            let mut buf = [0u8; 64];
+            loop {
+                if s.read(&mut buf).await? == 0 {
+                    return io::Result::Ok(());
+                }
+            }
+        };
+        let (_, read) = timeout(DEADLINE, async { tokio::join!(flood, reading) })
+            .await
+            .expect("no hang");
+        let err = read.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    /// KeyUpdates between data, each asking the server to update too: every byte still
+    /// arrives, every answer decrypts at the client, memory stays in the pool's buffers.
+    #[tokio::test]
+    async fn key_updates_between_data_keep_both_directions_working() {
+        let (mut s, mut c) = pair(0).await;
+        let client = async {
+            let mut echo = [0u8; 1];
+            for i in 0..500u32 {
+                c.get_mut().1.refresh_traffic_keys().unwrap();
+                c.write_all(&[(i % 256) as u8]).await?;
+                c.flush().await?;
+                c.read_exact(&mut echo).await?;
+                assert_eq!(echo[0], (i % 256) as u8);
+            }
+            c.shutdown().await
+        };
+        let server = async {
+            let mut buf = [0u8; 64];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return io::Result::Ok(());
+                }
+                s.write_all(&buf[..n]).await?;
+                s.flush().await?;
+                assert!(s.plain.capacity() <= MAX_IN);
+            }
+        };
+        let (c, s) = timeout(DEADLINE, async { tokio::join!(client, server) })
+            .await
+            .expect("no hang");
+        c.unwrap();
+        s.unwrap();
+    }
 }
