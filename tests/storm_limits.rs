@@ -126,7 +126,7 @@ async fn soft_open_files_limit_is_raised_to_the_hard_limit() {
     assert_eq!(open_files_limit(child.id()), ("4096".into(), "4096".into()));
     let text = log_text(&log);
     assert!(
-        !text.contains("open files"),
+        !text.lines().any(|l| l.contains("WARN")),
         "no warning when it fits: {text}"
     );
     stop(child);
@@ -167,4 +167,24 @@ async fn listen_backlog_above_somaxconn_is_warned_about() {
     .await;
     assert!(found, "no warning naming both numbers: {}", log_text(&log));
     stop(child);
+}
+
+#[tokio::test]
+async fn check_prints_the_backlog_and_whether_max_connections_fits() {
+    let env = env("[limits]\nmax_connections = 5000\nlisten_backlog = 1000\n").await;
+    let out = Command::new("prlimit")
+        .arg("--nofile=1024:4096")
+        .arg(env!("CARGO_BIN_EXE_mqttgate"))
+        .args(["check", "--config"])
+        .arg(&env.config_file)
+        .output()
+        .unwrap();
+    let out = text(&out);
+    let want_backlog = format!("listen backlog here: {}", 1000.min(somaxconn()));
+    assert!(out.contains(&want_backlog), "{out}");
+    assert!(
+        out.contains("open files here: soft 1024, hard 4096")
+            && out.contains("max_connections 5000 needs about 10192: does not fit"),
+        "{out}"
+    );
 }
