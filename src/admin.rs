@@ -9,17 +9,29 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::server::Server;
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// From accept to the answer written: the read deadline of an admin connection.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+/// Serves at most `max_connections` at once. Past that the newest connection is closed on
+/// accept: the ones already open are probes and scrapes mid-request, and each is gone
+/// within `REQUEST_DEADLINE`, so a flood of idle connections blocks the port for at most
+/// that long after it stops.
+pub async fn serve(listener: TcpListener, server: Arc<Server>, max_connections: usize) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            server.metrics.admin_refused.inc();
+            drop(stream);
             continue;
         };
         let server = server.clone();
@@ -27,6 +39,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             if let Err(e) = tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &server)).await {
                 debug!(error = %e, "admin request timed out");
             }
+            drop(permit);
         });
     }
 }

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub accepted: Counter,
     pub active: Gauge,
     pub refused_at_limit: Counter,
+    pub admin_refused: Counter,
     pub handshakes: Family<ResultReason, Counter>,
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
@@ -130,6 +131,12 @@ impl Metrics {
             "connections_refused_at_limit",
             "TCP connections closed before any TLS work because mqttgate was past its connection limit",
             refused_at_limit.clone(),
+        );
+        let admin_refused = Counter::default();
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections closed on accept because admin.max_connections were open",
+            admin_refused.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();
         registry.register(
@@ -260,6 +267,7 @@ impl Metrics {
             accepted,
             active,
             refused_at_limit,
+            admin_refused,
             handshakes,
             handshake_seconds,
             decisions,

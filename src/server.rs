@@ -100,7 +100,11 @@ impl Server {
         // Readiness needs a first answer before the listener is announced.
         server.check_upstream().await;
         let mut background = vec![
-            tokio::spawn(crate::admin::serve(admin, server.clone())),
+            tokio::spawn(crate::admin::serve(
+                admin,
+                server.clone(),
+                server.config.admin_max_connections,
+            )),
             tokio::spawn(upstream_checker(server.clone())),
         ];
         if let Some(every) = server.config.watch_interval {
