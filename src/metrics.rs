@@ -86,6 +86,7 @@ pub struct Metrics {
     pub active: Gauge,
     pub refused_at_limit: Counter,
     pub admin_refused: Counter,
+    pub admin_open: Gauge,
     pub handshakes: Family<ResultReason, Counter>,
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
@@ -137,6 +138,12 @@ impl Metrics {
             "admin_connections_refused",
             "Admin connections closed on accept because admin.max_connections were open",
             admin_refused.clone(),
+        );
+        let admin_open = Gauge::default();
+        registry.register(
+            "admin_connections_open",
+            "Admin connections open and not yet answered, this scrape included",
+            admin_open.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();
         registry.register(
@@ -268,6 +275,7 @@ impl Metrics {
             active,
             refused_at_limit,
             admin_refused,
+            admin_open,
             handshakes,
             handshake_seconds,
             decisions,

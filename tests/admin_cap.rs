@@ -24,7 +24,17 @@ async fn admin_connection_past_the_cap_is_closed_at_once_and_counted() {
             &format!("upstream_check_interval_ms = 200\nmax_connections = {CAP}\n"),
         )
     });
-    assert_eq!(admin_get(bin.admin, "/readyz").await.0, 200);
+    // Start from no other admin connection (the startup probes gone): the scrape sees
+    // only itself, and its slot is free once its answer arrives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, scrape) = admin_get(bin.admin, "/metrics").await;
+        if metric(&scrape, "mqttgate_admin_connections_open") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Idle connections that never send a request hold every slot.
     let mut idle = Vec::new();
@@ -38,6 +48,8 @@ async fn admin_connection_past_the_cap_is_closed_at_once_and_counted() {
         .await
         .expect("the connection past the cap is closed at once");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // The accept loop is sequential: had an idle one been refused, its close would have
+    // come before the newest one's.
     for s in &idle {
         let mut b = [0u8; 1];
         assert!(
@@ -45,15 +57,20 @@ async fn admin_connection_past_the_cap_is_closed_at_once_and_counted() {
             "the connections within the cap stay open"
         );
     }
+    let mut refused = 1;
 
     drop(idle);
-    // Polled: the server sees the idle ones close a moment after we do.
+    // Polled: the server sees the idle ones close a moment after we do; until then a
+    // scrape is itself refused, and counted.
     let deadline = Instant::now() + Duration::from_secs(5);
     let scrape = loop {
         let (status, body) = admin_get(bin.admin, "/metrics").await;
         if status == 200 {
             break body;
         }
+        // Closed unanswered: the server had not yet seen the idle ones go.
+        assert_eq!(status, 0, "{body}");
+        refused += 1;
         assert!(
             Instant::now() < deadline,
             "the admin listener answers once the idle ones close"
@@ -62,7 +79,7 @@ async fn admin_connection_past_the_cap_is_closed_at_once_and_counted() {
     };
     assert_eq!(
         metric(&scrape, "mqttgate_admin_connections_refused_total"),
-        Some(1.0),
+        Some(refused as f64),
         "{scrape}"
     );
     assert_eq!(admin_get(bin.admin, "/readyz").await.0, 200);
