@@ -25,6 +25,7 @@ BIN = Path(os.environ.get("BENCH_BIN", ROOT / "target" / "release"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECS = float(os.environ.get("BENCH_SECONDS", "2"))
 IDLE_COUNTS = os.environ.get("BENCH_IDLE_COUNTS", "1000,5000")
+RECONNECT_CLIENTS = int(os.environ.get("BENCH_RECONNECT_CLIENTS", "2000"))
 DEADLINE = time.monotonic() + float(os.environ.get("BENCH_DEADLINE", "570"))
 LOAD_START = os.getloadavg()[0]
 STARTED = time.monotonic()
@@ -342,6 +343,26 @@ def main():
                 )
                 record("idle", t, r)
             print(f"idle round {rnd + 1}/{ROUNDS} done ({time_left():.0f} s left)", flush=True)
+
+        # 6. reconnect storm: the whole fleet at once, as after a restart; fresh processes
+        # so every round starts from an empty accept queue and no sessions.
+        for rnd in range(ROUNDS if want("reconnect") else 0):
+            if time_left() < 60:
+                errors.append(f"reconnect: stopped after {rnd} rounds to stay within the time limit")
+                break
+            for t in ["mqttgate", "mosquitto-tls"]:
+                s.restart("mosquitto")
+                if t == "mqttgate":
+                    s.restart("mqttgate")
+                r = load(
+                    s.client_args(t)
+                    + ["--threads", "2", "reconnect", "--clients", str(RECONNECT_CLIENTS), "--timeout", "60"],
+                    90,
+                )
+                if "error" not in r and r.get("admitted") != r.get("clients"):
+                    r["error"] = f"{r.get('admitted')} of {r.get('clients')} admitted: {r.get('first_error')}"
+                record("reconnect", t, r)
+            print(f"reconnect round {rnd + 1}/{ROUNDS} done ({time_left():.0f} s left)", flush=True)
     finally:
         s.stop_all()
 
@@ -397,6 +418,10 @@ def summarize(results):
             / max(1, r["stages"][-1]["connections"] - r["stages"][1]["connections"]),
         )
         g[("idle_conns", t)] = per("idle", t, lambda r: r["stages"][-1]["connections"])
+        g[("reconnect_s", t)] = per("reconnect", t, lambda r: r["all_admitted_s"])
+        g[("reconnect_p50_ms", t)] = per("reconnect", t, lambda r: r["admitted_ms_p50"])
+        g[("reconnect_retries", t)] = per("reconnect", t, lambda r: r["retries"])
+        g[("reconnect_overflows", t)] = per("reconnect", t, lambda r: r["listen_overflows"])
     return g
 
 
@@ -473,8 +498,32 @@ def machine():
     ]
 
 
+def reconnect_report(g):
+    """The reconnect storm side by side, for a run of that scenario alone."""
+    rows = [
+        ("seconds until all admitted", "reconnect_s", 2),
+        ("median client's wait (ms)", "reconnect_p50_ms", 0),
+        ("client retries", "reconnect_retries", 0),
+        ("accept-queue overflows (system-wide)", "reconnect_overflows", 0),
+    ]
+    out = [f"reconnect storm: {RECONNECT_CLIENTS} clients at once, medians of {ROUNDS} rounds",
+           f"{'':40} {'mqttgate':>10} {'mosquitto-tls':>14} {'ratio':>7}"]
+    for label, key, d in rows:
+        a, b = g.get((key, "mqttgate")), g.get((key, "mosquitto-tls"))
+        out.append(f"{label:40} {fmt(a, d):>10} {fmt(b, d):>14} {fmt(ratio(a, b), 2):>7}")
+    return "\n".join(out)
+
+
 def report(results, errors, work):
     g = summarize(results)
+    if ONLY == {"reconnect"}:
+        # A partial run: printed, and docs/benchmarks.md keeps the last full run.
+        print(reconnect_report(g))
+        if errors:
+            print("\nproblems:\n" + "\n".join(sorted(set(errors))[:20]))
+        print(f"raw results in {work}/results.json")
+        return
+    print(reconnect_report(g))
     checks = targets_check(g)
     cols = ["plain", "mqttgate", "mosquitto-tls", "haproxy", "stunnel"]
     rows = [
@@ -492,6 +541,10 @@ def report(results, errors, work):
         ("idle: connections held", "idle_conns", 0),
         ("bulk (256 KiB): delivered bytes/s", "bulk_rate", 0),
         ("bulk: terminator bytes relayed per CPU-second", "bulk_bytes_per_cpu_s", 0),
+        (f"reconnect storm ({RECONNECT_CLIENTS:,} at once): seconds until all admitted", "reconnect_s", 2),
+        ("reconnect storm: median client's wait (ms)", "reconnect_p50_ms", 0),
+        ("reconnect storm: client retries", "reconnect_retries", 0),
+        ("reconnect storm: accept-queue overflows (system-wide)", "reconnect_overflows", 0),
     ]
     lines = []
     lines.append("| | " + " | ".join(cols) + " |")

@@ -6,8 +6,15 @@
 # and a chart to docs/benchmarks.md and docs/benchmarks.png. About 10 minutes on 2 cores.
 #
 # Knobs (environment): BENCH_ROUNDS, BENCH_SECONDS (per measurement, default 2),
-# BENCH_IDLE_COUNTS (default 1000,5000), BENCH_ONLY (e.g. "storm,idle"), BENCH_OUT.
+# BENCH_IDLE_COUNTS (default 1000,5000), BENCH_ONLY (e.g. "storm,idle"), BENCH_OUT,
+# BENCH_RECONNECT_CLIENTS (default 2000).
+#
+# `scripts/bench.sh storm-reconnect` runs only the reconnect storm (N clients at once, time
+# until all are admitted, mqttgate vs Mosquitto native TLS) and prints it; about a minute.
 set -euo pipefail
+if [ "${1:-}" = storm-reconnect ]; then
+  export BENCH_ONLY=reconnect
+fi
 cd "$(dirname "$0")/.."
 
 # `scripts/bench.sh registry`: only the registry memory scenario (well under a minute once

@@ -13,6 +13,9 @@ ensure_packages() {
   have mosquitto_pub || missing+=(mosquitto-clients)
   have openssl || missing+=(openssl)
   have curl || missing+=(curl)
+  # ss and prlimit: tests/storm_limits.rs reads the backlog and open-files limit with them.
+  have ss || missing+=(iproute2)
+  have prlimit || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq

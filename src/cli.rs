@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cert::format_time;
 use crate::cert::Thumbprint;
 use crate::config::Config;
+use crate::os_limits;
 use crate::registry::{Scheme, State};
 use crate::server::Server;
 use crate::state::{unix_now, Trust};
@@ -24,6 +25,7 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 /// `mqttgate run`: serve until SIGTERM or SIGINT, reloading on SIGHUP.
 pub fn run(config_file: &Path) -> Result<(), CliError> {
     let config = Config::load(config_file)?;
+    raise_open_files(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -31,6 +33,34 @@ pub fn run(config_file: &Path) -> Result<(), CliError> {
         let server = Server::start(config).await?;
         serve_signals(server).await
     })
+}
+
+/// Raises the soft open-files limit to the hard one and says so when even that cannot
+/// hold `max_connections` sessions: past it, accepts fail with EMFILE.
+fn raise_open_files(config: &Config) {
+    let need = os_limits::descriptors_needed(config);
+    match os_limits::raise_open_files() {
+        Ok(f) => {
+            if f.soft != f.soft_before {
+                info!(
+                    from = f.soft_before,
+                    to = f.soft,
+                    "raised the soft open-files limit"
+                );
+            }
+            if need > f.soft {
+                warn!(
+                    max_connections = config.limits.max_connections,
+                    needed = need,
+                    limit = f.soft,
+                    "max_connections = {} needs about {need} open files but the hard limit is {}; raise it (LimitNOFILE, ulimit -Hn) or lower max_connections",
+                    config.limits.max_connections,
+                    f.hard
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 async fn serve_signals(server: Arc<Server>) -> Result<(), CliError> {
@@ -73,6 +103,30 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         "listen {} -> upstream {}; admin {}",
         config.listen, config.upstream, config.admin_listen
     )?;
+    let backlog = config.limits.listen_backlog;
+    let somaxconn = os_limits::somaxconn();
+    let effective = os_limits::effective_backlog(backlog, somaxconn);
+    // Both limits belong to where `check` runs, which may not be where mqttgate will:
+    // reported, not counted as problems of the configuration.
+    writeln!(
+        out,
+        "listen backlog here: {effective} (listen_backlog {backlog}, net.core.somaxconn {}{})",
+        somaxconn.map_or("unknown".to_string(), |m| m.to_string()),
+        if effective < backlog { ": capped" } else { "" }
+    )?;
+    // `run` raises the soft limit to the hard one, so the hard limit is what counts.
+    let need = os_limits::descriptors_needed(&config);
+    match os_limits::open_files() {
+        Ok(f) => writeln!(
+            out,
+            "open files here: soft {}, hard {} (run raises soft to hard); max_connections {} needs about {need}: {}",
+            f.soft,
+            f.hard,
+            config.limits.max_connections,
+            if need <= f.hard { "fits" } else { "does not fit" }
+        )?,
+        Err(e) => writeln!(out, "open files here: unknown ({e})")?,
+    }
     let sc = &trust.server_cert;
     writeln!(
         out,

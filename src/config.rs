@@ -26,6 +26,9 @@ pub const MIN_DEFAULT_PENDING_PER_SOURCE: usize = 4;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_UPSTREAM_CHECK_INTERVAL_MS: u64 = 2_000;
+/// Linux's default `somaxconn` since 5.4: room for a fleet reconnecting at once.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// An error in the configuration file, always naming the file and, where it applies, the field.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ struct RawLimits {
     max_pending: Option<usize>,
     max_pending_per_source: Option<usize>,
     drain_timeout_ms: Option<u64>,
+    listen_backlog: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +133,7 @@ struct RawMqtt {
 struct RawAdmin {
     listen: Option<String>,
     upstream_check_interval_ms: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -190,6 +195,8 @@ pub struct Limits {
     /// Pending connections from one source address; past it, closed at accept.
     pub max_pending_per_source: usize,
     pub drain_timeout: Duration,
+    /// The accept queue asked of the kernel, which caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
 }
 
 /// The validated configuration. Paths are resolved against the configuration file's folder.
@@ -198,6 +205,8 @@ pub struct Config {
     pub file: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Admin connections served at once; more are closed on accept.
+    pub admin_max_connections: usize,
     pub name_sources: Vec<NameSource>,
     pub subject_match: SubjectMatch,
     pub server_cert: PathBuf,
@@ -401,6 +410,15 @@ impl Config {
             drain_timeout: Duration::from_millis(
                 l.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
             ),
+            listen_backlog: match l.listen_backlog.unwrap_or(DEFAULT_LISTEN_BACKLOG) {
+                n @ 1..=65535 => n,
+                n => {
+                    return Err(field_err(
+                        "limits.listen_backlog",
+                        format!("{n} is outside 1..=65535"),
+                    ))
+                }
+            },
         };
 
         Ok(Config {
@@ -410,6 +428,12 @@ impl Config {
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
             )?,
+            admin_max_connections: positive(
+                "admin.max_connections",
+                raw.admin
+                    .max_connections
+                    .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS) as u64,
+            )? as usize,
             name_sources,
             subject_match,
             server_cert: resolve(&raw.tls.certificate),
@@ -478,6 +502,25 @@ clients = "clients.json"
         assert!(!c.reason_strings);
         assert!(c.name_sources.is_empty());
         assert_eq!(c.subject_match, SubjectMatch::CommonName);
+        assert_eq!(c.limits.listen_backlog, 4096);
+        assert_eq!(c.admin_max_connections, 64);
+    }
+
+    #[test]
+    fn listen_backlog_and_admin_cap_are_bounded() {
+        for (extra, field) in [
+            ("[limits]\nlisten_backlog = 0\n", "limits.listen_backlog:"),
+            (
+                "[limits]\nlisten_backlog = 70000\n",
+                "limits.listen_backlog:",
+            ),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections:"),
+        ] {
+            let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let c = parse(&format!("{MINIMAL}[limits]\nlisten_backlog = 1000\n")).unwrap();
+        assert_eq!(c.limits.listen_backlog, 1000);
     }
 
     #[test]

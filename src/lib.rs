@@ -18,7 +18,7 @@
 //! - [`auth`]: the decision (pure).
 //! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
 //! - [`relay`]: the byte copy after the CONNECT; [`pool`]: the I/O buffers both borrow.
-//! - [`config`], [`state`], [`metrics`], [`cli`].
+//! - [`config`], [`state`], [`metrics`], [`cli`]; [`os_limits`]: accept queue and open files.
 
 pub mod admin;
 pub mod admit;
@@ -34,6 +34,7 @@ pub mod explain;
 pub mod memory;
 pub mod metrics;
 pub mod mqtt;
+pub mod os_limits;
 pub mod packet_io;
 pub mod pki;
 pub mod pool;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub accepted: Counter,
     pub active: Gauge,
     pub refused_at_limit: Counter,
+    pub admin_refused: Counter,
+    pub admin_open: Gauge,
     pub handshakes: Family<ResultReason, Counter>,
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
@@ -138,6 +140,18 @@ impl Metrics {
             "connections_refused_at_limit",
             "TCP connections closed before any TLS work because mqttgate was past its connection limit",
             refused_at_limit.clone(),
+        );
+        let admin_refused = Counter::default();
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections closed on accept because admin.max_connections were open",
+            admin_refused.clone(),
+        );
+        let admin_open = Gauge::default();
+        registry.register(
+            "admin_connections_open",
+            "Admin connections open and not yet answered, this scrape included",
+            admin_open.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();
         registry.register(
@@ -275,6 +289,8 @@ impl Metrics {
             accepted,
             active,
             refused_at_limit,
+            admin_refused,
+            admin_open,
             handshakes,
             handshake_seconds,
             decisions,

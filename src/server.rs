@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -48,13 +48,12 @@ impl Server {
     /// A bad file is reported here, before the port opens.
     pub async fn start(config: Config) -> Result<Arc<Server>, StartError> {
         let trust = Trust::load(&config, 1)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(config.listen, config.limits.listen_backlog).map_err(|source| {
+            StartError::Listen {
+                addr: config.listen,
+                source,
+            }
+        })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -103,7 +102,11 @@ impl Server {
         // Readiness needs a first answer before the listener is announced.
         server.check_upstream().await;
         let mut background = vec![
-            tokio::spawn(crate::admin::serve(admin, server.clone())),
+            tokio::spawn(crate::admin::serve(
+                admin,
+                server.clone(),
+                server.config.admin_max_connections,
+            )),
             tokio::spawn(upstream_checker(server.clone())),
         ];
         if let Some(every) = server.config.watch_interval {
@@ -229,6 +232,29 @@ fn warn_skipped(trust: &Trust) {
     for skipped in &trust.anchors.skipped {
         warn!(ca = %skipped, "registered CA certificate has expired and is not loaded");
     }
+}
+
+/// Binds the client listener with the configured accept queue (tokio's own bind asks for
+/// 128, which a fleet reconnecting at once overflows into SYN retries), with SO_REUSEADDR
+/// as tokio's bind sets it.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let max = crate::os_limits::somaxconn();
+    let effective = crate::os_limits::effective_backlog(backlog, max);
+    if effective < backlog {
+        warn!(
+            listen_backlog = backlog,
+            somaxconn = effective,
+            "listen_backlog {backlog} is capped by net.core.somaxconn {effective}; raise the sysctl for a larger accept queue"
+        );
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn upstream_checker(server: Arc<Server>) {

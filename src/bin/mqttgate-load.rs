@@ -7,6 +7,9 @@
 //!   DISCONNECT, close) with `--concurrency` workers for `--duration` seconds.
 //! - `idle`: open `--counts` authenticated connections in stages and hold them, reading
 //!   the watched processes' resident memory after each stage.
+//! - `reconnect`: `--clients` clients connect at the same instant, as a fleet does after a
+//!   restart, each retrying (with a short growing backoff) until its CONNACK 0x00; reports
+//!   the time until all are admitted and the kernel's accept-queue overflows meanwhile.
 //! - `pubsub`: subscribers and publishers at a fixed (`--rate`) or unbounded rate, QoS 0 or
 //!   1, `--size`-byte payloads that carry the send time, so end-to-end latency is measured.
 //!
@@ -102,6 +105,14 @@ enum Mode {
         /// Give up opening a stage after this many seconds.
         #[arg(long, default_value_t = 60.0)]
         stage_timeout: f64,
+    },
+    /// All clients connect at once and retry until admitted; time until the last one is.
+    Reconnect {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Publishers and subscribers; end-to-end throughput and latency.
     Pubsub {
@@ -538,6 +549,111 @@ async fn storm(cli: Arc<Cli>, concurrency: usize, max: u64) -> Value {
     })
 }
 
+/// TcpExt ListenOverflows from /proc/net/netstat (system-wide): SYNs or ACKs dropped
+/// because an accept queue was full.
+fn listen_overflows() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netstat") else {
+        return f64::NAN;
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        return f64::NAN;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn reconnect(cli: Arc<Cli>, clients: usize, limit: f64) -> Value {
+    let dialer = Arc::new(Dialer::new(&cli).unwrap_or_else(|e| fail(&e)));
+    let watched = parse_pids(&cli.pids).unwrap_or_else(|e| fail(&e));
+    let retries = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(OnceLock::<String>::new());
+    // Every client waits for one signal, so the connects leave together.
+    let go = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (cli, dialer, retries, first_error, go, ready) = (
+            cli.clone(),
+            dialer.clone(),
+            retries.clone(),
+            first_error.clone(),
+            go.clone(),
+            ready.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let notified = go.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            ready.wait().await;
+            notified.await;
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs_f64(limit);
+            let id = client_id("r");
+            let mut reader = Reader::new();
+            let mut attempt = 0u32;
+            loop {
+                reader.start = 0;
+                reader.end = 0;
+                let left = deadline.saturating_duration_since(Instant::now());
+                match timeout(left, mqtt_connect(&cli, &dialer, id.clone(), &mut reader)).await {
+                    // Held open until the run ends, as a reconnected client stays.
+                    Ok(Ok(s)) => return Some((start.elapsed(), s)),
+                    Ok(Err(e)) => {
+                        let _ = first_error.set(e);
+                    }
+                    Err(_) => return None,
+                }
+                retries.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                // Like a client library's reconnect delay: short, growing, capped.
+                let pause = Duration::from_millis((100 * u64::from(attempt)).min(1000));
+                if Instant::now() + pause >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }));
+    }
+    ready.wait().await;
+    let before = cpu_snapshot(&watched);
+    let overflows_before = listen_overflows();
+    let start = Instant::now();
+    go.notify_waiters();
+    let mut admitted = Vec::with_capacity(clients);
+    let mut held = Vec::with_capacity(clients);
+    for t in tasks {
+        if let Ok(Some((took, s))) = t.await {
+            admitted.push(took.as_nanos() as u64 / 1000);
+            held.push(s);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_delta(&watched, &before);
+    admitted.sort_unstable();
+    let all = admitted.len() == clients;
+    let out = json!({
+        "mode": "reconnect",
+        "negotiated": dialer.negotiated.get(),
+        "clients": clients,
+        "admitted": admitted.len(),
+        "all_admitted_s": if all { admitted.last().map(|us| *us as f64 / 1e6) } else { None },
+        "admitted_ms_p50": percentile(&admitted, 0.5),
+        "admitted_ms_p99": percentile(&admitted, 0.99),
+        "retries": retries.load(Ordering::Relaxed),
+        "first_error": first_error.get(),
+        "listen_overflows": listen_overflows() - overflows_before,
+        "seconds": elapsed,
+        "cpu_s": cpu,
+    });
+    drop(held);
+    out
+}
+
 async fn idle(
     cli: Arc<Cli>,
     counts: Vec<usize>,
@@ -917,6 +1033,7 @@ fn main() {
     let mut out = rt.block_on(async {
         match cli.mode.clone() {
             Mode::Storm { concurrency, max } => storm(cli.clone(), concurrency, max).await,
+            Mode::Reconnect { clients, timeout } => reconnect(cli.clone(), clients, timeout).await,
             Mode::Idle {
                 counts,
                 concurrency,
