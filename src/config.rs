@@ -24,6 +24,7 @@ pub const MIN_DEFAULT_PENDING: usize = 16;
 /// least this many (clients behind one NAT address share it).
 pub const MIN_DEFAULT_PENDING_PER_SOURCE: usize = 4;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
+pub const DEFAULT_LINGER_MS: u64 = 5_000;
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_UPSTREAM_CHECK_INTERVAL_MS: u64 = 2_000;
 /// Linux's default `somaxconn` since 5.4: room for a fleet reconnecting at once.
@@ -117,6 +118,7 @@ struct RawLimits {
     busy_answers: Option<usize>,
     max_pending: Option<usize>,
     max_pending_per_source: Option<usize>,
+    linger_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     listen_backlog: Option<u32>,
 }
@@ -194,6 +196,9 @@ pub struct Limits {
     pub max_pending: usize,
     /// Pending connections from one source address; past it, closed at accept.
     pub max_pending_per_source: usize,
+    /// Once one side of a session has closed, how long the other side may take to close
+    /// too before mqttgate closes it (and how long a refusal or DISCONNECT may take to send).
+    pub linger: Duration,
     pub drain_timeout: Duration,
     /// The accept queue asked of the kernel, which caps it at `net.core.somaxconn`.
     pub listen_backlog: u32,
@@ -407,6 +412,10 @@ impl Config {
             busy_answers: l.busy_answers.unwrap_or(DEFAULT_BUSY_ANSWERS),
             max_pending,
             max_pending_per_source,
+            linger: Duration::from_millis(positive(
+                "limits.linger_ms",
+                l.linger_ms.unwrap_or(DEFAULT_LINGER_MS),
+            )?),
             drain_timeout: Duration::from_millis(
                 l.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
             ),

@@ -39,8 +39,6 @@ use tokio::sync::OwnedSemaphorePermit;
 /// How long a stopping session may take to reach a broker packet boundary before it is
 /// closed without a DISCONNECT.
 const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
-/// How long, once one side has closed, the other side may take to close too.
-const LINGER: Duration = Duration::from_secs(5);
 
 /// The server's lifecycle as connections see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -664,15 +662,31 @@ async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     let mut lifecycle = ctx.lifecycle.clone();
     let expiry = tokio::time::sleep_until(expiry_instant(session.identity.valid_until));
     tokio::pin!(expiry);
+    // Armed once one side has closed: the other side gets `limits.linger` to close too.
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    let mut lingering = false;
 
     let stop = loop {
         tokio::select! {
             ended = relay.run(&mut *tls, &mut *upstream) => {
                 return match ended {
+                    Ended::HalfClosed => {
+                        linger.as_mut().reset(tokio::time::Instant::now() + ctx.limits.linger);
+                        lingering = true;
+                        continue;
+                    }
                     Ended::Client => Closed::Client,
                     Ended::Upstream => Closed::Upstream,
                     Ended::Error(_) => Closed::Error,
                 };
+            }
+            _ = &mut linger, if lingering => {
+                // The side still open is closed when the session's sockets are dropped.
+                let client_first = relay.first_to_close() == Some(true);
+                let side = if client_first { "upstream" } else { "client" };
+                ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
+                return if client_first { Closed::Client } else { Closed::Upstream };
             }
             changed = trust_rx.changed() => {
                 if changed.is_err() {
@@ -696,7 +710,7 @@ async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
         }
     };
     let (closed, reason) = stop;
-    end_session(relay, tls, upstream, version, reason).await;
+    end_session(relay, tls, upstream, version, reason, ctx.limits.linger).await;
     closed
 }
 
@@ -776,12 +790,13 @@ async fn end_session(
     upstream: &mut TcpStream,
     version: Version,
     reason: u8,
+    linger: Duration,
 ) {
     let at_boundary = matches!(
         timeout(BOUNDARY_GRACE, relay.finish_at_boundary(tls, upstream)).await,
         Ok(Ok(()))
     );
-    let _ = timeout(LINGER, async {
+    let _ = timeout(linger, async {
         if at_boundary && version == Version::V5 {
             tls.write_all(&mqtt::disconnect_v5(reason)).await?;
         }

@@ -34,6 +34,12 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Which side of a session was still open.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Side {
+    pub side: &'static str,
+}
+
 /// How a connection ended: `outcome` is tls_failure, refused or session.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Close {
@@ -103,6 +109,7 @@ pub struct Metrics {
     pub dial_seconds: Histogram,
     pub bytes: Family<Direction, Counter>,
     pub closed: Family<Close, Counter>,
+    pub linger_expired: Family<Side, Counter>,
     pub reloads: Family<Reload, Counter>,
     pub last_reload: Gauge,
     pub registry_clients: Family<SchemeState, Gauge>,
@@ -214,6 +221,12 @@ impl Metrics {
             "Accepted connections by how they ended, exactly one each: outcome tls_failure (reason: the handshake failure), refused (the refusal) or session (who or what ended it)",
             closed.clone(),
         );
+        let linger_expired = Family::<Side, Counter>::default();
+        registry.register(
+            "linger_expired",
+            "Sessions closed by mqttgate because one side stayed open past the linger after the other had closed, by the side that stayed open",
+            linger_expired.clone(),
+        );
         let reloads = Family::<Reload, Counter>::default();
         registry.register(
             "reloads",
@@ -300,6 +313,7 @@ impl Metrics {
             dial_seconds,
             bytes,
             closed,
+            linger_expired,
         }
     }
 

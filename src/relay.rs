@@ -131,6 +131,9 @@ impl Half {
 /// How the copy ended.
 #[derive(Debug)]
 pub enum Ended {
+    /// One side has closed and the other is still open: reported once, then the copy
+    /// goes on, so the caller can bound how long the other side may linger.
+    HalfClosed,
     /// The client closed its side first, or ended the session with a DISCONNECT whatever
     /// happened after it.
     Client,
@@ -149,6 +152,7 @@ pub struct Relay {
     /// Broker -> client packets.
     boundary: PacketBoundary,
     first_eof: Option<bool>,
+    half_close_reported: bool,
 }
 
 impl Relay {
@@ -204,6 +208,20 @@ impl Relay {
         poll_fn(|cx| self.poll_both(cx, client, upstream)).await
     }
 
+    /// `run` until both directions have ended, passing over the half-close report.
+    pub async fn run_to_end<C, U>(&mut self, client: &mut C, upstream: &mut U) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            match self.run(client, upstream).await {
+                Ended::HalfClosed => continue,
+                ended => return ended,
+            }
+        }
+    }
+
     fn poll_both<C, U>(
         &mut self,
         cx: &mut Context<'_>,
@@ -250,7 +268,16 @@ impl Relay {
                 },
             );
         }
+        if self.first_eof.is_some() && !self.half_close_reported {
+            self.half_close_reported = true;
+            return Poll::Ready(Ended::HalfClosed);
+        }
         Poll::Pending
+    }
+
+    /// Which side closed first, once one has: the client (true) or the broker (false).
+    pub fn first_to_close(&self) -> Option<bool> {
+        self.first_eof
     }
 
     /// After the client's DISCONNECT the session is over: how its TCP and TLS then end
@@ -324,7 +351,7 @@ mod tests {
         let (mut upstream, mut broker) = duplex(64);
         let task = tokio::spawn(async move {
             let mut relay = Relay::new();
-            let ended = relay.run(&mut client, &mut upstream).await;
+            let ended = relay.run_to_end(&mut client, &mut upstream).await;
             (ended, relay.bytes())
         });
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -396,7 +423,7 @@ mod tests {
         let (mut upstream, _broker) = duplex(1024);
         let mut relay = Relay::new();
         relay.forwarded_up(forwarded);
-        relay.run(&mut client, &mut upstream).await
+        relay.run_to_end(&mut client, &mut upstream).await
     }
 
     #[tokio::test]
@@ -436,7 +463,7 @@ mod tests {
         let (mut upstream, mut broker) = duplex(64);
         let task = tokio::spawn(async move {
             let mut relay = Relay::new();
-            relay.run(&mut client, &mut upstream).await
+            relay.run_to_end(&mut client, &mut upstream).await
         });
         client_app.write_all(&DISCONNECT).await.unwrap();
         let mut got = [0u8; 2];
@@ -463,7 +490,7 @@ mod tests {
         let mut relay = Relay::new();
         tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            relay.run(&mut client, &mut upstream),
+            relay.run_to_end(&mut client, &mut upstream),
         )
         .await
         .expect_err("nothing ended yet");

@@ -150,6 +150,7 @@ mod tests {
             max_pending_per_source: per_source,
             drain_timeout: Duration::from_secs(1),
             listen_backlog: 16,
+            linger: Duration::from_secs(1),
         }
     }
 
