@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use mqttgate::auth::{self, Peer, Policy, SubjectMatch};
-use mqttgate::cert::CertInfo;
+use mqttgate::cli::pki::{Ca, LeafSpec};
 use mqttgate::mqtt::{self, Connect, Version};
-use mqttgate::pki::{Ca, LeafSpec};
-use mqttgate::registry::Registry;
-use mqttgate::relay::Relay;
+use mqttgate::transport::relay::Relay;
+use mqttgate::trust::cert::CertInfo;
+use mqttgate::trust::registry::Registry;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

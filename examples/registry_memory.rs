@@ -6,13 +6,16 @@
 //!
 //! Usage: `registry_memory [CLIENTS]` (default 100000). Linux only (reads /proc).
 
+// A counting global allocator is an unsafe trait implementation by nature.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqttgate::registry::Registry;
+use mqttgate::trust::registry::Registry;
 
 /// Counts the bytes the program asked for and has not freed: the live data, without the
 /// allocator's own overhead and free lists (which RSS includes).
@@ -223,5 +226,6 @@ fn main() {
 }
 
 fn load(file: &Path) -> Registry {
-    Registry::load(file, mqttgate::registry::DEFAULT_MAX_BYTES).expect("generated registry loads")
+    Registry::load(file, mqttgate::trust::registry::DEFAULT_MAX_BYTES)
+        .expect("generated registry loads")
 }

@@ -47,6 +47,6 @@ hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
 ulimit -n "$hard"
 
-cargo build --release --quiet --bin mqttgate --bin mqttgate-load
+cargo build --release --quiet --locked -p mqttgate -p mqttgate-load
 echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 exec timeout 900 python3 scripts/bench.py

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 iters="${1:-200}"
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y valgrind" >&2; exit 1; }
-cargo build --release --quiet --example cost
+cargo build --release --quiet --locked --example cost
 bin=target/release/examples/cost
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

@@ -15,7 +15,7 @@ BROKER=${MQTTGATE_DEMO_BROKER:-18830}
 DIR=certs/demo
 
 echo "== building mqttgate (release)"
-cargo build --release --quiet
+cargo build --release --quiet --locked -p mqttgate
 BIN=target/release/mqttgate
 
 rm -rf "$DIR"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need if missing (Mosquitto, its clients,
-# paho-mqtt), then checks formatting and lints and runs every test.
+# paho-mqtt, ss, prlimit), then checks formatting, lints and docs, builds the whole
+# workspace (the load generator too, which tests/load_smoke.rs runs) and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -8,5 +9,11 @@ ensure_rust
 ensure_packages
 ensure_paho
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# The product builds without the demo PKI (the `demo` feature is on by default).
+cargo build --locked --quiet -p mqttgate --no-default-features
+# The fuzz targets still build (their own workspace; running them needs cargo-fuzz).
+cargo build --locked --quiet --manifest-path fuzz/Cargo.toml
+cargo build --workspace --locked --quiet
+cargo test --workspace --all-targets --locked

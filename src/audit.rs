@@ -20,8 +20,8 @@ use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 
 use crate::auth::{Denial, Identity};
-use crate::cert::CertInfo;
 use crate::mqtt::Connect;
+use crate::trust::cert::CertInfo;
 
 /// Denials logged per peer address per window; the rest are counted and summarised.
 const DENIALS_PER_WINDOW: u32 = 5;

@@ -1,47 +1,39 @@
-//! mqttgate puts Azure Event Grid's MQTT client-certificate authentication in front of an
-//! unmodified MQTT broker. One connection's path:
+//! mqttgate puts Azure Event Grid's MQTT client authentication in front of an unmodified MQTT
+//! broker. One connection's path, each phase one function in [`connection`]:
 //!
 //! ```text
-//! client ──TLS──► accept ─► handshake ─► read CONNECT ─► decide ─┬─► dial broker ─► relay ◄──► broker
-//!                 (limit)   (rustls,     (3.1/3.1.1/5,   (registry,│   (deadline)    (both ways,
-//!                           cert chain   bounded size    name      │                  re-decided on
-//!                           or pin)      and time)       sources)  └─► CONNACK refusal, close   reload)
+//!           server                 connection (phases)                        transport
+//! client ─► accept ─► pending ─► 1 handshake ─► 2 read_connect ─► 3 decide ─┬─► 4 dial ─► 5 CONNACK ─► 6 relay ◄──► broker
+//!           (caps,    slot       (rustls;       (mqtt codec,     (auth +     │  (deadline) (passed on)   (both ways;
+//!           backlog)             trust::admit)  size + deadline)  trust,     │                           re-decided on
+//!                                                                  newest    └─► refusal CONNACK, close  reload; linger;
+//!                                                                  state)                                expiry; drain)
+//!                                              7 record: one outcome per connection (metrics + audit)
 //! ```
 //!
-//! Modules, in the order a connection meets them:
-//! - [`server`]: accept loop, connection limit, reload, shutdown.
-//! - [`connection`]: one connection's phases.
-//! - [`tls`]: rustls configuration and the client-certificate verifier.
-//! - [`tls_io`]: the TLS stream (rustls unbuffered API, buffers only while bytes are in flight).
-//! - [`mqtt`]: the CONNECT codec and the packets mqttgate sends (pure).
-//! - [`packet_io`]: reads one packet under a deadline and a size bound (the CONNECT, the CONNACK).
-//! - [`auth`]: the decision (pure).
-//! - [`registry`], [`anchors`], [`cert`]: the clients, the CA certificates, certificate fields.
-//! - [`relay`]: the byte copy after the CONNECT; [`pool`]: the I/O buffers both borrow.
-//! - [`config`], [`state`], [`metrics`], [`cli`]; [`os_limits`]: accept queue and open files.
+//! Modules, by concern:
+//! - [`server`]: accept loop and admission slots, reload watcher, admin listener, OS limits,
+//!   shutdown.
+//! - [`connection`]: one connection's phases ([`connection::serve`]), its outcome record,
+//!   the upstream side (dial, CONNECT, CONNACK) and the live session.
+//! - [`transport`]: the client stream ([`transport::ClientStream`]: TLS today) and the
+//!   client's address ([`transport::Peer`]), the TLS I/O and its buffer pool, the relay,
+//!   packet reads under a deadline.
+//! - [`mqtt`]: the codec (pure): CONNECT, the packets mqttgate sends or watches, properties.
+//! - [`auth`]: the decision (pure): authentication methods ([`auth::Method`]) and names,
+//!   registry checks, and what the broker sees ([`auth::rewrite`]).
+//! - [`trust`]: what is loaded and reloaded (registry, CA certificates, CRLs, the server
+//!   certificate) and the one admission function ([`trust::admit`]).
+//! - [`cli`]: `check`, `explain` (renders the decision's steps), `thumbprint`, `certs demo`.
+//! - [`config`], [`metrics`], [`audit`].
 
-pub mod admin;
-pub mod admit;
-pub mod anchors;
 pub mod audit;
 pub mod auth;
-pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod connection;
-pub mod demo;
-pub mod explain;
-pub mod memory;
 pub mod metrics;
 pub mod mqtt;
-pub mod os_limits;
-pub mod packet_io;
-pub mod pki;
-pub mod pool;
-pub mod registry;
-pub mod relay;
 pub mod server;
-pub mod slots;
-pub mod state;
-pub mod tls;
-pub mod tls_io;
+pub mod transport;
+pub mod trust;

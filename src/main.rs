@@ -40,6 +40,7 @@ enum Command {
         config: PathBuf,
     },
     /// Certificate tooling.
+    #[cfg(feature = "demo")]
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
@@ -64,6 +65,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(Subcommand)]
 enum CertsCommand {
     /// Write a demo PKI, registry, mqttgate config and Mosquitto config into DIR.
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
         username,
     } = &cli.command
     {
-        return match mqttgate::explain::explain(config, cert, username.as_deref()) {
+        return match mqttgate::cli::explain::explain(config, cert, username.as_deref()) {
             Ok(e) => {
                 print!("{}", e.text());
                 ExitCode::from(if e.allowed { 0 } else { 1 })
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => mqttgate::cli::run(&config),
         Command::Check { config } => mqttgate::cli::check(&config).map(|report| print!("{report}")),
+        #[cfg(feature = "demo")]
         Command::Certs {
             command:
                 CertsCommand::Demo {
@@ -127,12 +130,12 @@ fn main() -> ExitCode {
                     broker_port,
                 },
         } => {
-            let ports = mqttgate::demo::DemoPorts {
+            let ports = mqttgate::cli::demo::DemoPorts {
                 listen: listen_port,
                 admin: admin_port,
                 broker: broker_port,
             };
-            mqttgate::demo::generate(&dir, ports).map(|clients| {
+            mqttgate::cli::demo::generate(&dir, ports).map(|clients| {
                 println!("wrote the demo PKI and configuration to {}", dir.display());
                 for c in clients {
                     println!(

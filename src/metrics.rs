@@ -326,8 +326,8 @@ impl Metrics {
     }
 
     /// Sets the gauges that describe a newly published trust state.
-    pub fn observe_trust(&self, trust: &crate::state::Trust) {
-        use crate::registry::{Scheme, State};
+    pub fn observe_trust(&self, trust: &crate::trust::Trust) {
+        use crate::trust::registry::{Scheme, State};
         for scheme in Scheme::ALL {
             for state in [State::Enabled, State::Disabled] {
                 let n = trust

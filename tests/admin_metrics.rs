@@ -56,7 +56,7 @@ async fn health_ready_and_nothing_else_is_served() {
 async fn metrics_count_each_outcome_with_bounded_labels() {
     let env = start("").await;
     let good = env.pki.root.issue(&leaf("sensor-1")).unwrap();
-    let stranger = mqttgate::pki::Ca::root("Unregistered CA")
+    let stranger = mqttgate::cli::pki::Ca::root("Unregistered CA")
         .unwrap()
         .issue(&leaf("sensor-1"))
         .unwrap();

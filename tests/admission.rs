@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mqttgate::pki::{Ca, Issued};
+use mqttgate::cli::pki::{Ca, Issued};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tokio::io::AsyncWriteExt;
@@ -31,7 +31,7 @@ fn resuming_client(env: &Env, leaf: &Issued, chain: &[&Issued]) -> Arc<rustls::C
     let mut certs = vec![CertificateDer::from(leaf.der.clone())];
     certs.extend(chain.iter().map(|c| CertificateDer::from(c.der.clone())));
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(mqttgate::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(mqttgate::trust::verifier::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -125,7 +125,7 @@ struct ShortLivedCa {
 async fn short_lived_ca(seconds: i64, extra_clients: &[String]) -> ShortLivedCa {
     let pki = Pki::new();
     let ca = Ca::root_with_validity("Short-lived CA", -3600, seconds).unwrap();
-    let not_after = mqttgate::state::unix_now() + seconds;
+    let not_after = mqttgate::trust::unix_now() + seconds;
     let mut entries = vec![chain_client("sensor-1", SUBJECT)];
     entries.extend_from_slice(extra_clients);
     let mut setup = Setup::new(&format!("[{}]", entries.join(",")));
@@ -135,12 +135,12 @@ async fn short_lived_ca(seconds: i64, extra_clients: &[String]) -> ShortLivedCa 
 }
 
 async fn until_unix(t: i64) {
-    let now = mqttgate::state::unix_now();
+    let now = mqttgate::trust::unix_now();
     if t > now {
         tokio::time::sleep(Duration::from_secs((t - now) as u64)).await;
     }
     // Certificate times have one-second resolution and "after notAfter" is strict.
-    while mqttgate::state::unix_now() <= t {
+    while mqttgate::trust::unix_now() <= t {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -164,7 +164,7 @@ async fn a_registered_ca_stops_admitting_at_its_not_after_and_its_sessions_close
     // The session is closed once the CA has expired, with a v5 DISCONNECT.
     let (heard, closed) = read_until_close(&mut live, Duration::from_secs(10)).await;
     assert!(
-        mqttgate::state::unix_now() >= s.not_after,
+        mqttgate::trust::unix_now() >= s.not_after,
         "closed before the CA expired"
     );
     assert!(closed, "the session outlived its CA");

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mqttgate::pki::{Eku, KeyKind, LeafSpec};
+use mqttgate::cli::pki::{Eku, KeyKind, LeafSpec};
 
 const SUBJECT: &str = "SubjectMatchesAuthenticationName";
 const DNS: &str = "DnsMatchesAuthenticationName";
@@ -42,7 +42,7 @@ fn spec_with(f: impl FnOnce(&mut LeafSpec)) -> LeafSpec {
 fn publish_as(
     env: &Env,
     file: &str,
-    cert: &mqttgate::pki::Issued,
+    cert: &mqttgate::cli::pki::Issued,
     name: &str,
 ) -> std::process::Output {
     let (c, k) = env.client_files(file, cert, &[]);
@@ -248,7 +248,7 @@ async fn registered_root_refuses_at_tls_a_leaf_sent_without_its_intermediate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_from_an_unregistered_ca_is_refused_at_tls() {
     let env = root_env("sensor-1", SUBJECT).await;
-    let other = mqttgate::pki::Ca::root("Other Root CA").unwrap();
+    let other = mqttgate::cli::pki::Ca::root("Other Root CA").unwrap();
     let cert = other.issue(&leaf("sensor-1")).unwrap();
     assert_tls_refused(&env, &cert, &[], "UnknownCA").await;
     assert_pub_tls_refused(&publish_as(&env, "c", &cert, "sensor-1"));
@@ -393,7 +393,7 @@ async fn ed25519_client_key_is_allowed() {
 
 // --- A chained leaf used with ThumbprintMatch ------------------------------------------
 
-async fn chained_leaf_with_other_thumbprint() -> (Env, mqttgate::pki::Issued) {
+async fn chained_leaf_with_other_thumbprint() -> (Env, mqttgate::cli::pki::Issued) {
     let pki = Pki::new();
     let cert = pki.root.issue(&leaf("gw-1")).unwrap();
     let other = pki.root.issue(&leaf("gw-1")).unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mqttgate::pki::Ca;
+use mqttgate::cli::pki::Ca;
 use tokio::io::AsyncWriteExt;
 
 const SUBJECT: &str = "SubjectMatchesAuthenticationName";
@@ -65,7 +65,7 @@ fn configure_crl(env: &Env, crl: &[u8], tls_extra: &str) {
 async fn try_connect(
     addr: std::net::SocketAddr,
     env: &Env,
-    cert: &mqttgate::pki::Issued,
+    cert: &mqttgate::cli::pki::Issued,
     name: &str,
 ) -> Vec<u8> {
     let Ok(mut tls) = tls_connect(addr, &env.pki.root.cert.cert_pem, cert, &[]).await else {

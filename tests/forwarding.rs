@@ -140,7 +140,12 @@ struct Client {
 }
 
 impl Client {
-    async fn open(env: &Env, cert: &mqttgate::pki::Issued, id: &str, user: Option<&str>) -> Self {
+    async fn open(
+        env: &Env,
+        cert: &mqttgate::cli::pki::Issued,
+        id: &str,
+        user: Option<&str>,
+    ) -> Self {
         Client::from(session(env, cert, id, user).await)
     }
 

@@ -25,7 +25,7 @@ async fn start(entries: &[String]) -> Env {
 /// Connects as `name` with a byte-level client and returns the stream after CONNACK 0.
 async fn connected(
     env: &Env,
-    cert: &mqttgate::pki::Issued,
+    cert: &mqttgate::cli::pki::Issued,
     name: &str,
     version: u8,
 ) -> TlsStream<tokio::net::TcpStream> {
@@ -273,7 +273,7 @@ async fn a_kubernetes_style_symlink_swap_is_reloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_ca_disconnects_its_chain_clients() {
     let pki = Pki::new();
-    let other = mqttgate::pki::Ca::root("Other CA").unwrap();
+    let other = mqttgate::cli::pki::Ca::root("Other CA").unwrap();
     let mut setup = Setup::new(&registry(&[chain_client("sensor-1", SUBJECT)]));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     let env = Env::start(pki, setup).await;

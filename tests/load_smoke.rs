@@ -9,8 +9,25 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
+/// The load generator is its own workspace member (tools/load), so cargo gives this package
+/// no path to it: it sits beside this test's own directory in the target folder.
+fn load_generator() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("mqttgate-load"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --workspace` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 async fn load(env: &Env, cert: &std::path::Path, key: &std::path::Path, args: &[&str]) -> Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqttgate-load"));
+    let mut cmd = Command::new(load_generator());
     cmd.args(["--addr", &env.addr().to_string(), "--tls", "--ca"])
         .arg(env.server_ca())
         .arg("--cert")

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mqttgate::pki::{Issued, LeafSpec};
+use mqttgate::cli::pki::{Issued, LeafSpec};
 
 const SUBJECT: &str = "SubjectMatchesAuthenticationName";
 const DNS: &str = "DnsMatchesAuthenticationName";

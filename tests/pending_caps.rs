@@ -128,7 +128,7 @@ async fn past_the_pending_cap_new_connections_wait_in_the_backlog_until_a_slot_f
 async fn tls_over(
     env: &Env,
     tcp: TcpStream,
-    leaf: &mqttgate::pki::Issued,
+    leaf: &mqttgate::cli::pki::Issued,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use rustls_pki_types::pem::PemObject;
@@ -137,7 +137,7 @@ async fn tls_over(
         roots.add(c.unwrap()).unwrap();
     }
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(mqttgate::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(mqttgate::trust::verifier::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

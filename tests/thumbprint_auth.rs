@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use mqttgate::pki::Issued;
+use mqttgate::cli::pki::Issued;
 use rustls::pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use crate::cert::CertInfo;
-use crate::registry::{Registry, Scheme, State};
+use crate::trust::cert::CertInfo;
+use crate::trust::registry::{Registry, Scheme, State};
 
 /// A certificate field that can supply the authentication name when the CONNECT has no
 /// username (Azure's `alternativeAuthenticationNameSources`).
@@ -253,15 +253,15 @@ pub fn field_matches(cert: &CertInfo, scheme: Scheme, name: &str, subject: Subje
     }
 }
 
-/// Names compare as the registry indexes them: by [`crate::registry::name_key`].
+/// Names compare as the registry indexes them: by [`crate::trust::registry::name_key`].
 pub fn same_name(a: &str, b: &str) -> bool {
-    crate::registry::name_key(a) == crate::registry::name_key(b)
+    crate::trust::registry::name_key(a) == crate::trust::registry::name_key(b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::Thumbprint;
+    use crate::trust::cert::Thumbprint;
     use std::path::Path;
 
     fn cert() -> CertInfo {

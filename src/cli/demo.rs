@@ -9,8 +9,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::cert::Thumbprint;
-use crate::pki::{self, Ca, Issued, LeafSpec};
+use crate::cli::pki::{self, Ca, Issued, LeafSpec};
+use crate::trust::cert::Thumbprint;
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -17,18 +17,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::CertificateError;
 
-use crate::admit::admit;
 use crate::auth::{self, Identity, IdentitySource, Peer, SubjectMatch};
-use crate::cert::format_time;
-use crate::cert::CertInfo;
 use crate::cli::CliError;
 use crate::config::Config;
 use crate::connection::upstream_connect;
 use crate::mqtt::code;
 use crate::mqtt::{Connect, Version};
-use crate::registry::{Scheme, State};
-use crate::state::{unix_now, Trust};
-use crate::tls::HandshakeFailure;
+use crate::trust::admit::admit;
+use crate::trust::cert::format_time;
+use crate::trust::cert::CertInfo;
+use crate::trust::registry::{Scheme, State};
+use crate::trust::verifier::HandshakeFailure;
+use crate::trust::{unix_now, Trust};
 
 /// The outcome of `explain`: the report, and whether the client would be let through.
 #[derive(Clone, Debug)]
@@ -305,7 +305,7 @@ pub fn explain_loaded(
 /// The scheme step: which certificate field is compared with what.
 fn scheme_check(
     cert: &CertInfo,
-    client: &crate::registry::Client,
+    client: &crate::trust::registry::Client,
     chains: bool,
     subject: SubjectMatch,
 ) -> String {
@@ -469,11 +469,11 @@ fn validity_now(cert: &CertInfo, now: i64) -> String {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use super::*;
-    use crate::cert::Thumbprint;
-    use crate::pki::{self, Ca, Eku, Issued, LeafSpec};
+    use crate::cli::pki::{self, Ca, Eku, Issued, LeafSpec};
+    use crate::trust::cert::Thumbprint;
 
     /// A temporary deployment: a root, the registered intermediate under it, a server
     /// certificate, a registry and a config naming them.
@@ -789,11 +789,11 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))]
 mod upstream_tests {
     use super::*;
+    use crate::cli::pki::{Ca, LeafSpec};
     use crate::config::{ClientIdMode, UsernameMode};
-    use crate::pki::{Ca, LeafSpec};
 
     /// `explain` reports what `upstream_connect` builds, so the username and client id it
     /// prints follow the `[upstream]` modes instead of assuming `rewrite`.

@@ -1,6 +1,12 @@
 //! What the subcommands do: `run`, `check` and `thumbprint`. Kept in the library so tests
 //! can call them; `main.rs` only parses arguments.
 
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod explain;
+#[cfg(feature = "demo")]
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,13 +15,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
-use crate::cert::format_time;
-use crate::cert::Thumbprint;
 use crate::config::Config;
-use crate::os_limits;
-use crate::registry::{Scheme, State};
+use crate::server::os_limits;
 use crate::server::Server;
-use crate::state::{unix_now, Trust};
+use crate::trust::cert::format_time;
+use crate::trust::cert::Thumbprint;
+use crate::trust::registry::{Scheme, State};
+use crate::trust::{unix_now, Trust};
 
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 

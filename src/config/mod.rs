@@ -451,7 +451,7 @@ impl Config {
             min_tls,
             registry_file: resolve(&raw.registry.clients),
             registry_max_bytes: match raw.registry.max_bytes {
-                None => crate::registry::DEFAULT_MAX_BYTES,
+                None => crate::trust::registry::DEFAULT_MAX_BYTES,
                 Some(0) => return Err(field_err("registry.max_bytes", "must be positive".into())),
                 Some(n) => n,
             },

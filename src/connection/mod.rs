@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::tls_io::TlsConn;
+use crate::transport::tls_io::TlsConn;
 use rustls::pki_types::UnixTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,15 +25,15 @@ use tracing::debug;
 
 use crate::audit;
 use crate::auth::{self, Denial, Identity};
-use crate::cert::CertInfo;
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Refusal, Version};
-use crate::packet_io::{self, ReadError};
-use crate::relay::{Ended, Relay};
-use crate::slots::{AtAccept, Pending, Slots};
-use crate::state::{unix_now, Trust, TrustWatch};
-use crate::tls::HandshakeFailure;
+use crate::server::slots::{AtAccept, Pending, Slots};
+use crate::transport::packet_io::{self, ReadError};
+use crate::transport::relay::{Ended, Relay};
+use crate::trust::cert::CertInfo;
+use crate::trust::verifier::HandshakeFailure;
+use crate::trust::{unix_now, Trust, TrustWatch};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// How long a stopping session may take to reach a broker packet boundary before it is
@@ -825,7 +825,7 @@ fn still_allowed(trust: &Trust, tls: &TlsConn, session: &Session) -> Option<i64>
 mod tests {
     use super::*;
     use crate::auth::IdentitySource;
-    use crate::registry::Scheme;
+    use crate::trust::registry::Scheme;
 
     fn identity(name: &str) -> Identity {
         Identity {

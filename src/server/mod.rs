@@ -1,6 +1,10 @@
 //! The accept loop, the connection limit, reloads and the shutdown sequence. One
 //! connection's story is in `connection.rs`; this file only starts and stops them.
 
+pub mod admin;
+pub mod os_limits;
+pub mod slots;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +19,8 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::connection::{self, Ctx, Lifecycle};
 use crate::metrics::Metrics;
-use crate::slots::{AtAccept, Slots};
-use crate::state::{self, LoadError, Trust};
+use crate::server::slots::{AtAccept, Slots};
+use crate::trust::{self, LoadError, Trust};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,8 +75,8 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         warn_skipped(&trust);
         metrics.observe_trust(&trust);
-        metrics.last_reload.set(state::unix_now());
-        let (trust_tx, trust_rx) = state::publish(trust);
+        metrics.last_reload.set(trust::unix_now());
+        let (trust_tx, trust_rx) = trust::publish(trust);
         let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Running);
         let slots = Slots::new(&config.limits);
         let ctx = Arc::new(Ctx {
@@ -102,7 +106,7 @@ impl Server {
         // Readiness needs a first answer before the listener is announced.
         server.check_upstream().await;
         let mut background = vec![
-            tokio::spawn(crate::admin::serve(
+            tokio::spawn(crate::server::admin::serve(
                 admin,
                 server.clone(),
                 server.config.admin_max_connections,
@@ -180,7 +184,7 @@ impl Server {
                         result: "success",
                     })
                     .inc();
-                self.metrics.last_reload.set(state::unix_now());
+                self.metrics.last_reload.set(trust::unix_now());
                 info!(generation, "reloaded");
                 Ok(generation)
             }
@@ -238,8 +242,8 @@ fn warn_skipped(trust: &Trust) {
 /// 128, which a fleet reconnecting at once overflows into SYN retries), with SO_REUSEADDR
 /// as tokio's bind sets it.
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let max = crate::os_limits::somaxconn();
-    let effective = crate::os_limits::effective_backlog(backlog, max);
+    let max = crate::server::os_limits::somaxconn();
+    let effective = crate::server::os_limits::effective_backlog(backlog, max);
     if effective < backlog {
         warn!(
             listen_backlog = backlog,
@@ -422,7 +426,7 @@ mod tests {
 
     #[test]
     fn unchanged_files_are_not_read_again() {
-        let tmp = crate::cert::tests::TempDir::new("watch-unchanged");
+        let tmp = crate::trust::cert::tests::TempDir::new("watch-unchanged");
         let files = vec![tmp.path("a.json"), tmp.path("b.pem")];
         std::fs::write(&files[0], "[]").unwrap();
         std::fs::write(&files[1], "pem").unwrap();
@@ -435,7 +439,7 @@ mod tests {
 
     #[test]
     fn same_size_edit_with_the_mtime_restored_is_seen() {
-        let tmp = crate::cert::tests::TempDir::new("watch-mtime");
+        let tmp = crate::trust::cert::tests::TempDir::new("watch-mtime");
         let files = vec![tmp.path("clients.json")];
         std::fs::write(&files[0], "[1]").unwrap();
         let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
@@ -458,7 +462,7 @@ mod tests {
 
     #[test]
     fn swapped_data_symlink_is_seen_and_a_touch_alone_does_not_reload() {
-        let tmp = crate::cert::tests::TempDir::new("watch-symlink");
+        let tmp = crate::trust::cert::tests::TempDir::new("watch-symlink");
         let (v1, v2) = (tmp.path("v1"), tmp.path("v2"));
         std::fs::create_dir_all(&v1).unwrap();
         std::fs::create_dir_all(&v2).unwrap();

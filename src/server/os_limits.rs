@@ -2,6 +2,9 @@
 //! `net.core.somaxconn`) and the open-files limit. The arithmetic is pure and tested here;
 //! the two system calls and the /proc read are thin wrappers around it.
 
+// The lints table denies unsafe code; this module is one of the two exceptions: getrlimit/setrlimit have no safe wrapper in std.
+#![allow(unsafe_code)]
+
 use std::io;
 
 use crate::config::Config;

@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mqtt::PacketBoundary;
-use crate::pool;
+use crate::transport::pool;
 
 /// One direction of the copy.
 #[derive(Default, Debug)]

@@ -28,7 +28,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::pool;
+use crate::transport::pool;
 
 /// The receive buffer is one pooled record buffer (`pool::SIZE`); handshake messages (a
 /// client's certificate chain) may be larger, and rustls itself refuses anything over 64 KiB.
@@ -490,7 +490,7 @@ impl<IO> Drop for TlsConn<IO> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     //! Against a real rustls client over an in-memory pipe: a small pipe so every flight
     //! and record crosses it in pieces.
@@ -506,7 +506,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::pki::{Ca, LeafSpec};
+    use crate::cli::pki::{Ca, LeafSpec};
 
     const PIPE: usize = 4096;
     const DEADLINE: Duration = Duration::from_secs(10);

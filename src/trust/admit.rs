@@ -26,10 +26,10 @@ use webpki::{
     RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
 };
 
-use crate::anchors::Anchors;
-use crate::cert::{CertInfo, Thumbprint};
 use crate::config::StaleCrl;
-use crate::tls::HandshakeFailure;
+use crate::trust::anchors::Anchors;
+use crate::trust::cert::{CertInfo, Thumbprint};
+use crate::trust::verifier::HandshakeFailure;
 
 /// Cached admissions per trust generation; past this the cache starts again empty, so a
 /// storm of distinct certificates costs bounded memory.
@@ -351,10 +351,10 @@ fn chain_key(chain: &[CertificateDer<'_>]) -> [u8; 32] {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use super::*;
-    use crate::pki::{self, Ca, LeafSpec};
+    use crate::cli::pki::{self, Ca, LeafSpec};
     use std::path::Path;
 
     fn trust_with(cas: &[&Ca], pins: &[&pki::Issued], crls: Vec<String>) -> CertTrust {
@@ -376,7 +376,7 @@ mod tests {
             pins.iter().map(|i| Thumbprint::of(&i.der)).collect(),
             crls,
             StaleCrl::Refuse,
-            crate::tls::provider().signature_verification_algorithms,
+            crate::trust::verifier::provider().signature_verification_algorithms,
         )
         .unwrap()
     }
@@ -390,7 +390,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        crate::state::unix_now()
+        crate::trust::unix_now()
     }
 
     #[test]

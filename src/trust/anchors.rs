@@ -10,7 +10,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 
-use crate::cert::{CertError, CertInfo};
+use crate::trust::cert::{CertError, CertInfo};
 
 #[derive(Clone, Debug)]
 pub struct Anchor {
@@ -197,7 +197,7 @@ impl Anchors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::tests::TempDir;
+    use crate::trust::cert::tests::TempDir;
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     };

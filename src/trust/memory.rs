@@ -6,6 +6,9 @@
 //! Measured with `scripts/bench.sh registry` (100,000 clients, 29.8 MiB file): see the
 //! README's "Sizing" section for the figures with and without the trim.
 
+// The lints table denies unsafe code; this module is one of the two exceptions: glibc's malloc_trim has no safe wrapper.
+#![allow(unsafe_code)]
+
 /// Returns free pages of every arena to the OS. A no-op where the C library is not glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -3,6 +3,13 @@
 //! either replaces all of it or none of it. Connections hold an `Arc<Trust>` and are told
 //! through a `watch` channel when a new one is published.
 
+pub mod admit;
+pub mod anchors;
+pub mod cert;
+pub mod memory;
+pub mod registry;
+pub mod verifier;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,15 +20,15 @@ use rustls::pki_types::CertificateRevocationListDer;
 use tokio::sync::watch;
 use x509_parser::prelude::FromDer;
 
-use crate::admit::{admit, Admitted, CertFailure, CertTrust};
-use crate::anchors::{AnchorError, Anchors};
+use self::admit::{admit, Admitted, CertFailure, CertTrust};
+use self::anchors::{AnchorError, Anchors};
+use self::cert::CertInfo;
+use self::registry::Scheme;
+use self::registry::{Registry, RegistryError};
+use self::verifier::{ClientVerifier, TlsError};
 use crate::auth::Policy;
 use crate::auth::{self, Denial, Identity, Peer};
-use crate::cert::CertInfo;
 use crate::config::Config;
-use crate::registry::Scheme;
-use crate::registry::{Registry, RegistryError};
-use crate::tls::{self, ClientVerifier, TlsError};
 use rustls::pki_types::{CertificateDer, UnixTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +104,7 @@ impl Trust {
             .into_iter()
             .flatten()
             .collect();
-        let provider = tls::provider();
+        let provider = verifier::provider();
         let certs = Arc::new(
             CertTrust::new(
                 &anchors,
@@ -112,12 +119,12 @@ impl Trust {
             })?,
         );
         let verifier = Arc::new(ClientVerifier::new(certs.clone()));
-        let (chain, key) = tls::load_server_identity(&config.server_cert, &config.server_key)?;
+        let (chain, key) = verifier::load_server_identity(&config.server_cert, &config.server_key)?;
         let server_cert = CertInfo::parse(&chain[0]).map_err(|e| TlsError::File {
             file: config.server_cert.display().to_string(),
             message: e.to_string(),
         })?;
-        let server = tls::server_config(chain, key, verifier, config.min_tls, provider)?;
+        let server = verifier::server_config(chain, key, verifier, config.min_tls, provider)?;
         Ok(Trust {
             generation,
             registry,

@@ -27,7 +27,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::cert::{Thumbprint, ThumbprintError};
+use crate::trust::cert::{Thumbprint, ThumbprintError};
 
 /// How a client's certificate is checked (Azure's `validationScheme`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,7 +170,7 @@ impl Drop for Registry {
         if large {
             // The previous generation after a reload: give its pages back to the OS now
             // rather than keep them in this thread's arena (see memory.rs for the numbers).
-            crate::memory::release_free_memory();
+            crate::trust::memory::release_free_memory();
         }
     }
 }
@@ -412,7 +412,7 @@ impl Registry {
         registry.thumbprints.shrink_to_fit();
         if registry.len() >= TRIM_AFTER_CLIENTS {
             // The per-entry JSON values were freed between the clients' allocations.
-            crate::memory::release_free_memory();
+            crate::trust::memory::release_free_memory();
         }
         Ok(registry)
     }
@@ -1475,7 +1475,7 @@ mod tests {
 
     #[test]
     fn load_reads_the_file_and_names_it_in_errors() {
-        let tmp = crate::cert::tests::TempDir::new("registry-load");
+        let tmp = crate::trust::cert::tests::TempDir::new("registry-load");
         let path = tmp.path("clients.json");
         std::fs::write(&path, spec_example()).unwrap();
         assert_eq!(Registry::load(&path, DEFAULT_MAX_BYTES).unwrap().len(), 2);
@@ -1488,7 +1488,7 @@ mod tests {
 
     #[test]
     fn file_over_max_bytes_is_refused_naming_the_file_and_the_field() {
-        let tmp = crate::cert::tests::TempDir::new("registry-cap");
+        let tmp = crate::trust::cert::tests::TempDir::new("registry-cap");
         let path = tmp.path("clients.json");
         std::fs::write(&path, spec_example()).unwrap();
         let size = std::fs::metadata(&path).unwrap().len();

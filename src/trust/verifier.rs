@@ -14,8 +14,8 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 
-use crate::admit::{admit, CertFailure, CertTrust};
 use crate::config::TlsVersion;
+use crate::trust::admit::{admit, CertFailure, CertTrust};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use mqttgate::cli::pki::{self, Ca, Issued, LeafSpec};
 use mqttgate::config::Config;
-use mqttgate::pki::{self, Ca, Issued, LeafSpec};
 use mqttgate::server::Server;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
@@ -380,7 +380,7 @@ pub async fn tls_connect(
     let mut certs = vec![CertificateDer::from(leaf.der.clone())];
     certs.extend(chain.iter().map(|c| CertificateDer::from(c.der.clone())));
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(mqttgate::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(mqttgate::trust::verifier::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
@@ -464,7 +464,7 @@ pub fn thumbprint_client(name: &str, thumbprints: &[String]) -> String {
 }
 
 pub fn thumbprint_of(i: &Issued) -> String {
-    mqttgate::cert::Thumbprint::of(&i.der).to_string()
+    mqttgate::trust::cert::Thumbprint::of(&i.der).to_string()
 }
 
 pub fn leaf(cn: &str) -> LeafSpec {
