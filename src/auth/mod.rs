@@ -3,6 +3,8 @@
 //! it. Pure: no I/O, no clock. The handshake already proved possession of the private key
 //! and checked the leaf's dates, chain or pin; this module only applies the registry.
 
+pub mod rewrite;
+
 use std::net::IpAddr;
 
 use crate::trust::cert::CertInfo;
@@ -71,6 +73,41 @@ impl IdentitySource {
     }
 }
 
+/// How a client authenticates: one variant per method. Certificates today; JWT and webhook
+/// authentication (SPEC §9) are the next variants. A closed set, so every metric label and
+/// `explain` branch is exhaustive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// A client certificate, admitted by `trust::admit`, and the registry (SPEC §1–§2).
+    Certificate,
+}
+
+impl Method {
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Certificate => "certificate",
+        }
+    }
+}
+
+/// What a client presented to prove who it is, one variant per [`Method`].
+#[derive(Clone, Copy, Debug)]
+pub enum Credentials<'a> {
+    /// The chain from its TLS handshake (leaf first) and its CONNECT username.
+    Certificate {
+        chain: &'a [rustls::pki_types::CertificateDer<'static>],
+        username: Option<&'a str>,
+    },
+}
+
+impl Credentials<'_> {
+    pub fn method(&self) -> Method {
+        match self {
+            Credentials::Certificate { .. } => Method::Certificate,
+        }
+    }
+}
+
 /// The namespace-wide settings the decision needs.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -95,8 +132,10 @@ pub struct Identity {
     pub scheme: Scheme,
     pub source: IdentitySource,
     /// Unix seconds after which the identity no longer holds: the certificate's notAfter,
-    /// or its chain's when the scheme relies on the chain (set by `Trust::decide`).
+    /// or its chain's when the scheme relies on the chain (set by `Trust::decide`); a
+    /// token's `exp` for the methods that come next.
     pub valid_until: i64,
+    pub method: Method,
 }
 
 /// Why a client was refused. Every variant gets the same CONNACK; the variant only goes
@@ -203,6 +242,7 @@ pub fn decide(
         scheme: client.scheme,
         source,
         valid_until: peer.cert.not_after,
+        method: Method::Certificate,
     })
 }
 

@@ -17,10 +17,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::CertificateError;
 
+use crate::auth::rewrite::upstream_connect;
 use crate::auth::{self, Identity, IdentitySource, Peer, SubjectMatch};
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::connection::upstream_connect;
 use crate::mqtt::code;
 use crate::mqtt::{Connect, Version};
 use crate::trust::admit::admit;
@@ -28,7 +28,7 @@ use crate::trust::cert::format_time;
 use crate::trust::cert::CertInfo;
 use crate::trust::registry::{Scheme, State};
 use crate::trust::verifier::HandshakeFailure;
-use crate::trust::{unix_now, Trust};
+use crate::trust::{unix_now, Credentials, Trust};
 
 /// The outcome of `explain`: the report, and whether the client would be let through.
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ pub fn explain_loaded(
 
     // The answer: `Trust::decide`, what a live connection gets after its CONNECT. When the
     // handshake refuses, `auth::decide` shows what would follow for the parsed leaf.
-    let decision = match trust.decide(chain, username, at) {
+    let decision = match trust.decide(&Credentials::Certificate { chain, username }, at) {
         Ok((_, decision)) => decision,
         Err(_) => auth::decide(
             &Peer {

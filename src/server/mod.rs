@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::connection::{self, Ctx, Lifecycle};
 use crate::metrics::Metrics;
 use crate::server::slots::{AtAccept, Slots};
+use crate::transport::Peer;
 use crate::trust::{self, LoadError, Trust};
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +377,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             }
         };
         server.metrics.accepted.inc();
+        let peer = Peer::direct(peer);
         let pending = match server.slots.admit(permit, peer.ip()) {
             Ok(p) => p,
             Err(why) => {

@@ -5,3 +5,119 @@ pub mod packet_io;
 pub mod pool;
 pub mod relay;
 pub mod tls_io;
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use self::tls_io::TlsConn;
+
+/// The client's byte stream after its handshake, whatever carries it. Every phase after the
+/// handshake and the relay take this type, so a transport is one more variant here (MQTT
+/// over WebSockets next, SPEC §8), not another copy of the connection path.
+pub enum ClientStream {
+    /// MQTT directly over TLS (port 8883).
+    Tls(TlsConn),
+}
+
+impl ClientStream {
+    /// The certificate chain the client presented in its handshake, leaf first.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        match self {
+            ClientStream::Tls(t) => t.peer_certificates(),
+        }
+    }
+
+    /// The negotiated TLS version and cipher suite, for the audit log.
+    pub fn tls_facts(&self) -> (String, String) {
+        match self {
+            ClientStream::Tls(t) => tls_facts(t),
+        }
+    }
+
+    /// The transport's metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClientStream::Tls(_) => "tls",
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tls(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tls(t) => Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tls(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tls(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
+}
+
+fn tls_facts(tls: &TlsConn) -> (String, String) {
+    (
+        tls.protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        tls.negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default(),
+    )
+}
+
+/// Where a client connects from: the accepted socket's address, or, behind a load balancer
+/// speaking the PROXY protocol, the address its header carries (SPEC §8). Logs, the audit
+/// log and the denial rate limiter all use [`Peer::addr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The proxy the connection came through, when a PROXY header named another address.
+    pub via: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A client that connected to mqttgate itself.
+    pub fn direct(addr: SocketAddr) -> Peer {
+        Peer { addr, via: None }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}

@@ -26,10 +26,11 @@ use self::cert::CertInfo;
 use self::registry::Scheme;
 use self::registry::{Registry, RegistryError};
 use self::verifier::{ClientVerifier, TlsError};
+pub use crate::auth::Credentials;
 use crate::auth::Policy;
 use crate::auth::{self, Denial, Identity, Peer};
 use crate::config::Config;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::UnixTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -146,25 +147,28 @@ impl Trust {
     /// re-decision of live sessions and `explain` all call this, with the newest state.
     pub fn decide(
         &self,
-        chain: &[CertificateDer<'_>],
-        username: Option<&str>,
+        credentials: &Credentials<'_>,
         now: UnixTime,
     ) -> Result<(Admitted, Result<Identity, Denial>), CertFailure> {
-        let admitted = admit(chain, &self.certs, now)?;
-        let decision = auth::decide(
-            &Peer {
-                cert: &admitted.leaf,
-                chains: admitted.chains(),
-            },
-            username,
-            &self.registry,
-            &self.policy,
-        )
-        .map(|mut id| {
-            id.valid_until = admitted.valid_until(id.scheme != Scheme::ThumbprintMatch);
-            id
-        });
-        Ok((admitted, decision))
+        match *credentials {
+            Credentials::Certificate { chain, username } => {
+                let admitted = admit(chain, &self.certs, now)?;
+                let decision = auth::decide(
+                    &Peer {
+                        cert: &admitted.leaf,
+                        chains: admitted.chains(),
+                    },
+                    username,
+                    &self.registry,
+                    &self.policy,
+                )
+                .map(|mut id| {
+                    id.valid_until = admitted.valid_until(id.scheme != Scheme::ThumbprintMatch);
+                    id
+                });
+                Ok((admitted, decision))
+            }
+        }
     }
 }
 

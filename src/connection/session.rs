@@ -1,0 +1,141 @@
+//! A live session: the relay both ways, re-decided on every reload, ended at its
+//! identity's validity end, at shutdown, or when one side lingers past the other's close.
+
+use std::time::Duration;
+
+use rustls::pki_types::UnixTime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::outcome::Closed;
+use super::{Ctx, Lifecycle, Opened, Session};
+use crate::auth;
+use crate::metrics;
+use crate::mqtt::{self, Version};
+use crate::transport::relay::{Ended, Relay};
+use crate::transport::ClientStream;
+use crate::trust::{unix_now, Credentials, Trust};
+
+/// How long a stopping session may take to reach a broker packet boundary before it is
+/// closed without a DISCONNECT.
+const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
+
+/// Phase 6: relay both ways until a side closes, re-deciding the session on every reload
+/// and ending it when its identity's validity ends (certificate or CA notAfter) or at
+/// shutdown.
+pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
+    let Opened {
+        client,
+        upstream,
+        relay,
+        session,
+        trust_rx,
+        ..
+    } = open;
+    let version = session.version;
+    let mut lifecycle = ctx.lifecycle.clone();
+    let expiry = tokio::time::sleep_until(expiry_instant(session.identity.valid_until));
+    tokio::pin!(expiry);
+    // Armed once one side has closed: the other side gets `limits.linger` to close too.
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    let mut lingering = false;
+
+    let stop = loop {
+        tokio::select! {
+            ended = relay.run(&mut *client, &mut *upstream) => {
+                return match ended {
+                    Ended::HalfClosed => {
+                        linger.as_mut().reset(tokio::time::Instant::now() + ctx.limits.linger);
+                        lingering = true;
+                        continue;
+                    }
+                    Ended::Client => Closed::Client,
+                    Ended::Upstream => Closed::Upstream,
+                    Ended::Error(_) => Closed::Error,
+                };
+            }
+            _ = &mut linger, if lingering => {
+                // The side still open is closed when the session's sockets are dropped.
+                let client_first = relay.first_to_close() == Some(true);
+                let side = if client_first { "upstream" } else { "client" };
+                ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
+                return if client_first { Closed::Client } else { Closed::Upstream };
+            }
+            changed = trust_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let trust = trust_rx.borrow_and_update().clone();
+                match still_allowed(&trust, client, session) {
+                    Some(valid_until) => expiry.as_mut().reset(expiry_instant(valid_until)),
+                    None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
+                }
+            }
+            _ = &mut expiry => break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION),
+            changed = lifecycle.changed() => {
+                let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
+                match state {
+                    Lifecycle::Running => {}
+                    Lifecycle::Draining if version != Version::V5 => {}
+                    _ => break (Closed::Shutdown, mqtt::code::V5_SERVER_SHUTTING_DOWN),
+                }
+            }
+        }
+    };
+    let (closed, reason) = stop;
+    end_session(relay, client, upstream, version, reason, ctx.limits.linger).await;
+    closed
+}
+
+/// The first instant past `valid_until` (unix seconds): validity ends after that second.
+fn expiry_instant(valid_until: i64) -> tokio::time::Instant {
+    let left = valid_until.saturating_sub(unix_now()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(left + 1)
+}
+
+/// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an
+/// MQTT 5 client why, close both sides.
+async fn end_session(
+    relay: &mut Relay,
+    client: &mut ClientStream,
+    upstream: &mut TcpStream,
+    version: Version,
+    reason: u8,
+    linger: Duration,
+) {
+    let at_boundary = matches!(
+        timeout(BOUNDARY_GRACE, relay.finish_at_boundary(client, upstream)).await,
+        Ok(Ok(()))
+    );
+    let _ = timeout(linger, async {
+        if at_boundary && version == Version::V5 {
+            client.write_all(&mqtt::disconnect_v5(reason)).await?;
+        }
+        client.shutdown().await
+    })
+    .await;
+    let _ = upstream.shutdown().await;
+}
+
+/// SPEC §5: is this session still allowed under the new trust state, as the same
+/// identity? Its new validity end when it is.
+fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Option<i64> {
+    let chain = client.peer_certificates()?;
+    let (_, decision) = trust
+        .decide(
+            &Credentials::Certificate {
+                chain,
+                username: session.username.as_deref(),
+            },
+            UnixTime::now(),
+        )
+        .ok()?;
+    let id = decision.ok()?;
+    auth::same_name(
+        &id.authentication_name,
+        &session.identity.authentication_name,
+    )
+    .then_some(id.valid_until)
+}
