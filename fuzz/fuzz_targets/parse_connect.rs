@@ -10,7 +10,7 @@ const MAX_LEN: usize = 65536;
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((connect, consumed))) = parse_connect(data, MAX_LEN) {
         assert!(consumed <= data.len() && consumed <= MAX_LEN);
-        let encoded = connect.encode();
+        let encoded = connect.encode().expect("a CONNECT that parsed re-encodes");
         assert_eq!(encoded.len(), connect.encoded_len());
         // Only minimal encodings are accepted, so the bytes come back exactly.
         assert_eq!(encoded, data[..consumed]);
