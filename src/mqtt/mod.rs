@@ -6,6 +6,8 @@
 //! The parser accepts exactly the minimally encoded CONNECTs, so for every packet it
 //! accepts, `encode` gives back the same bytes; a rewrite changes only the fields it sets.
 
+pub mod properties;
+
 use thiserror::Error;
 
 const CONNECT: u8 = 0x10;
@@ -466,6 +468,26 @@ fn properties_len(properties: &[u8]) -> usize {
 }
 
 impl Connect {
+    /// The v5 Authentication Method property (SPEC §9: `CUSTOM-JWT`), if the client sent one.
+    pub fn authentication_method(&self) -> Result<Option<&str>, properties::PropertyError> {
+        Ok(
+            match properties::find(&self.properties, properties::id::AUTHENTICATION_METHOD)? {
+                Some(properties::Value::Str(s)) => Some(s),
+                _ => None,
+            },
+        )
+    }
+
+    /// The v5 Authentication Data property, if the client sent one.
+    pub fn authentication_data(&self) -> Result<Option<&[u8]>, properties::PropertyError> {
+        Ok(
+            match properties::find(&self.properties, properties::id::AUTHENTICATION_DATA)? {
+                Some(properties::Value::Binary(b)) => Some(b),
+                _ => None,
+            },
+        )
+    }
+
     fn remaining_len(&self) -> usize {
         let v5 = self.version == Version::V5;
         let mut len = 2 + self.version.protocol_name().len() + 1 + 1 + 2;
