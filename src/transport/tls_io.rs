@@ -170,36 +170,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
         let step = match state.map_err(invalid)? {
             ConnectionState::ReadTraffic(mut records) => {
                 while let Some(record) = records.next_record() {
-                    let AppDataRecord {
-                        discard: d,
-                        payload,
-                    } = record.map_err(invalid)?;
-                    discard += d;
-                    let mut rest: &[u8] = payload;
-                    if let Some(buf) = dst.as_deref_mut() {
-                        let k = rest.len().min(buf.remaining());
-                        buf.put_slice(&rest[..k]);
-                        rest = &rest[k..];
-                    }
-                    plain.extend_from_slice(rest);
+                    discard += deliver(record.map_err(invalid)?, dst.as_deref_mut(), plain);
                 }
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut enc) => {
                 // rustls has already dequeued this record: it goes into the buffer now or
                 // is lost, so make room instead of flushing first.
-                let ob = outb.get_or_insert_with(pool::take);
-                let n = match enc.encode(&mut ob[*out_end..]) {
-                    Ok(n) => n,
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        make_room(outb, out_pos, out_end, required_size);
-                        let ob = outb.as_mut().expect("make_room leaves a buffer");
-                        enc.encode(&mut ob[*out_end..])
-                            .map_err(|e| io::Error::other(e.to_string()))?
-                    }
-                    Err(e) => return Err(io::Error::other(e.to_string())),
+                let mut out = Out {
+                    buf: outb,
+                    pos: out_pos,
+                    end: out_end,
                 };
-                *out_end += n;
+                out.put(
+                    false,
+                    |b| enc.encode(b),
+                    |e| match e {
+                        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                            Some(*required_size)
+                        }
+                        _ => None,
+                    },
+                )?;
                 Step::Again
             }
             ConnectionState::TransmitTlsData(t) => {
@@ -213,30 +205,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
             ConnectionState::BlockedHandshake => Step::Read,
             ConnectionState::WriteTraffic(mut w) => match src {
                 Some(data) if !data.is_empty() => {
-                    let ob = outb.get_or_insert_with(pool::take);
-                    match w.encrypt(data, &mut ob[*out_end..]) {
-                        Ok(n) => {
-                            *out_end += n;
-                            Step::Wrote(data.len())
-                        }
-                        // Nothing was consumed: send what is buffered, then try again.
-                        Err(EncryptError::InsufficientSize(_)) if *out_end > *out_pos => {
-                            Step::Flush
-                        }
-                        // More than one record's worth at once (a queued KeyUpdate ahead
-                        // of the data): a bigger buffer for this write only.
-                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => {
-                            make_room(outb, out_pos, out_end, required_size);
-                            let ob = outb.as_mut().expect("make_room leaves a buffer");
-                            let n = w
-                                .encrypt(data, &mut ob[*out_end..])
-                                .map_err(|e| io::Error::other(e.to_string()))?;
-                            *out_end += n;
-                            Step::Wrote(data.len())
-                        }
-                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    let mut out = Out {
+                        buf: outb,
+                        pos: out_pos,
+                        end: out_end,
+                    };
+                    // Nothing is consumed when there is no room: with bytes buffered, send
+                    // those first and try again; with none (a queued KeyUpdate ahead of the
+                    // data makes more than a record's worth), make room for this write.
+                    let flush_first = *out.end > *out.pos;
+                    let wrote = out.put(
+                        flush_first,
+                        |b| w.encrypt(data, b),
+                        |e| match e {
+                            EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            }) => Some(*required_size),
+                            _ => None,
+                        },
+                    )?;
+                    if wrote {
+                        Step::Wrote(data.len())
+                    } else {
+                        Step::Flush
                     }
                 }
                 _ => Step::Idle,
@@ -336,6 +327,55 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
 /// Makes `required` bytes free after the unsent bytes `pos..end` of the output buffer:
 /// moves them to the front when that is enough, else into a bigger buffer (which goes back
 /// to the allocator, not the pool, once sent).
+/// Hands an application-data record's plaintext to the reader's buffer, keeping what does
+/// not fit for the next read; returns the bytes rustls may discard.
+fn deliver(record: AppDataRecord<'_>, dst: Option<&mut ReadBuf<'_>>, plain: &mut Vec<u8>) -> usize {
+    let mut rest: &[u8] = record.payload;
+    if let Some(buf) = dst {
+        let k = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..k]);
+        rest = &rest[k..];
+    }
+    plain.extend_from_slice(rest);
+    record.discard
+}
+
+/// The encrypted-bytes buffer, borrowed from the connection while rustls writes into it.
+struct Out<'a> {
+    buf: &'a mut Option<Box<[u8]>>,
+    pos: &'a mut usize,
+    end: &'a mut usize,
+}
+
+impl Out<'_> {
+    /// Lets `write` fill the free end of the buffer. When it needs more room (`needs` says
+    /// how much): with `flush_first`, returns false having written nothing (only valid when
+    /// `write` consumed nothing, as encryption does); otherwise makes that room and writes
+    /// again, so an already-dequeued record is never dropped.
+    fn put<E: std::fmt::Display>(
+        &mut self,
+        flush_first: bool,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        needs: impl Fn(&E) -> Option<usize>,
+    ) -> io::Result<bool> {
+        let ob = self.buf.get_or_insert_with(pool::take);
+        let n = match write(&mut ob[*self.end..]) {
+            Ok(n) => n,
+            Err(e) => {
+                let required = needs(&e).ok_or_else(|| io::Error::other(e.to_string()))?;
+                if flush_first {
+                    return Ok(false);
+                }
+                make_room(self.buf, self.pos, self.end, required);
+                let ob = self.buf.as_mut().expect("make_room leaves a buffer");
+                write(&mut ob[*self.end..]).map_err(|e| io::Error::other(e.to_string()))?
+            }
+        };
+        *self.end += n;
+        Ok(true)
+    }
+}
+
 fn make_room(outb: &mut Option<Box<[u8]>>, pos: &mut usize, end: &mut usize, required: usize) {
     let ob = outb.get_or_insert_with(pool::take);
     let pending = *end - *pos;
