@@ -15,6 +15,8 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# A workspace member: cargo reads its manifest even when building only mqttgate.
+COPY tools ./tools
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin mqttgate \
  && cp target/x86_64-unknown-linux-gnu/release/mqttgate /mqttgate
