@@ -1216,10 +1216,7 @@ mod tests {
         assert_eq!(sensor.scheme, Scheme::DnsMatchesAuthenticationName);
         assert_eq!(sensor.state, State::Enabled);
         assert!(sensor.thumbprints.is_empty());
-        assert_eq!(
-            sensor.description,
-            Some("line 3 vibration sensor")
-        );
+        assert_eq!(sensor.description, Some("line 3 vibration sensor"));
         assert_eq!(
             sensor.attributes.get("room").unwrap(),
             AttributeValue::String("345".into())
