@@ -1630,6 +1630,56 @@ mod tests {
     }
 
     #[test]
+    fn attributes_read_back_as_given_in_key_order() {
+        let long = "x".repeat(300); // a length that takes two bytes to encode
+        let json = format!(
+            r#"[{{"name": "a", "properties": {{"attributes": {{"z": {}, "a": {}, "s": "{long}",
+                "u": "Ärger ☃", "e": "", "t": ["", "{long}", "b"], "b": false}}}}}},
+                {{"name": "b"}}]"#,
+            i64::MIN,
+            i64::MAX
+        );
+        let registry = load(&json).unwrap();
+        let attrs = registry.clients().get(0).unwrap().attributes;
+        let read: Vec<(&str, AttributeValue)> = attrs.iter().collect();
+        assert_eq!(
+            read,
+            [
+                ("a", AttributeValue::Int(i64::MAX)),
+                ("b", AttributeValue::Bool(false)),
+                ("e", AttributeValue::String(String::new())),
+                ("s", AttributeValue::String(long.clone())),
+                (
+                    "t",
+                    AttributeValue::Strings(vec![String::new(), long.clone(), "b".into()])
+                ),
+                ("u", AttributeValue::String("Ärger ☃".into())),
+                ("z", AttributeValue::Int(i64::MIN)),
+            ]
+        );
+        assert_eq!(attrs.len(), 7);
+        assert_eq!(attrs.get("missing"), None);
+        let none = registry.clients().get(1).unwrap().attributes;
+        assert!(none.is_empty());
+        assert_eq!(none.iter().count(), 0);
+    }
+
+    #[test]
+    fn an_empty_description_is_not_an_absent_one() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"description": ""}},
+                {"name": "b", "properties": {"description": null}},
+                {"name": "c", "properties": {"description": "d"}}]"#,
+        )
+        .unwrap();
+        let descriptions: Vec<Option<&str>> =
+            registry.clients().iter().map(|c| c.description).collect();
+        assert_eq!(descriptions, [Some(""), None, Some("d")]);
+        let c = registry.get("C").unwrap();
+        assert_eq!((c.name, c.authentication_name), ("c", "c"));
+    }
+
+    #[test]
     fn attribute_keys_must_be_word_characters() {
         for key in ["room-no", "", "räum", "a b"] {
             let err = refused(&format!(
