@@ -261,9 +261,11 @@ pub struct Registry {
 pub struct Clients<'a>(&'a Registry);
 
 impl<'a> Clients<'a> {
-    pub fn iter(&self) -> impl Iterator<Item = Client<'a>> + 'a {
-        let registry = self.0;
-        registry.records.iter().map(move |r| registry.view(r))
+    pub fn iter(&self) -> ClientsIter<'a> {
+        ClientsIter {
+            registry: self.0,
+            records: self.0.records.iter(),
+        }
     }
 
     pub fn get(&self, i: usize) -> Option<Client<'a>> {
@@ -281,12 +283,31 @@ impl<'a> Clients<'a> {
 
 impl<'a> IntoIterator for Clients<'a> {
     type Item = Client<'a>;
-    type IntoIter = Box<dyn Iterator<Item = Client<'a>> + 'a>;
+    type IntoIter = ClientsIter<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+    fn into_iter(self) -> ClientsIter<'a> {
+        self.iter()
     }
 }
+
+pub struct ClientsIter<'a> {
+    registry: &'a Registry,
+    records: std::slice::Iter<'a, Record>,
+}
+
+impl<'a> Iterator for ClientsIter<'a> {
+    type Item = Client<'a>;
+
+    fn next(&mut self) -> Option<Client<'a>> {
+        self.records.next().map(|r| self.registry.view(r))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.records.size_hint()
+    }
+}
+
+impl ExactSizeIterator for ClientsIter<'_> {}
 
 /// Below this many clients freeing a registry returns too little to be worth a trim.
 const TRIM_AFTER_CLIENTS: usize = 1_000;
