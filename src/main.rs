@@ -98,6 +98,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: the arena limit binds only arenas created after it.
+    mqttgate::trust::memory::configure_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Explain {

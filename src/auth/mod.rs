@@ -229,7 +229,7 @@ pub fn decide(
             if !field_matches(
                 peer.cert,
                 other,
-                &client.authentication_name,
+                client.authentication_name,
                 policy.subject_match,
             ) {
                 return Err(deny(Denied::NameMismatch, scheme));
@@ -237,8 +237,8 @@ pub fn decide(
         }
     }
     Ok(Identity {
-        authentication_name: client.authentication_name.clone(),
-        client_name: client.name.clone(),
+        authentication_name: client.authentication_name.to_string(),
+        client_name: client.name.to_string(),
         scheme: client.scheme,
         source,
         valid_until: peer.cert.not_after,

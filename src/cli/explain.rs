@@ -126,7 +126,7 @@ pub fn explain_loaded(
         .clients()
         .iter()
         .filter(|c| c.thumbprints.contains(&cert.thumbprint))
-        .map(|c| c.name.as_str())
+        .map(|c| c.name)
         .collect();
     if trust.certs.is_pinned(leaf) {
         line(format!(
@@ -241,7 +241,7 @@ pub fn explain_loaded(
                     },
                     c.scheme
                 ));
-                line(scheme_check(&cert, c, chains, policy.subject_match));
+                line(scheme_check(&cert, &c, chains, policy.subject_match));
             }
         }
     }

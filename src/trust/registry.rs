@@ -15,7 +15,6 @@
 //! null for unset optional properties.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read};
@@ -92,6 +91,7 @@ pub enum State {
     Disabled,
 }
 
+/// An attribute's value, decoded from the registry's storage when asked for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttributeValue {
     Int(i64),
@@ -100,38 +100,58 @@ pub enum AttributeValue {
     Strings(Vec<String>),
 }
 
-#[derive(Clone, Debug)]
-pub struct Client {
-    pub name: String,
+/// One client, borrowed from the registry. The registry keeps no `Client` values: its
+/// clients are fixed-size records pointing into one text arena, so 100,000 clients are a
+/// handful of large allocations instead of ~10 small ones each (glibc's per-chunk overhead
+/// and the holes between them were a third of the resident size).
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    pub name: &'a str,
     /// Original case: this is what goes upstream.
-    pub authentication_name: String,
+    pub authentication_name: &'a str,
     pub scheme: Scheme,
     /// Primary then secondary, for `ThumbprintMatch`; empty for the other schemes.
-    pub thumbprints: Vec<Thumbprint>,
+    pub thumbprints: &'a [Thumbprint],
     pub state: State,
-    pub attributes: Attributes,
-    pub description: Option<String>,
+    pub attributes: Attributes<'a>,
+    pub description: Option<&'a str>,
 }
 
-/// A client's attributes, sorted by key: one allocation instead of a tree of nodes (a
-/// `BTreeMap` costs ~640 bytes for the first few entries, most of a small client's size).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Attributes(Box<[(Box<str>, AttributeValue)]>);
+/// A client's attributes, sorted by key, in the compact encoding `encode_attributes`
+/// writes: for each, the key (length-prefixed), a tag byte and the value. Few clients have
+/// more than a handful, and they are read only by `explain`, so a scan is enough.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Attributes<'a>(&'a [u8]);
 
-impl Attributes {
-    pub fn get(&self, key: &str) -> Option<&AttributeValue> {
-        self.0
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| &self.0[i].1)
+impl<'a> Attributes<'a> {
+    pub fn get(&self, key: &str) -> Option<AttributeValue> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &AttributeValue)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, AttributeValue)> {
+        let mut bytes = Bytes(self.0);
+        std::iter::from_fn(move || {
+            if bytes.0.is_empty() {
+                return None;
+            }
+            let key = bytes.str();
+            let value = match bytes.byte() {
+                TAG_INT => AttributeValue::Int(i64::from_le_bytes(
+                    bytes.take(8).try_into().expect("8 bytes"),
+                )),
+                TAG_BOOL => AttributeValue::Bool(bytes.byte() != 0),
+                TAG_STRING => AttributeValue::String(bytes.str().to_string()),
+                _ => {
+                    let n = bytes.varint();
+                    AttributeValue::Strings((0..n).map(|_| bytes.str().to_string()).collect())
+                }
+            };
+            Some((key, value))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,34 +159,169 @@ impl Attributes {
     }
 }
 
-impl std::ops::Index<&str> for Attributes {
-    type Output = AttributeValue;
+const TAG_INT: u8 = 0;
+const TAG_BOOL: u8 = 1;
+const TAG_STRING: u8 = 2;
+const TAG_STRINGS: u8 = 3;
 
-    fn index(&self, key: &str) -> &AttributeValue {
-        self.get(key).expect("attribute present")
+/// A reader over encoded attributes; the encoding is ours, so a short read is a bug.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        head
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.take(1)[0]
+    }
+
+    fn varint(&mut self) -> usize {
+        let mut n = 0;
+        let mut shift = 0;
+        loop {
+            let b = self.byte();
+            n |= usize::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    fn str(&mut self) -> &'a str {
+        let n = self.varint();
+        std::str::from_utf8(self.take(n)).expect("attributes hold UTF-8 written from a str")
     }
 }
 
-/// The loaded clients. The index holds positions in `clients`, not copies of the names:
-/// a name's key is computed again when a lookup lands on it, so each name is stored once.
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A range of one of the registry's arenas. u32 keeps a record at 40 bytes; the arenas
+/// are bounded by `registry.max_bytes` and checked against u32 while loading.
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
+    }
+}
+
+/// One client as stored: positions in the arenas instead of owned strings.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    name: Span,
+    /// The same span as `name` when the authentication name defaulted to it.
+    authentication_name: Span,
+    description: Span,
+    attributes: Span,
+    /// First of `thumbprint_count` entries in `Registry::thumbprints`.
+    thumbprints: u32,
+    thumbprint_count: u8,
+    has_description: bool,
+    scheme: Scheme,
+    state: State,
+}
+
+/// The loaded clients: records in one `Vec`, their strings in one text arena, attributes in
+/// one byte arena, thumbprints in one `Vec`. The index holds positions in `records`, not
+/// copies of the names: a name's key is computed again when a lookup lands on it, so each
+/// name is stored once.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    clients: Vec<Client>,
+    records: Vec<Record>,
+    text: String,
+    attributes: Vec<u8>,
+    thumbprints: Vec<Thumbprint>,
     index: HashTable<u32>,
+    /// Positions in `thumbprints` of each distinct thumbprint, for `has_thumbprint`.
+    pins: HashTable<u32>,
     hasher: std::hash::RandomState,
-    thumbprints: HashSet<Thumbprint>,
 }
+
+/// The clients of a registry, in file order.
+#[derive(Clone, Copy, Debug)]
+pub struct Clients<'a>(&'a Registry);
+
+impl<'a> Clients<'a> {
+    pub fn iter(&self) -> ClientsIter<'a> {
+        ClientsIter {
+            registry: self.0,
+            records: self.0.records.iter(),
+        }
+    }
+
+    pub fn get(&self, i: usize) -> Option<Client<'a>> {
+        self.0.records.get(i).map(|r| self.0.view(r))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.records.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for Clients<'a> {
+    type Item = Client<'a>;
+    type IntoIter = ClientsIter<'a>;
+
+    fn into_iter(self) -> ClientsIter<'a> {
+        self.iter()
+    }
+}
+
+pub struct ClientsIter<'a> {
+    registry: &'a Registry,
+    records: std::slice::Iter<'a, Record>,
+}
+
+impl<'a> Iterator for ClientsIter<'a> {
+    type Item = Client<'a>;
+
+    fn next(&mut self) -> Option<Client<'a>> {
+        self.records.next().map(|r| self.registry.view(r))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.records.size_hint()
+    }
+}
+
+impl ExactSizeIterator for ClientsIter<'_> {}
 
 /// Below this many clients freeing a registry returns too little to be worth a trim.
 const TRIM_AFTER_CLIENTS: usize = 1_000;
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let clients = std::mem::take(&mut self.clients);
-        let large = clients.len() >= TRIM_AFTER_CLIENTS;
-        drop(clients);
+        let large = self.records.len() >= TRIM_AFTER_CLIENTS;
+        // Freed here rather than after `drop` returns, so that the trim below sees them.
+        self.records = Vec::new();
+        self.text = String::new();
+        self.attributes = Vec::new();
+        self.thumbprints = Vec::new();
         self.index = HashTable::new();
-        self.thumbprints = HashSet::new();
+        self.pins = HashTable::new();
         if large {
             // The previous generation after a reload: give its pages back to the OS now
             // rather than keep them in this thread's arena (see memory.rs for the numbers).
@@ -403,46 +558,75 @@ impl Registry {
         }
         parsed.map_err(|source| RegistryError::Json { file, source })?;
         let mut registry = loader.registry;
-        registry.clients.shrink_to_fit();
-        registry.index.shrink_to_fit(|&i| {
-            registry
-                .hasher
-                .hash_one(name_key(&registry.clients[i as usize].authentication_name))
-        });
+        registry.records.shrink_to_fit();
+        registry.text.shrink_to_fit();
+        registry.attributes.shrink_to_fit();
         registry.thumbprints.shrink_to_fit();
+        let Registry {
+            records,
+            text,
+            thumbprints,
+            index,
+            pins,
+            hasher,
+            ..
+        } = &mut registry;
+        index.shrink_to_fit(|&i| {
+            hasher.hash_one(name_key(
+                &text[records[i as usize].authentication_name.range()],
+            ))
+        });
+        pins.shrink_to_fit(|&i| hasher.hash_one(thumbprints[i as usize]));
         if registry.len() >= TRIM_AFTER_CLIENTS {
-            // The per-entry JSON values were freed between the clients' allocations.
+            // The per-entry JSON values were freed between the arenas' growth steps.
             crate::trust::memory::release_free_memory();
         }
         Ok(registry)
     }
 
+    fn view(&self, r: &Record) -> Client<'_> {
+        let first = r.thumbprints as usize;
+        Client {
+            name: &self.text[r.name.range()],
+            authentication_name: &self.text[r.authentication_name.range()],
+            scheme: r.scheme,
+            thumbprints: &self.thumbprints[first..first + usize::from(r.thumbprint_count)],
+            state: r.state,
+            attributes: Attributes(&self.attributes[r.attributes.range()]),
+            description: r.has_description.then(|| &self.text[r.description.range()]),
+        }
+    }
+
     /// The client with this authentication name, compared by [`name_key`].
-    pub fn get(&self, authentication_name: &str) -> Option<&Client> {
+    pub fn get(&self, authentication_name: &str) -> Option<Client<'_>> {
         let key = name_key(authentication_name);
         self.index
             .find(self.hasher.hash_one(&key), |&i| {
-                key.is_key_of(&self.clients[i as usize].authentication_name)
+                key.is_key_of(&self.text[self.records[i as usize].authentication_name.range()])
             })
-            .map(|&i| &self.clients[i as usize])
+            .map(|&i| self.view(&self.records[i as usize]))
     }
 
     /// Whether any client lists this thumbprint; the TLS handshake admits such a
     /// certificate without a chain, and the client check after CONNECT decides the rest.
     pub fn has_thumbprint(&self, t: &Thumbprint) -> bool {
-        self.thumbprints.contains(t)
+        self.pins
+            .find(self.hasher.hash_one(t), |&i| {
+                self.thumbprints[i as usize] == *t
+            })
+            .is_some()
     }
 
-    pub fn clients(&self) -> &[Client] {
-        &self.clients
+    pub fn clients(&self) -> Clients<'_> {
+        Clients(self)
     }
 
     pub fn len(&self) -> usize {
-        self.clients.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
+        self.records.is_empty()
     }
 }
 
@@ -454,6 +638,15 @@ struct Loader<'a> {
     names: HashTable<u32>,
     /// The rule an entry broke; serde only carries a message, so the error waits here.
     refused: Option<RegistryError>,
+}
+
+/// Appends `s` to the text arena.
+fn push_text(text: &mut String, s: &str) -> Option<Span> {
+    let start = u32::try_from(text.len()).ok()?;
+    let len = u32::try_from(s.len()).ok()?;
+    start.checked_add(len)?;
+    text.push_str(s);
+    Some(Span { start, len })
 }
 
 impl Loader<'_> {
@@ -468,48 +661,50 @@ impl Loader<'_> {
     }
 
     fn add(&mut self, entry: &Value) -> Result<(), RegistryError> {
-        let index = self.registry.clients.len();
+        let index = self.registry.records.len();
         let file = self.file;
         let client = parse_entry(entry, index, file)?;
         let Registry {
-            clients,
-            index: by_name,
-            hasher,
+            records,
+            text,
+            attributes,
             thumbprints,
+            index: by_name,
+            pins,
+            hasher,
         } = &mut self.registry;
         let at = Ctx {
             file,
             entry: EntryRef {
                 index,
-                name: Some(client.name.clone()),
+                name: Some(client.name.to_string()),
             },
             prefix: "",
         };
-        // Array position equals position in `clients`: any error stops the load.
+        let name_of = |i: u32| &text[records[i as usize].name.range()];
+        // Array position equals position in `records`: any error stops the load.
         let other = |i: u32| EntryRef {
             index: i as usize,
-            name: Some(clients[i as usize].name.clone()),
+            name: Some(name_of(i).to_string()),
         };
         // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
-        let name = name_key(&client.name);
+        let name = name_key(client.name);
         let name_hash = hasher.hash_one(&name);
-        if let Some(&i) = self
-            .names
-            .find(name_hash, |&i| name.is_key_of(&clients[i as usize].name))
-        {
+        if let Some(&i) = self.names.find(name_hash, |&i| name.is_key_of(name_of(i))) {
             return Err(at.err(
                 "name",
                 Problem::Duplicate {
-                    value: client.name.clone(),
+                    value: client.name.to_string(),
                     other: other(i),
                     compared: name.compared(),
                 },
             ));
         }
-        let key = name_key(&client.authentication_name);
+        let authentication_name = client.authentication_name.unwrap_or(client.name);
+        let key = name_key(authentication_name);
         let key_hash = hasher.hash_one(&key);
         if let Some(&i) = by_name.find(key_hash, |&i| {
-            key.is_key_of(&clients[i as usize].authentication_name)
+            key.is_key_of(&text[records[i as usize].authentication_name.range()])
         }) {
             let field = if entry_is_flat(entry) {
                 "authenticationName"
@@ -519,31 +714,118 @@ impl Loader<'_> {
             return Err(at.err(
                 field,
                 Problem::Duplicate {
-                    value: client.authentication_name.clone(),
+                    value: authentication_name.to_string(),
                     other: other(i),
                     compared: key.compared(),
                 },
             ));
         }
-        let position = u32::try_from(index).map_err(|_| {
+
+        let too_large = || {
             at.err(
                 "",
                 Problem::Type {
-                    expected: "at most 4294967295 entries",
+                    expected: "at most 4294967295 entries and 4 GiB of text",
                     got: "more",
                 },
             )
-        })?;
+        };
+        let position = u32::try_from(index).map_err(|_| too_large())?;
+        let first_thumbprint = u32::try_from(thumbprints.len()).map_err(|_| too_large())?;
+        let name_span = push_text(text, client.name).ok_or_else(too_large)?;
+        let auth_span = match client.authentication_name {
+            None => name_span,
+            Some(given) => push_text(text, given).ok_or_else(too_large)?,
+        };
+        let description = match client.description {
+            None => Span::default(),
+            Some(d) => push_text(text, d).ok_or_else(too_large)?,
+        };
+        let attrs_start = u32::try_from(attributes.len()).map_err(|_| too_large())?;
+        encode_attributes(attributes, &client.attributes);
+        let attrs_len = u32::try_from(attributes.len())
+            .ok()
+            .and_then(|end| end.checked_sub(attrs_start))
+            .ok_or_else(too_large)?;
+        for t in &client.thumbprints {
+            let hash = hasher.hash_one(t);
+            if pins
+                .find(hash, |&i| thumbprints[i as usize] == *t)
+                .is_none()
+            {
+                let pos = u32::try_from(thumbprints.len()).map_err(|_| too_large())?;
+                pins.insert_unique(hash, pos, |&i| hasher.hash_one(thumbprints[i as usize]));
+            }
+            thumbprints.push(*t);
+        }
+        records.push(Record {
+            name: name_span,
+            authentication_name: auth_span,
+            description,
+            attributes: Span {
+                start: attrs_start,
+                len: attrs_len,
+            },
+            thumbprints: first_thumbprint,
+            // At most 2: checked by parse_certificate_authentication.
+            thumbprint_count: client.thumbprints.len() as u8,
+            has_description: client.description.is_some(),
+            scheme: client.scheme,
+            state: client.state,
+        });
         self.names.insert_unique(name_hash, position, |&i| {
-            hasher.hash_one(name_key(&clients[i as usize].name))
+            hasher.hash_one(name_key(&text[records[i as usize].name.range()]))
         });
         by_name.insert_unique(key_hash, position, |&i| {
-            hasher.hash_one(name_key(&clients[i as usize].authentication_name))
+            hasher.hash_one(name_key(
+                &text[records[i as usize].authentication_name.range()],
+            ))
         });
-        thumbprints.extend(client.thumbprints.iter().copied());
-        clients.push(client);
         Ok(())
     }
+}
+
+/// Writes sorted, checked attributes in the encoding [`Attributes`] reads.
+fn encode_attributes(out: &mut Vec<u8>, attrs: &[(&str, &Value)]) {
+    for (key, value) in attrs {
+        put_str(out, key);
+        match value {
+            Value::Number(n) => {
+                out.push(TAG_INT);
+                out.extend_from_slice(&n.as_i64().expect("checked").to_le_bytes());
+            }
+            Value::Bool(b) => {
+                out.push(TAG_BOOL);
+                out.push(u8::from(*b));
+            }
+            Value::String(s) => {
+                out.push(TAG_STRING);
+                put_str(out, s);
+            }
+            Value::Array(items) => {
+                out.push(TAG_STRINGS);
+                put_varint(out, items.len());
+                for item in items {
+                    put_str(out, item.as_str().expect("checked"));
+                }
+            }
+            _ => unreachable!("checked by is_attribute_value"),
+        }
+    }
+}
+
+/// One entry, checked, borrowing its strings from the entry's JSON value until `add`
+/// copies them into the arenas.
+struct Parsed<'v> {
+    name: &'v str,
+    /// `None` when it defaults to `name`, which then is stored once.
+    authentication_name: Option<&'v str>,
+    scheme: Scheme,
+    thumbprints: Vec<Thumbprint>,
+    state: State,
+    /// Sorted by key.
+    attributes: Vec<(&'v str, &'v Value)>,
+    description: Option<&'v str>,
 }
 
 /// The whole document: an array of entries, or an ARM list `{"value": [...]}`.
@@ -741,7 +1023,11 @@ fn entry_is_flat(entry: &Value) -> bool {
         .is_some_and(|obj| present(obj, "properties").is_none())
 }
 
-fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, RegistryError> {
+fn parse_entry<'v>(
+    entry: &'v Value,
+    index: usize,
+    file: &Path,
+) -> Result<Parsed<'v>, RegistryError> {
     let mut at = Ctx {
         file,
         entry: EntryRef { index, name: None },
@@ -753,9 +1039,9 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
     let name = match at.string(obj, "name")? {
         None => return Err(at.err("name", Problem::Missing)),
         Some("") => return Err(at.err("name", Problem::Empty)),
-        Some(name) => name.to_string(),
+        Some(name) => name,
     };
-    at.entry.name = Some(name.clone());
+    at.entry.name = Some(name.to_string());
 
     let props = match present(obj, "properties") {
         None => obj,
@@ -772,12 +1058,12 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
     let authentication_name = match at.string(props, "authenticationName")? {
         Some(given) => {
             check_length(given).map_err(|p| at.err("authenticationName", p))?;
-            given.to_string()
+            Some(given)
         }
         None => {
-            check_length(&name)
+            check_length(name)
                 .map_err(|p| at.err("authenticationName (defaulted from name)", p))?;
-            name.clone()
+            None
         }
     };
 
@@ -790,29 +1076,28 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
     };
 
     let attributes = match present(props, "attributes") {
-        None => Attributes::default(),
-        Some(Value::Object(attrs)) => attrs
-            .iter()
-            .map(|(key, value)| {
+        None => Vec::new(),
+        Some(Value::Object(attrs)) => {
+            let mut checked = Vec::with_capacity(attrs.len());
+            for (key, value) in attrs {
                 let field = format!("attributes[{key:?}]");
                 if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                     return Err(at.err(&field, Problem::AttributeKey));
                 }
-                let value = attribute_value(value)
-                    .ok_or_else(|| at.err(&field, Problem::AttributeValue))?;
-                Ok((key.as_str().into(), value))
-            })
-            .collect::<Result<Vec<(Box<str>, AttributeValue)>, _>>()
-            .map(|mut attrs| {
-                attrs.sort_by(|a, b| a.0.cmp(&b.0));
-                Attributes(attrs.into_boxed_slice())
-            })?,
+                if !is_attribute_value(value) {
+                    return Err(at.err(&field, Problem::AttributeValue));
+                }
+                checked.push((key.as_str(), value));
+            }
+            checked.sort_by(|a, b| a.0.cmp(b.0));
+            checked
+        }
         Some(other) => return Err(at.type_err("attributes", "an object", other)),
     };
 
-    let description = at.string(props, "description")?.map(str::to_string);
+    let description = at.string(props, "description")?;
 
-    Ok(Client {
+    Ok(Parsed {
         name,
         authentication_name,
         scheme,
@@ -822,7 +1107,6 @@ fn parse_entry(entry: &Value, index: usize, file: &Path) -> Result<Client, Regis
         description,
     })
 }
-
 fn check_length(name: &str) -> Result<(), Problem> {
     let chars = name.chars().count();
     if (1..=MAX_AUTHENTICATION_NAME).contains(&chars) {
@@ -892,21 +1176,14 @@ fn parse_certificate_authentication(
     Ok((scheme, thumbprints))
 }
 
-fn attribute_value(value: &Value) -> Option<AttributeValue> {
-    Some(match value {
-        Value::Number(n) => AttributeValue::Int(n.as_i64()?),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::String(s) => AttributeValue::String(s.clone()),
-        Value::Array(items) => AttributeValue::Strings(
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<_>>()?,
-        ),
-        _ => return None,
-    })
+fn is_attribute_value(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_i64().is_some(),
+        Value::Bool(_) | Value::String(_) => true,
+        Value::Array(items) => items.iter().all(Value::is_string),
+        _ => false,
+    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -960,17 +1237,17 @@ mod tests {
         assert_eq!(sensor.scheme, Scheme::DnsMatchesAuthenticationName);
         assert_eq!(sensor.state, State::Enabled);
         assert!(sensor.thumbprints.is_empty());
+        assert_eq!(sensor.description, Some("line 3 vibration sensor"));
         assert_eq!(
-            sensor.description.as_deref(),
-            Some("line 3 vibration sensor")
-        );
-        assert_eq!(
-            sensor.attributes["room"],
+            sensor.attributes.get("room").unwrap(),
             AttributeValue::String("345".into())
         );
-        assert_eq!(sensor.attributes["floor"], AttributeValue::Int(12));
         assert_eq!(
-            sensor.attributes["types"],
+            sensor.attributes.get("floor").unwrap(),
+            AttributeValue::Int(12)
+        );
+        assert_eq!(
+            sensor.attributes.get("types").unwrap(),
             AttributeValue::Strings(vec!["Fan".into(), "Light".into()])
         );
         let gw = registry.get("legacy-gw").unwrap();
@@ -1038,7 +1315,10 @@ mod tests {
         let client = registry.get("client1-authn-id").unwrap();
         assert_eq!(client.name, "client1");
         assert_eq!(client.authentication_name, "client1-authn-ID");
-        assert_eq!(client.attributes["floor"], AttributeValue::Int(5));
+        assert_eq!(
+            client.attributes.get("floor").unwrap(),
+            AttributeValue::Int(5)
+        );
     }
 
     #[test]
@@ -1070,7 +1350,7 @@ mod tests {
             r#"{"name": "dev-1", "properties": {"clientCertificateAuthentication": {}, "state": null}}"#,
         ] {
             let registry = load(&format!("[{entry}]")).unwrap();
-            let client = &registry.clients()[0];
+            let client = registry.clients().get(0).unwrap();
             assert_eq!(client.authentication_name, "dev-1", "{entry}");
             assert_eq!(client.scheme, Scheme::SubjectMatchesAuthenticationName);
             assert_eq!(client.state, State::Enabled);
@@ -1285,7 +1565,7 @@ mod tests {
             &format!(r#"["{T2}"]"#),
         ))
         .unwrap();
-        assert_eq!(one.clients()[0].thumbprints.len(), 1);
+        assert_eq!(one.clients().get(0).unwrap().thumbprints.len(), 1);
     }
 
     #[test]
@@ -1298,7 +1578,7 @@ mod tests {
         // An empty or null list grants nothing; Azure may write either.
         for empty in ["[]", "null"] {
             let registry = load(&thumbprint_client("DnsMatchesAuthenticationName", empty)).unwrap();
-            assert!(registry.clients()[0].thumbprints.is_empty());
+            assert!(registry.clients().get(0).unwrap().thumbprints.is_empty());
         }
     }
 
@@ -1329,7 +1609,7 @@ mod tests {
     #[test]
     fn state_must_be_enabled_or_disabled_exactly() {
         let disabled = load(r#"[{"name": "a", "properties": {"state": "Disabled"}}]"#).unwrap();
-        assert_eq!(disabled.clients()[0].state, State::Disabled);
+        assert_eq!(disabled.clients().get(0).unwrap().state, State::Disabled);
         let err = refused(r#"[{"name": "a", "properties": {"state": "enabled"}}]"#);
         assert_eq!(
             err,
@@ -1348,10 +1628,10 @@ mod tests {
             r#"[{"name": "a", "properties": {"attributes": {"On": true, "n_1": -3, "tags": []}}}]"#,
         )
         .unwrap();
-        let attrs = &ok.clients()[0].attributes;
-        assert_eq!(attrs["On"], AttributeValue::Bool(true));
-        assert_eq!(attrs["n_1"], AttributeValue::Int(-3));
-        assert_eq!(attrs["tags"], AttributeValue::Strings(vec![]));
+        let attrs = ok.clients().get(0).unwrap().attributes;
+        assert_eq!(attrs.get("On").unwrap(), AttributeValue::Bool(true));
+        assert_eq!(attrs.get("n_1").unwrap(), AttributeValue::Int(-3));
+        assert_eq!(attrs.get("tags").unwrap(), AttributeValue::Strings(vec![]));
         for bad in [
             r#"1.5"#,
             "null",
@@ -1368,6 +1648,56 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn attributes_read_back_as_given_in_key_order() {
+        let long = "x".repeat(300); // a length that takes two bytes to encode
+        let json = format!(
+            r#"[{{"name": "a", "properties": {{"attributes": {{"z": {}, "a": {}, "s": "{long}",
+                "u": "Ärger ☃", "e": "", "t": ["", "{long}", "b"], "b": false}}}}}},
+                {{"name": "b"}}]"#,
+            i64::MIN,
+            i64::MAX
+        );
+        let registry = load(&json).unwrap();
+        let attrs = registry.clients().get(0).unwrap().attributes;
+        let read: Vec<(&str, AttributeValue)> = attrs.iter().collect();
+        assert_eq!(
+            read,
+            [
+                ("a", AttributeValue::Int(i64::MAX)),
+                ("b", AttributeValue::Bool(false)),
+                ("e", AttributeValue::String(String::new())),
+                ("s", AttributeValue::String(long.clone())),
+                (
+                    "t",
+                    AttributeValue::Strings(vec![String::new(), long.clone(), "b".into()])
+                ),
+                ("u", AttributeValue::String("Ärger ☃".into())),
+                ("z", AttributeValue::Int(i64::MIN)),
+            ]
+        );
+        assert_eq!(attrs.len(), 7);
+        assert_eq!(attrs.get("missing"), None);
+        let none = registry.clients().get(1).unwrap().attributes;
+        assert!(none.is_empty());
+        assert_eq!(none.iter().count(), 0);
+    }
+
+    #[test]
+    fn an_empty_description_is_not_an_absent_one() {
+        let registry = load(
+            r#"[{"name": "a", "properties": {"description": ""}},
+                {"name": "b", "properties": {"description": null}},
+                {"name": "c", "properties": {"description": "d"}}]"#,
+        )
+        .unwrap();
+        let descriptions: Vec<Option<&str>> =
+            registry.clients().iter().map(|c| c.description).collect();
+        assert_eq!(descriptions, [Some(""), None, Some("d")]);
+        let c = registry.get("C").unwrap();
+        assert_eq!((c.name, c.authentication_name), ("c", "c"));
     }
 
     #[test]
