@@ -24,6 +24,14 @@ if [ "${1:-}" = registry ]; then
   exec cargo run --release --quiet --example registry_memory -- "${2:-100000}"
 fi
 
+# `scripts/bench.sh watch [CLIENTS]`: the reload watcher's idle cost: mqttgate with a
+# generated 100,000-client registry and a 500 ms watch interval, no traffic; prints the CPU
+# it used as a percentage of one core (MQTTGATE_BASE=/path/to/older/mqttgate compares).
+if [ "${1:-}" = watch ]; then
+  cargo build --release --quiet --locked -p mqttgate
+  exec python3 scripts/watch-idle.py target/release/mqttgate "${2:-100000}"
+fi
+
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
