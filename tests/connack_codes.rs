@@ -251,9 +251,7 @@ fn long_v5_connack(code: u8) -> Vec<u8> {
     let mut body = vec![0x00, code];
     put_varint(&mut body, properties.len());
     body.extend_from_slice(&properties);
-    let mut packet = vec![0x20];
-    put_varint(&mut packet, body.len());
-    packet.extend_from_slice(&body);
+    let packet = packet(0x20, &body);
     assert!(
         packet[1] & 0x80 != 0,
         "the remaining length takes two bytes"

@@ -80,21 +80,10 @@ async fn pipelined_subscribe_and_publish_in_the_connect_write_are_forwarded_in_o
     let mut tls = env.tls(&s1, &[]).await.unwrap();
     let mut bytes = connect_packet(4, "ignored", Some("sensor-1"));
     // SUBSCRIBE id 1 to devices/sensor-1/x QoS 0
-    let topic = b"devices/sensor-1/x";
-    let mut sub = vec![
-        0x82,
-        (2 + 2 + topic.len() + 1) as u8,
-        0x00,
-        0x01,
-        0x00,
-        topic.len() as u8,
-    ];
-    sub.extend_from_slice(topic);
-    sub.push(0x00);
+    let topic = "devices/sensor-1/x";
+    let sub = subscribe_packet(1, topic, 0);
     // PUBLISH QoS 0 to the same topic
-    let mut publish = vec![0x30, (2 + topic.len() + 5) as u8, 0x00, topic.len() as u8];
-    publish.extend_from_slice(topic);
-    publish.extend_from_slice(b"hello");
+    let publish = publish_packet(topic, 0, 0, b"hello");
     bytes.extend_from_slice(&sub);
     bytes.extend_from_slice(&publish);
     tls.write_all(&bytes).await.unwrap();
@@ -162,11 +151,13 @@ impl Client {
 
     /// Reads one packet; a PUBLISH is acked and queued. `None` on timeout.
     async fn pump(&mut self, wait: Duration) -> Option<(u8, Vec<u8>)> {
-        let (first, body) = match read_split_packet(&mut self.s, wait).await {
+        let packet = match try_read_packet(&mut self.s, wait).await {
             Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return None,
-            Err(e) => panic!("session ended: {e}"),
+            Err(NoPacket::TimedOut) => return None,
+            Err(e) => panic!("session ended: {e:?}"),
         };
+        let (first, body) = split_packet(&packet);
+        let body = body.to_vec();
         if first >> 4 == 3 {
             let (topic, id, payload) = parse_publish(first, &body);
             if let Some(id) = id {

@@ -399,9 +399,10 @@ pub async fn connect_as(
     {
         return Heard::TlsRefused(format!("write: {e}"));
     }
-    match read_packet_or_error(&mut tls, Duration::from_secs(5)).await {
-        Err(e) if !e.starts_with("mid-packet") => Heard::TlsRefused(format!("read: {e}")),
-        Err(e) => panic!("{e}"),
+    match try_read_packet(&mut tls, Duration::from_secs(5)).await {
+        Err(NoPacket::Closed(e)) => Heard::TlsRefused(format!("read: {e}")),
+        Err(NoPacket::TimedOut) => panic!("no answer in time"),
+        Err(NoPacket::MidPacket(got, e)) => panic!("mid-packet after {got:02x?}: {e}"),
         Ok(connack) => {
             let refused = connack.get(3).is_some_and(|&c| c != 0);
             let closed = if refused {
@@ -510,35 +511,26 @@ pub async fn broker_echoes(
     topic: &str,
 ) -> bool {
     let mut tls = env.tls(leaf, chain).await.expect("handshake");
-    let t = topic.as_bytes();
     let mut bytes = connect_packet(4, "byte-client", username);
-    bytes.extend_from_slice(&[0x82, (2 + 2 + t.len() + 1) as u8, 0x00, 0x01, 0x00]);
-    bytes.push(t.len() as u8);
-    bytes.extend_from_slice(t);
-    bytes.push(0x00);
-    let mut publish = vec![0x30, (2 + t.len() + 2) as u8, 0x00, t.len() as u8];
-    publish.extend_from_slice(t);
-    publish.extend_from_slice(b"hi");
+    bytes.extend_from_slice(&subscribe_packet(1, topic, 0));
+    let publish = publish_packet(topic, 0, 0, b"hi");
     bytes.extend_from_slice(&publish);
     bytes.extend_from_slice(&[0xc0, 0x00]);
     tls.write_all(&bytes).await.unwrap();
     let wait = Duration::from_secs(5);
     assert_eq!(
-        read_packet_or_error(&mut tls, wait).await.unwrap(),
+        try_read_packet(&mut tls, wait).await.unwrap(),
         [0x20, 0x02, 0x00, 0x00],
         "CONNACK"
     );
     assert_eq!(
-        read_packet_or_error(&mut tls, wait).await.unwrap(),
+        try_read_packet(&mut tls, wait).await.unwrap(),
         [0x90, 0x03, 0x00, 0x01, 0x00],
         "SUBACK for {topic}"
     );
-    let next = read_packet_or_error(&mut tls, wait).await.unwrap();
+    let next = try_read_packet(&mut tls, wait).await.unwrap();
     if next == publish {
-        assert_eq!(
-            read_packet_or_error(&mut tls, wait).await.unwrap(),
-            [0xd0, 0x00]
-        );
+        assert_eq!(try_read_packet(&mut tls, wait).await.unwrap(), [0xd0, 0x00]);
         true
     } else {
         assert_eq!(next, [0xd0, 0x00], "neither the echo nor PINGRESP");
@@ -636,8 +628,12 @@ where
     s.write_all(&subscribe_packet(packet_id, filter, qos))
         .await
         .unwrap();
-    let (first, body) = read_split_packet(s, Duration::from_secs(5)).await.unwrap();
+    let suback = try_read_packet(s, Duration::from_secs(5)).await.unwrap();
     let mut want = packet_id.to_be_bytes().to_vec();
     want.push(qos);
-    assert_eq!((first, body), (0x90, want), "SUBACK for {filter}");
+    assert_eq!(
+        split_packet(&suback),
+        (0x90, &want[..]),
+        "SUBACK for {filter}"
+    );
 }
