@@ -1,14 +1,15 @@
 //! Brokers: a real Mosquitto (found or installed), a back-end subscriber straight on it,
 //! and a stand-in broker that records what mqttgate sends upstream.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{free_port, write};
+use super::{eventually, free_port, write};
 
 static INSTALL: Once = Once::new();
 
@@ -42,6 +43,8 @@ pub fn tool(name: &str) -> PathBuf {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    /// Its stderr; `log_type subscribe` puts one line per SUBSCRIBE there.
+    log: PathBuf,
 }
 
 impl Mosquitto {
@@ -60,7 +63,7 @@ impl Mosquitto {
                 dir,
                 "mosquitto.conf",
                 &format!(
-                    "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nmax_packet_size 4194304\n",
+                    "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type subscribe\nmax_packet_size 4194304\n",
                     acl.display()
                 ),
             );
@@ -75,7 +78,11 @@ impl Mosquitto {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(5) {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Mosquitto { child, port };
+                    return Mosquitto {
+                        child,
+                        port,
+                        log: dir.join("mosquitto.log"),
+                    };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // port taken: try another
@@ -91,6 +98,27 @@ impl Mosquitto {
         );
     }
 
+    /// How many SUBSCRIBEs to `filter` the broker has processed, from its log lines
+    /// "<time>: <client id> <qos> <filter>". Mosquitto is single-threaded and logs once the
+    /// subscription is in place, so a PUBLISH it processes after the line reaches it.
+    pub fn subscriptions(&self, filter: &str) -> usize {
+        let suffix = format!(" {filter}");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(&suffix) && l.split(' ').count() == 4)
+            .count()
+    }
+
+    /// Waits until the broker has processed `n` SUBSCRIBEs to `filter`.
+    pub async fn await_subscriptions(&self, filter: &str, n: usize) {
+        assert!(
+            eventually(Duration::from_secs(10), || self.subscriptions(filter) >= n).await,
+            "the broker saw {} of {n} SUBSCRIBEs to {filter}",
+            self.subscriptions(filter)
+        );
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -103,14 +131,24 @@ impl Drop for Mosquitto {
     }
 }
 
-/// A back-end subscriber straight on the broker (anonymous, loopback), printing payloads.
-pub fn backend_sub(broker_port: u16, topic: &str) -> Child {
-    Command::new(tool("mosquitto_sub"))
+/// A back-end subscriber straight on the broker (anonymous, loopback): a mosquitto_sub
+/// whose printed payloads are collected as they arrive.
+pub struct Backend {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a back-end subscriber to `topic` at QoS 1 and returns once the broker has its
+/// subscription.
+pub async fn backend_sub(broker: &Mosquitto, topic: &str) -> Backend {
+    let before = broker.subscriptions(topic);
+    let mut child = Command::new(tool("mosquitto_sub"))
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &broker_port.to_string(),
+            &broker.port.to_string(),
             "-t",
             topic,
             "-q",
@@ -119,17 +157,46 @@ pub fn backend_sub(broker_port: u16, topic: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (stdout, sink) = (child.stdout.take().unwrap(), lines.clone());
+    // mosquitto_sub flushes after each message; the thread ends when it exits.
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    broker.await_subscriptions(topic, before + 1).await;
+    Backend {
+        child,
+        lines,
+        reader: Some(reader),
+    }
 }
 
-/// Stops a background client and returns the lines it printed.
-pub fn finish(mut child: Child) -> Vec<String> {
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+impl Backend {
+    /// The payloads printed so far, one per line.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Stops the subscriber and returns the lines it printed.
+    pub fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // What was still in the pipe.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.lines()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A stand-in broker: records what the first connection that sends anything transmits,

@@ -181,6 +181,17 @@ impl Env {
         tls_connect(self.addr(), &self.pki.root.cert.cert_pem, leaf, chain).await
     }
 
+    /// Waits until this gate's metric line `series` reads `want` (see `await_metric`).
+    pub async fn await_metric(&self, series: &str, want: f64) {
+        await_metric(
+            self.gate.admin_addr(),
+            series,
+            want,
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
     pub fn mosquitto_log(&self) -> String {
         std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
     }
@@ -358,6 +369,23 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Polls the admin listener at `admin` until the metric line `series` reads `want`; fails
+/// the test with the last scrape after `wait`.
+pub async fn await_metric(admin: SocketAddr, series: &str, want: f64, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (_, scrape) = admin_get(admin, "/metrics").await;
+        if metric(&scrape, series) == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never read {want}:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The value of one exact metric line (name with labels) in a scrape, if present.
