@@ -53,7 +53,23 @@ async fn json_audit_log_has_one_event_per_decision_and_no_password() {
         .await
         .unwrap();
     let _ = read_until_close(&mut denied, Duration::from_secs(3)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both connections are recorded before SIGTERM, so the drain has none left to end.
+    let closed_with = |outcome: &str| {
+        let log = std::fs::read_to_string(&binary.log).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| {
+                e["target"] == "mqttgate::audit"
+                    && e["event"] == "closed"
+                    && e["outcome"] == outcome
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || closed_with("session")
+            && closed_with("refused"))
+        .await,
+        "no closed events for the two connections"
+    );
     binary.signal("TERM");
     let log_path = binary.log.clone();
     binary.wait().await;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,8 +47,7 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
     let (gate_addr, admin_addr) = (binary.addr, binary.admin);
     assert_eq!(admin_get(admin_addr, "/readyz").await.0, 200);
 
-    let backend = backend_sub(env.mosquitto.port, "devices/pub-1/#");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let backend = backend_sub(&env.mosquitto, "devices/pub-1/#").await;
     let root_pem = env.pki.root.cert.cert_pem.clone();
     let publisher_cert = env.pki.root.issue(&leaf("pub-1")).unwrap();
     let idle_cert = env.pki.root.issue(&leaf("idle-311")).unwrap();
@@ -68,6 +69,8 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
     // A stop-and-wait QoS 1 publisher: on DISCONNECT it moves to the other instance and
     // resends what was not acknowledged, as any MQTT client with a persistent session does.
     let fallback = env.addr();
+    let acked = Arc::new(AtomicU16::new(0));
+    let progress = acked.clone();
     let publisher = tokio::spawn(async move {
         let mut addr = gate_addr;
         let mut moved_by = None;
@@ -100,8 +103,10 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
             };
             match reply {
                 Some(p) if p[0] == 0x40 && p[2..4] == i.to_be_bytes() => {
+                    progress.store(i, Ordering::Relaxed);
                     i += 1;
                     dup = false;
+                    // Pacing, not waiting: the stream is still flowing when SIGTERM comes.
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
                 other => {
@@ -127,7 +132,13 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
         moved_by
     });
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SIGTERM mid-stream: a quarter of the messages are through.
+    assert!(
+        eventually(Duration::from_secs(10), || acked.load(Ordering::Relaxed)
+            >= MESSAGES / 4)
+        .await,
+        "the publisher made no progress"
+    );
     let term = Instant::now();
     binary.signal("TERM");
     // Not ready first, while sessions are still draining.
@@ -178,8 +189,15 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
         term.elapsed()
     );
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut lines = finish(backend);
+    // The back end has every message (a resent one may arrive twice).
+    eventually(Duration::from_secs(5), || {
+        let mut seen = backend.lines();
+        seen.sort();
+        seen.dedup();
+        seen.len() >= usize::from(MESSAGES)
+    })
+    .await;
+    let mut lines = backend.finish();
     lines.sort();
     lines.dedup();
     let mut want: Vec<String> = (1..=MESSAGES).map(|i| format!("m{i}")).collect();

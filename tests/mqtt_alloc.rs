@@ -4,10 +4,14 @@
 // A counting global allocator is an unsafe trait implementation by nature.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use mqttgate::mqtt::parse_connect;
+
+use common::put_varint;
 
 /// Counts the bytes allocated on each thread, so tests running in parallel don't mix.
 struct CountingAllocator;
@@ -80,21 +84,10 @@ impl Rng {
     }
 }
 
-fn varint(mut value: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 fn header(remaining: usize) -> Vec<u8> {
-    [vec![0x10], varint(remaining)].concat()
+    let mut header = vec![0x10];
+    put_varint(&mut header, remaining);
+    header
 }
 
 #[test]
@@ -138,7 +131,7 @@ fn fields_claiming_65535_bytes_allocate_nothing_proportional() {
 fn large_valid_fields_allocate_about_their_size() {
     let password = vec![0xa5; 60_000];
     let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0xc2, 0x00, 0x3c];
-    body.extend_from_slice(&varint(3000));
+    put_varint(&mut body, 3000);
     body.extend_from_slice(&[0x26; 3000]);
     body.extend_from_slice(&[0x00, 0x01, b'c', 0x00, 0x01, b'u', 0xea, 0x60]);
     body.extend_from_slice(&password);

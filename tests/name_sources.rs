@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use mqttgate::cli::pki::{Issued, LeafSpec};
 
@@ -178,7 +176,10 @@ async fn lookup_ignores_case_and_the_broker_sees_the_registry_spelling() {
             "10",
         ],
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The subscription is in place before the message is published.
+    env.mosquitto
+        .await_subscriptions("devices/Sensor-A/#", 1)
+        .await;
     let out = env.pub_(
         &c,
         &k,
