@@ -134,7 +134,7 @@ enum Mode {
         /// QoS 1 messages a publisher may have unacknowledged.
         #[arg(long, default_value_t = 64)]
         inflight: usize,
-        /// Topics are PREFIX/<pid>/t<n> (brokers with ACLs need a prefix the identity may use).
+        /// Topics are `PREFIX/<pid>/t<n>` (brokers with ACLs need a prefix the identity may use).
         #[arg(long, default_value = "bench")]
         topic_prefix: String,
         /// Unbounded mode: messages published but not yet delivered, over all publishers.
