@@ -86,26 +86,47 @@ struct Session {
 /// Serves one accepted TCP connection to its end and records how it ended.
 pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending) {
     let accepted = Instant::now();
+    let _active = Active::enter(&ctx.metrics);
     // Phases 1 to 5 run in a boxed future of their own that is freed before the session
     // starts: a task's allocation is as large as its largest state, and the handshake's
     // state is far larger than the relay's. Idle sessions are most of a server's life
     // (measured with -Zprint-type-sizes: the task future of a session went from 3,336 to
     // 2,248 bytes).
-    let opened = Box::pin(open_session(&ctx, tcp, peer, accepted)).await;
+    // The match's scrutinee is a temporary, dead once `open` is bound: with a named
+    // `Result` local the task kept room for a second `Opened` (1,568 bytes) for the whole
+    // session (measured with -Zprint-type-sizes: 4,064 bytes per task instead of 2,500).
+    let mut open = match Box::pin(open_session(&ctx, tcp, peer, accepted)).await {
+        Ok(open) => open,
+        Err(outcome) => {
+            drop(pending);
+            return record(&ctx, peer, accepted, &outcome);
+        }
+    };
     // The session holds a session slot from here on; its pending slot is free again.
     drop(pending);
-    let outcome = match opened {
-        Ok(mut open) => {
-            let closed = relay_session(&ctx, &mut open).await;
-            Outcome::Session {
-                closed,
-                name: std::mem::take(&mut open.session.identity.authentication_name),
-                bytes: open.relay.bytes(),
-            }
-        }
-        Err(outcome) => outcome,
+    let closed = relay_session(&ctx, &mut open).await;
+    let outcome = Outcome::Session {
+        closed,
+        name: std::mem::take(&mut open.session.identity.authentication_name),
+        bytes: open.relay.bytes(),
     };
     record(&ctx, peer, accepted, &outcome);
+}
+
+/// Counts a connection in `mqttgate_connections_active` for as long as it is served.
+struct Active<'a>(&'a Metrics);
+
+impl<'a> Active<'a> {
+    fn enter(metrics: &'a Metrics) -> Active<'a> {
+        metrics.active.inc();
+        Active(metrics)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.dec();
+    }
 }
 
 /// What a session needs once the broker has accepted it.

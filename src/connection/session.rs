@@ -35,20 +35,22 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     } = open;
     let version = session.version;
     let mut lifecycle = ctx.lifecycle.clone();
-    let expiry = tokio::time::sleep_until(expiry_instant(session.identity.valid_until));
-    tokio::pin!(expiry);
-    // Armed once one side has closed: the other side gets `limits.linger` to close too.
-    let linger = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(linger);
-    let mut lingering = false;
+    // One timer for both deadlines a session has: its identity's validity end, and, once
+    // one side has closed, the other side's linger (a second `Sleep` is 112 bytes more in
+    // every idle session's task).
+    let mut valid_until = expiry_instant(session.identity.valid_until);
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let timer = tokio::time::sleep_until(valid_until);
+    tokio::pin!(timer);
 
     let stop = loop {
         tokio::select! {
             ended = relay.run(&mut *client, &mut *upstream) => {
                 return match ended {
                     Ended::HalfClosed => {
-                        linger.as_mut().reset(tokio::time::Instant::now() + ctx.limits.linger);
-                        lingering = true;
+                        let at = tokio::time::Instant::now() + ctx.limits.linger;
+                        linger_until = Some(at);
+                        timer.as_mut().reset(at.min(valid_until));
                         continue;
                     }
                     Ended::Client => Closed::Client,
@@ -56,24 +58,29 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     Ended::Error(_) => Closed::Error,
                 };
             }
-            _ = &mut linger, if lingering => {
-                // The side still open is closed when the session's sockets are dropped.
-                let client_first = relay.first_to_close() == Some(true);
-                let side = if client_first { "upstream" } else { "client" };
-                ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
-                return if client_first { Closed::Client } else { Closed::Upstream };
-            }
             changed = trust_rx.changed() => {
                 if changed.is_err() {
                     continue;
                 }
                 let trust = trust_rx.borrow_and_update().clone();
                 match still_allowed(&trust, client, session) {
-                    Some(valid_until) => expiry.as_mut().reset(expiry_instant(valid_until)),
+                    Some(until) => {
+                        valid_until = expiry_instant(until);
+                        timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
+                    }
                     None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
                 }
             }
-            _ = &mut expiry => break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION),
+            () = &mut timer => {
+                if linger_until.is_some_and(|l| l <= tokio::time::Instant::now()) {
+                    // The side still open is closed when the session's sockets are dropped.
+                    let client_first = relay.first_to_close() == Some(true);
+                    let side = if client_first { "upstream" } else { "client" };
+                    ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
+                    return if client_first { Closed::Client } else { Closed::Upstream };
+                }
+                break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION);
+            }
             changed = lifecycle.changed() => {
                 let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
                 match state {

@@ -392,13 +392,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             }
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        let metrics = server.metrics.clone();
-        tokio::spawn(async move {
-            metrics.active.inc();
-            connection::serve(ctx, tcp, peer, pending).await;
-            metrics.active.dec();
-        });
+        tokio::spawn(connection::serve(ctx.clone(), tcp, peer, pending));
     }
 }
 
