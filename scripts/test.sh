@@ -13,7 +13,8 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The product builds without the demo PKI (the `demo` feature is on by default).
 cargo build --locked --quiet -p mqttgate --no-default-features
-# The fuzz targets still build (their own workspace; running them needs cargo-fuzz).
-cargo build --locked --quiet --manifest-path fuzz/Cargo.toml
+# The fuzz targets still build (their own workspace, sharing this target folder so the
+# dependencies are compiled once; running them needs cargo-fuzz).
+cargo build --locked --quiet --manifest-path fuzz/Cargo.toml --target-dir target
 cargo build --workspace --locked --quiet
 cargo test --workspace --all-targets --locked
