@@ -3,6 +3,7 @@
 
 pub mod packet_io;
 pub mod pool;
+pub mod proxy;
 pub mod relay;
 pub mod tls_io;
 
