@@ -13,6 +13,7 @@ ensure_packages() {
   have mosquitto_pub || missing+=(mosquitto-clients)
   have openssl || missing+=(openssl)
   have curl || missing+=(curl)
+  have haproxy || missing+=(haproxy)
   # ss and prlimit: tests/storm_limits.rs reads the backlog and open-files limit with them.
   have ss || missing+=(iproute2)
   have prlimit || missing+=(util-linux)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{NameSource, SubjectMatch};
+use crate::transport::proxy::Cidr;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
@@ -56,6 +57,10 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default = "default_listen")]
     listen: String,
+    /// "required": every connection starts with a PROXY v2 header from `trusted_proxies`.
+    proxy_protocol: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(rename = "alternativeAuthenticationNameSources", default)]
     alternative_sources: Vec<String>,
     #[serde(default)]
@@ -103,6 +108,8 @@ struct RawRegistry {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
+    /// "v2": each upstream connection starts with a PROXY v2 header (Mosquitto >= 2.1).
+    proxy_protocol: Option<String>,
     address: Option<String>,
     username: Option<String>,
     client_id: Option<String>,
@@ -209,6 +216,9 @@ pub struct Limits {
 pub struct Config {
     pub file: PathBuf,
     pub listen: SocketAddr,
+    /// With `proxy_protocol = "required"`: the networks a PROXY v2 header is taken from.
+    /// Every connection must start with one; from anywhere else it is closed (SPEC §8).
+    pub inbound_proxy: Option<Vec<Cidr>>,
     pub admin_listen: SocketAddr,
     /// Admin connections served at once; more are closed on accept.
     pub admin_max_connections: usize,
@@ -222,6 +232,9 @@ pub struct Config {
     /// A larger registry file is refused before it is read (`registry.max_bytes`).
     pub registry_max_bytes: u64,
     pub upstream: String,
+    /// `[upstream] proxy_protocol = "v2"`: a PROXY v2 header with the client's address and
+    /// authentication name (as the TLS CN) opens every upstream connection.
+    pub upstream_proxy: bool,
     pub username_mode: UsernameMode,
     pub client_id_mode: ClientIdMode,
     pub limits: Limits,
@@ -430,9 +443,45 @@ impl Config {
             },
         };
 
+        let inbound_proxy = match raw.proxy_protocol.as_deref() {
+            None | Some("off") => None,
+            Some("required") => {
+                if raw.trusted_proxies.is_empty() {
+                    return Err(field_err(
+                        "trusted_proxies",
+                        "required with proxy_protocol = \"required\": the load balancers' networks"
+                            .into(),
+                    ));
+                }
+                let cidrs = raw
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| Cidr::parse(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| field_err("trusted_proxies", e))?;
+                Some(cidrs)
+            }
+            Some(other) => {
+                return Err(field_err(
+                    "proxy_protocol",
+                    format!("{other:?} is not \"required\" or \"off\""),
+                ))
+            }
+        };
+        let upstream_proxy = match raw.upstream.proxy_protocol.as_deref() {
+            None | Some("off") => false,
+            Some("v2") => true,
+            Some(other) => {
+                return Err(field_err(
+                    "upstream.proxy_protocol",
+                    format!("{other:?} is not \"v2\" or \"off\""),
+                ))
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
+            inbound_proxy,
             admin_listen: addr(
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
@@ -456,6 +505,7 @@ impl Config {
                 Some(n) => n,
             },
             upstream,
+            upstream_proxy,
             username_mode,
             client_id_mode,
             limits,

@@ -17,7 +17,7 @@ mod outcome;
 mod session;
 mod upstream;
 
-pub use self::outcome::{record, Closed, Outcome, Refused};
+pub use self::outcome::{record, Closed, Outcome, ProxyRefusal, Refused};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,10 +41,11 @@ use crate::server::slots::{Pending, Slots};
 use crate::transport::packet_io::{self, ReadError};
 use crate::transport::relay::Relay;
 use crate::transport::tls_io::TlsConn;
-use crate::transport::{ClientStream, Peer};
+use crate::transport::{proxy, ClientStream, Peer};
 use crate::trust::cert::CertInfo;
 use crate::trust::verifier::HandshakeFailure;
 use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
+use tokio::io::AsyncReadExt;
 
 /// The server's lifecycle as connections see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct Ctx {
     pub username_mode: UsernameMode,
     pub client_id_mode: ClientIdMode,
     pub reason_strings: bool,
+    /// Open each upstream connection with a PROXY v2 header (`[upstream] proxy_protocol`).
+    pub upstream_proxy: bool,
     pub trust: TrustWatch,
     pub lifecycle: watch::Receiver<Lifecycle>,
     pub metrics: Arc<Metrics>,
@@ -79,13 +82,14 @@ struct Session {
     username: Option<String>,
     identity: Identity,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
-    /// own, in order; emptied once sent.
+    /// own, in order, after the PROXY header when one is sent; emptied once sent.
     first_bytes: Vec<u8>,
+    /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
+    proxy_len: usize,
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
-pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending) {
-    let accepted = Instant::now();
+pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending, accepted: Instant) {
     let _active = Active::enter(&ctx.metrics);
     // Phases 1 to 5 run in a boxed future of their own that is freed before the session
     // starts: a task's allocation is as large as its largest state, and the handshake's
@@ -111,6 +115,76 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending) 
         bytes: open.relay.bytes(),
     };
     record(&ctx, peer, accepted, &outcome);
+}
+
+/// Largest PROXY v2 header taken from a load balancer: the addresses and a few TLVs
+/// (HAProxy's are well under 300 bytes); a longer one is refused before it is buffered.
+const MAX_PROXY_HEADER: usize = 1024;
+
+/// Phase 0 on a listener with `proxy_protocol = "required"` (SPEC §8): the PROXY v2 header,
+/// read before TLS within the connect deadline, names the client; then its address takes
+/// its pending slot and the connection is served like any other.
+pub async fn serve_proxied(
+    ctx: Arc<Ctx>,
+    mut tcp: TcpStream,
+    proxy: Peer,
+    permit: OwnedSemaphorePermit,
+    accepted: Instant,
+) {
+    let deadline = tokio::time::Instant::from_std(accepted + ctx.limits.connect_timeout);
+    let peer = match timeout_at(deadline, read_proxy_header(&mut tcp)).await {
+        Ok(Ok(proxy::Header::Proxied {
+            source,
+            destination,
+        })) => Peer {
+            addr: source,
+            local: destination,
+            via: Some(proxy.addr),
+        },
+        // The load balancer's own connection (a health check): served as itself.
+        Ok(Ok(proxy::Header::Local)) => proxy,
+        Ok(Err(why)) => {
+            return record(
+                &ctx,
+                proxy,
+                accepted,
+                &Outcome::Refused(Refused::Proxy(why)),
+            );
+        }
+        Err(_) => {
+            let outcome = Outcome::Refused(Refused::Proxy(ProxyRefusal::Timeout));
+            return record(&ctx, proxy, accepted, &outcome);
+        }
+    };
+    match ctx.slots.admit(permit, peer.ip()) {
+        Ok(pending) => serve(ctx, tcp, peer, pending, accepted).await,
+        Err(why) => record(
+            &ctx,
+            peer,
+            accepted,
+            &Outcome::Refused(Refused::AtAccept(why)),
+        ),
+    }
+}
+
+/// Reads exactly one PROXY v2 header: never a byte of the TLS handshake after it.
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<proxy::Header, ProxyRefusal> {
+    let mut buf = [0u8; MAX_PROXY_HEADER];
+    let prefix = &mut buf[..proxy::PREFIX_LEN];
+    tcp.read_exact(prefix)
+        .await
+        .map_err(|_| ProxyRefusal::Malformed)?;
+    let len = match proxy::header_len(prefix, MAX_PROXY_HEADER) {
+        Ok(Some(len)) => len,
+        _ => return Err(ProxyRefusal::Malformed),
+    };
+    tcp.read_exact(&mut buf[proxy::PREFIX_LEN..len])
+        .await
+        .map_err(|_| ProxyRefusal::Malformed)?;
+    match proxy::parse(&buf[..len], MAX_PROXY_HEADER) {
+        Ok(Some((header, _))) => Ok(header),
+        _ => Err(ProxyRefusal::Malformed),
+    }
 }
 
 /// Counts a connection in `mqttgate_connections_active` for as long as it is served.
@@ -263,14 +337,22 @@ async fn admit_and_dial(
             true,
         )?;
     }
+    // SPEC §8: with the PROXY protocol towards a Mosquitto 2.1, the header carries the
+    // client's address and its authentication name as the TLS CN, ahead of the CONNECT.
+    let mut first_bytes = match ctx.upstream_proxy {
+        true => proxy::encode(peer.addr, peer.local, &identity.authentication_name),
+        false => Vec::new(),
+    };
+    let proxy_len = first_bytes.len();
     let first = upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode);
     // A rewrite can grow a field past what MQTT allows (a per-identity client id).
-    let mut first_bytes = first.encode().map_err(|_| {
+    let encoded = first.encode().map_err(|_| {
         Refused::Parse(ParseError::Malformed {
             version: Some(version),
             reason: "rewritten connect does not fit mqtt's field lengths",
         })
     })?;
+    first_bytes.extend_from_slice(&encoded);
     first_bytes.extend_from_slice(&pipelined);
     Ok((
         Session {
@@ -278,6 +360,7 @@ async fn admit_and_dial(
             username: connect.username,
             identity,
             first_bytes,
+            proxy_len,
         },
         upstream,
         slot,

@@ -41,6 +41,20 @@ pub enum Refused {
     /// answers, or past its source address's share of pending slots.
     #[error("closed at accept: {0:?}")]
     AtAccept(AtAccept),
+    /// Closed before TLS on a listener that requires a PROXY v2 header.
+    #[error("proxy protocol: {0:?}")]
+    Proxy(ProxyRefusal),
+}
+
+/// Why a connection to a PROXY-protocol listener was closed before its TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// From an address outside `trusted_proxies`.
+    Untrusted,
+    /// No v2 header, or a malformed or oversized one.
+    Malformed,
+    /// No complete header within the connect deadline.
+    Timeout,
 }
 
 impl Refused {
@@ -59,6 +73,9 @@ impl Refused {
             Refused::Io(_) => "io",
             Refused::AtAccept(AtAccept::OverLimit) => "over_limit",
             Refused::AtAccept(AtAccept::SourceOverLimit) => "source_pending_limit",
+            Refused::Proxy(ProxyRefusal::Untrusted) => "proxy_untrusted",
+            Refused::Proxy(ProxyRefusal::Malformed) => "proxy_malformed",
+            Refused::Proxy(ProxyRefusal::Timeout) => "proxy_timeout",
         }
     }
 
@@ -74,7 +91,8 @@ impl Refused {
             Refused::ClientGone
             | Refused::Certificate(_)
             | Refused::Io(_)
-            | Refused::AtAccept(_) => "",
+            | Refused::AtAccept(_)
+            | Refused::Proxy(_) => "",
         }
     }
 
@@ -89,7 +107,8 @@ impl Refused {
             Refused::ClientGone
             | Refused::Certificate(_)
             | Refused::Io(_)
-            | Refused::AtAccept(_) => (None, None),
+            | Refused::AtAccept(_)
+            | Refused::Proxy(_) => (None, None),
         }
     }
 }

@@ -56,7 +56,7 @@ pub(super) async fn open_upstream(
             "the broker did not take the CONNECT".into(),
         ));
     }
-    relay.forwarded_up(&first);
+    relay.forwarded_up(&first[session.proxy_len..]);
     drop(first);
     relay_connack(ctx, client, upstream, session.version, relay).await
 }

@@ -86,6 +86,7 @@ impl Server {
             username_mode: config.username_mode,
             client_id_mode: config.client_id_mode,
             reason_strings: config.reason_strings,
+            upstream_proxy: config.upstream_proxy,
             trust: trust_rx,
             lifecycle: lifecycle_rx,
             metrics: metrics.clone(),
@@ -377,7 +378,28 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
             }
         };
         server.metrics.accepted.inc();
-        let peer = Peer::direct(peer);
+        let accepted = std::time::Instant::now();
+        let peer = Peer::direct(peer, tcp.local_addr().unwrap_or(server.local_addr));
+        let _ = tcp.set_nodelay(true);
+        if let Some(trusted) = &server.config.inbound_proxy {
+            // SPEC §8: only a trusted load balancer may speak for a client; its header names
+            // the client, and the per-source share applies to that address.
+            if !trusted.iter().any(|net| net.contains(peer.ip())) {
+                let outcome = connection::Outcome::Refused(connection::Refused::Proxy(
+                    connection::ProxyRefusal::Untrusted,
+                ));
+                connection::record(&ctx, peer, accepted, &outcome);
+                continue;
+            }
+            tokio::spawn(connection::serve_proxied(
+                ctx.clone(),
+                tcp,
+                peer,
+                permit,
+                accepted,
+            ));
+            continue;
+        }
         let pending = match server.slots.admit(permit, peer.ip()) {
             Ok(p) => p,
             Err(why) => {
@@ -387,12 +409,11 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
                 }
                 drop(tcp);
                 let outcome = connection::Outcome::Refused(connection::Refused::AtAccept(why));
-                connection::record(&ctx, peer, std::time::Instant::now(), &outcome);
+                connection::record(&ctx, peer, accepted, &outcome);
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection::serve(ctx.clone(), tcp, peer, pending));
+        tokio::spawn(connection::serve(ctx.clone(), tcp, peer, pending, accepted));
     }
 }
 

@@ -102,14 +102,20 @@ fn tls_facts(tls: &TlsConn) -> (String, String) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub addr: SocketAddr,
+    /// The address the client connected to (mqttgate's, or the load balancer's).
+    pub local: SocketAddr,
     /// The proxy the connection came through, when a PROXY header named another address.
     pub via: Option<SocketAddr>,
 }
 
 impl Peer {
     /// A client that connected to mqttgate itself.
-    pub fn direct(addr: SocketAddr) -> Peer {
-        Peer { addr, via: None }
+    pub fn direct(addr: SocketAddr, local: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            local,
+            via: None,
+        }
     }
 
     pub fn ip(&self) -> IpAddr {

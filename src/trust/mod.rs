@@ -30,6 +30,7 @@ pub use crate::auth::Credentials;
 use crate::auth::Policy;
 use crate::auth::{self, Denial, Identity, Peer};
 use crate::config::Config;
+use crate::transport::proxy;
 use rustls::pki_types::UnixTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +43,20 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
+    #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
+    ProxyHeader {
+        file: String,
+        name: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl LoadError {
     /// The component that failed to load; a metric label.
     pub fn component(&self) -> &'static str {
         match self {
-            LoadError::Registry(_) => "registry",
+            LoadError::Registry(_) | LoadError::ProxyHeader { .. } => "registry",
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
@@ -91,6 +99,24 @@ impl Trust {
     pub fn load(config: &Config, generation: u64) -> Result<Trust, LoadError> {
         let now = unix_now();
         let registry = Registry::load(&config.registry_file, config.registry_max_bytes)?;
+        if config.upstream_proxy {
+            // SPEC §8: Mosquitto refuses a longer header, so such a client could never
+            // connect; refuse the file instead, naming it.
+            let longest = registry
+                .clients()
+                .into_iter()
+                .max_by_key(|c| c.authentication_name.len());
+            if let Some(c) = longest.filter(|c| {
+                proxy::max_encoded_len(c.authentication_name.len()) > proxy::MOSQUITTO_LIMIT
+            }) {
+                return Err(LoadError::ProxyHeader {
+                    file: config.registry_file.display().to_string(),
+                    name: c.name.to_string(),
+                    bytes: c.authentication_name.len(),
+                    limit: proxy::MOSQUITTO_LIMIT,
+                });
+            }
+        }
         let anchors = Anchors::load(&config.ca_files, now)?;
         let pins: HashSet<_> = registry
             .clients()
