@@ -296,3 +296,38 @@ async fn a_registry_name_too_long_for_mosquittos_header_limit_is_refused_at_load
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_listeners_and_what_they_expect_first() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _broker) = recording_broker().await;
+    let gate = gate(
+        &pki,
+        dir.path(),
+        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
+        upstream,
+        "proxy_protocol = \"required\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.0.0/16\"]",
+        true,
+    )
+    .await
+    .unwrap();
+    drop(gate);
+    let out = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("mqttgate.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "listener 127.0.0.1:0: MQTT over TLS, a PROXY v2 header first, from 2 network(s)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("a PROXY v2 header with the client's address and authentication name first"),
+        "{text}"
+    );
+}

@@ -109,6 +109,19 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         "listen {} -> upstream {}; admin {}",
         config.listen, config.upstream, config.admin_listen
     )?;
+    // The listeners and what each expects before MQTT (SPEC §8).
+    let proxy_in = match &config.inbound_proxy {
+        Some(nets) => format!(", a PROXY v2 header first, from {} network(s)", nets.len()),
+        None => String::new(),
+    };
+    writeln!(out, "  listener {}: MQTT over TLS{proxy_in}", config.listen)?;
+    if config.upstream_proxy {
+        writeln!(
+            out,
+            "  upstream {}: a PROXY v2 header with the client's address and authentication name first",
+            config.upstream
+        )?;
+    }
     let backlog = config.limits.listen_backlog;
     let somaxconn = os_limits::somaxconn();
     let effective = os_limits::effective_backlog(backlog, somaxconn);
