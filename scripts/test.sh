@@ -9,7 +9,7 @@ ensure_rust
 ensure_packages
 ensure_paho
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The product builds without the demo PKI (the `demo` feature is on by default).
 cargo build --locked --quiet -p mqttgate --no-default-features
