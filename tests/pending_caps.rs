@@ -99,7 +99,9 @@ async fn one_source_address_cannot_hold_more_than_its_pending_share() {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let tcp = socket.connect(env.addr()).await.unwrap();
-    let mut tls = tls_over(&env, tcp, &cert).await;
+    let mut tls = tls_over(tcp, &env.pki.root.cert.cert_pem, &cert, &[])
+        .await
+        .unwrap();
     tls.write_all(&connect_packet(4, "c", Some("sensor-1")))
         .await
         .unwrap();
@@ -122,29 +124,4 @@ async fn past_the_pending_cap_new_connections_wait_in_the_backlog_until_a_slot_f
         "served while the pending cap was full"
     );
     drop(silent);
-}
-
-/// A TLS client over an already connected TCP stream.
-async fn tls_over(
-    env: &Env,
-    tcp: TcpStream,
-    leaf: &mqttgate::cli::pki::Issued,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(env.pki.root.cert.cert_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(mqttgate::trust::verifier::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(leaf.der.clone())], key)
-        .unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
 }

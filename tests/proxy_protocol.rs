@@ -137,36 +137,31 @@ impl Drop for Haproxy {
     }
 }
 
-/// A TLS client over an already connected TCP stream (here: to HAProxy).
-async fn tls_over(
-    tcp: TcpStream,
-    server_ca_pem: &str,
-    leaf: &mqttgate::cli::pki::Issued,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(server_ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(mqttgate::trust::verifier::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(leaf.der.clone())], key)
-        .unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+/// Waits until the gate has counted one refusal with `reason`.
+async fn assert_refused_once(gate: &Arc<Server>, reason: &str) {
+    let series =
+        format!("mqttgate_connections_closed_total{{outcome=\"refused\",reason=\"{reason}\"}}");
+    let g = gate.clone();
+    let counted = eventually(Duration::from_secs(3), || {
+        metric(&g.metrics.render(), &series) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{series}\n{}", gate.metrics.render());
 }
 
-fn closed_with(gate: &Server, reason: &str) -> Option<f64> {
-    metric(
-        &gate.metrics.render(),
-        &format!("mqttgate_connections_closed_total{{outcome=\"refused\",reason=\"{reason}\"}}"),
+/// A gate requiring a PROXY header from `trusted`, in front of a recording broker.
+async fn proxy_listener(pki: &Pki, dir: &std::path::Path, trusted: &str) -> Arc<Server> {
+    let (upstream, _broker) = recording_broker().await;
+    gate(
+        pki,
+        dir,
+        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
+        upstream,
+        &format!("proxy_protocol = \"required\"\ntrusted_proxies = [\"{trusted}\"]"),
+        false,
     )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +185,9 @@ async fn through_haproxy_the_client_address_is_the_one_its_header_carries_and_go
         .await
         .unwrap();
     let client_addr = tcp.local_addr().unwrap();
-    let mut tls = tls_over(tcp, &pki.root.cert.cert_pem, &cert).await;
+    let mut tls = tls_over(tcp, &pki.root.cert.cert_pem, &cert, &[])
+        .await
+        .unwrap();
     tls.write_all(&connect_packet(4, "c", Some("sensor-1")))
         .await
         .unwrap();
@@ -215,63 +212,25 @@ async fn through_haproxy_the_client_address_is_the_one_its_header_carries_and_go
 async fn a_header_from_an_untrusted_address_is_refused_before_tls() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, _broker) = recording_broker().await;
-    let gate = gate(
-        &pki,
-        dir.path(),
-        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
-        upstream,
-        "proxy_protocol = \"required\"\ntrusted_proxies = [\"10.0.0.0/8\"]",
-        false,
-    )
-    .await
-    .unwrap();
+    let gate = proxy_listener(&pki, dir.path(), "10.0.0.0/8").await;
     let mut s = TcpStream::connect(gate.local_addr()).await.unwrap();
     let header = proxy::encode("203.0.113.7:40000".parse().unwrap(), gate.local_addr(), "x");
     let _ = s.write_all(&header).await;
     let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
     assert!(closed && bytes.is_empty(), "{bytes:02x?}");
-    let g = gate.clone();
-    assert!(
-        eventually(Duration::from_secs(3), || closed_with(
-            &g,
-            "proxy_untrusted"
-        ) == Some(1.0))
-        .await,
-        "{}",
-        gate.metrics.render()
-    );
+    assert_refused_once(&gate, "proxy_untrusted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_connection_without_a_header_is_refused() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, _broker) = recording_broker().await;
-    let gate = gate(
-        &pki,
-        dir.path(),
-        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
-        upstream,
-        "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.0/8\"]",
-        false,
-    )
-    .await
-    .unwrap();
+    let gate = proxy_listener(&pki, dir.path(), "127.0.0.0/8").await;
     let cert = pki.root.issue(&leaf("sensor-1")).unwrap();
     // A TLS client straight to the listener: its ClientHello is no PROXY header.
     let handshake = tls_connect(gate.local_addr(), &pki.root.cert.cert_pem, &cert, &[]).await;
     assert!(handshake.is_err(), "the handshake went through");
-    let g = gate.clone();
-    assert!(
-        eventually(Duration::from_secs(3), || closed_with(
-            &g,
-            "proxy_malformed"
-        ) == Some(1.0))
-        .await,
-        "{}",
-        gate.metrics.render()
-    );
+    assert_refused_once(&gate, "proxy_malformed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,6 +274,17 @@ pub async fn tls_connect(
     leaf: &Issued,
     chain: &[&Issued],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(addr).await?, server_ca_pem, leaf, chain).await
+}
+
+/// A TLS client over a TCP connection already made (from a chosen source address, or to
+/// a load balancer), presenting `leaf` (plus `chain`).
+pub async fn tls_over(
+    tcp: TcpStream,
+    server_ca_pem: &str,
+    leaf: &Issued,
+    chain: &[&Issued],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(server_ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -288,7 +299,6 @@ pub async fn tls_connect(
         .with_client_auth_cert(certs, key)
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await?;
