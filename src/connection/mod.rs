@@ -2,6 +2,7 @@
 //! per phase:
 //!
 //! ```text
+//! 0 serve_proxied  on a PROXY-protocol listener: the v2 header names the client   (here)
 //! 1 handshake      TLS under the connect deadline; the verifier is trust::admit   (here)
 //! 2 read_connect   buffer until the codec says the CONNECT is complete            (here)
 //! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
