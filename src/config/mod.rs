@@ -248,12 +248,12 @@ pub struct Config {
 
 impl Config {
     /// Every file the trust state is built from, for the change watcher.
+    /// A registry directory counts as the files in it now, so adding, removing or editing
+    /// one is a change (the watcher asks again at every check).
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![
-            self.registry_file.clone(),
-            self.server_cert.clone(),
-            self.server_key.clone(),
-        ];
+        let mut files = crate::trust::registry::registry_files(&self.registry_file)
+            .unwrap_or_else(|_| vec![self.registry_file.clone()]);
+        files.extend([self.server_cert.clone(), self.server_key.clone()]);
         files.extend(self.ca_files.iter().cloned());
         files.extend(self.crl_files.iter().cloned());
         files

@@ -345,11 +345,11 @@ fn contents_changed(last: &[Seen], now: &[Seen]) -> bool {
 }
 
 async fn watch_files(server: Arc<Server>, every: Duration) {
-    let files = server.config.watched_files();
-    let (mut last, _) = fingerprint(&files, &[]);
+    let (mut last, _) = fingerprint(&server.config.watched_files(), &[]);
     loop {
         tokio::time::sleep(every).await;
-        let (files2, last2) = (files.clone(), last.clone());
+        // Asked again each time: a registry directory may have gained or lost a file.
+        let (files2, last2) = (server.config.watched_files(), last.clone());
         let Ok((now, _)) = tokio::task::spawn_blocking(move || fingerprint(&files2, &last2)).await
         else {
             continue;

@@ -19,7 +19,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
 use serde::de;
@@ -382,66 +382,101 @@ impl Registry {
     /// Reads the file as `Trust::load` does. A file over `max_bytes` is refused from its
     /// metadata, before any of it is read, so a wrong file can't exhaust memory.
     pub fn load(path: &Path, max_bytes: u64) -> Result<Registry, RegistryError> {
-        let read_err = |source| RegistryError::Read {
-            file: path.to_path_buf(),
-            source,
+        let read_err = |file: &Path| {
+            let file = file.to_path_buf();
+            move |source| RegistryError::Read { file, source }
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let size = file.metadata().map_err(read_err)?.len();
-        if size > max_bytes {
+        // A directory: every `*.json` in it, in name order, is one list (SPEC §13: several
+        // ConfigMaps projected into one folder); the size cap counts them together.
+        let files = registry_files(path).map_err(read_err(path))?;
+        let mut total = 0u64;
+        for f in &files {
+            total += std::fs::metadata(f).map_err(read_err(f))?.len();
+        }
+        if total > max_bytes {
             return Err(RegistryError::TooLarge {
                 file: path.to_path_buf(),
-                size,
+                size: total,
                 max: max_bytes,
             });
         }
-        // `take`: a file that grows after the check is cut off (and fails as invalid JSON).
-        let reader = BufReader::with_capacity(64 * 1024, file.take(max_bytes));
-        Registry::from_reader(reader, path).map_err(|e| match e {
-            RegistryError::Json { source, .. } if source.is_io() => RegistryError::Read {
-                file: path.to_path_buf(),
-                source: source.into(),
-            },
-            e => e,
-        })
+        let mut loader = Loader::new(path);
+        for f in &files {
+            let file = std::fs::File::open(f).map_err(read_err(f))?;
+            // `take`: a file that grows after the check is cut off (and fails as invalid JSON).
+            let reader = BufReader::with_capacity(64 * 1024, file.take(max_bytes));
+            loader.next_file(f);
+            stream(&mut loader, reader, f).map_err(|e| match e {
+                RegistryError::Json { source, .. } if source.is_io() => RegistryError::Read {
+                    file: f.to_path_buf(),
+                    source: source.into(),
+                },
+                e => e,
+            })?;
+        }
+        Ok(loader.finish())
     }
 
     /// Parses and validates a whole document; the first problem refuses it, so a reload
     /// with a mistake keeps the previous registry. `source` only names the file in errors.
     pub fn from_json(json: &[u8], source: &Path) -> Result<Registry, RegistryError> {
-        Registry::from_reader(json, source)
+        let mut loader = Loader::new(source);
+        stream(&mut loader, json, source)?;
+        Ok(loader.finish())
     }
+}
 
-    /// Streams the document: each entry is parsed into a small JSON value and turned into
-    /// a `Client` at once, so the whole file is never in memory as a JSON tree (which
-    /// took ~18 times the file's size).
-    fn from_reader(mut reader: impl BufRead, source: &Path) -> Result<Registry, RegistryError> {
-        let file = source.to_path_buf();
-        let head = reader.fill_buf().map_err(|source| RegistryError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        // Windows PowerShell 5 redirects `az` output as UTF-16; other editors add a BOM.
-        if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
-            return Err(RegistryError::Utf16 { file });
+/// The files a registry path names: itself, or a directory's `*.json` files in name order
+/// (names starting with `.` left out: Kubernetes keeps its `..data` links there).
+pub fn registry_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".json") && !name.starts_with('.') && p.is_file() {
+            files.push(p);
         }
-        if head.starts_with(b"\xef\xbb\xbf") {
-            reader.consume(3);
-        }
-        let mut loader = Loader {
-            file: source,
-            registry: Registry::default(),
-            names: HashTable::new(),
-            refused: None,
-        };
-        let mut de = serde_json::Deserializer::from_reader(reader);
-        let parsed = de::Deserializer::deserialize_any(&mut de, Document(&mut loader))
-            .and_then(|()| de.end());
-        if let Some(refused) = loader.refused.take() {
-            return Err(refused);
-        }
-        parsed.map_err(|source| RegistryError::Json { file, source })?;
-        let mut registry = loader.registry;
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Streams one document into the registry being built: each entry is parsed into a small
+/// JSON value and turned into a client at once, so no file is ever in memory as a JSON
+/// tree (which took ~18 times the file's size).
+fn stream(
+    loader: &mut Loader<'_>,
+    mut reader: impl BufRead,
+    source: &Path,
+) -> Result<(), RegistryError> {
+    let file = source.to_path_buf();
+    let head = reader.fill_buf().map_err(|source| RegistryError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    // Windows PowerShell 5 redirects `az` output as UTF-16; other editors add a BOM.
+    if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+        return Err(RegistryError::Utf16 { file });
+    }
+    if head.starts_with(b"\xef\xbb\xbf") {
+        reader.consume(3);
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let parsed =
+        de::Deserializer::deserialize_any(&mut de, Document(loader)).and_then(|()| de.end());
+    if let Some(refused) = loader.refused.take() {
+        return Err(refused);
+    }
+    parsed.map_err(|source| RegistryError::Json { file, source })
+}
+
+impl Loader<'_> {
+    /// The registry as loaded: arenas trimmed, tables shrunk.
+    fn finish(self) -> Registry {
+        let mut registry = self.registry;
         registry.records.shrink_to_fit();
         registry.text.shrink_to_fit();
         registry.attributes.shrink_to_fit();
@@ -465,9 +500,11 @@ impl Registry {
             // The per-entry JSON values were freed between the arenas' growth steps.
             crate::trust::memory::release_free_memory();
         }
-        Ok(registry)
+        registry
     }
+}
 
+impl Registry {
     fn view(&self, r: &Record) -> Client<'_> {
         let first = r.thumbprints as usize;
         Client {

@@ -15,13 +15,20 @@ use crate::trust::cert::ThumbprintError;
 pub struct EntryRef {
     pub index: usize,
     pub name: Option<String>,
+    /// The file it is in, when that is not the file the error is about (a registry
+    /// directory's other file).
+    pub file: Option<PathBuf>,
 }
 
 impl fmt::Display for EntryRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
-            Some(name) => write!(f, "entry {} ({name:?})", self.index),
-            None => write!(f, "entry {}", self.index),
+            Some(name) => write!(f, "entry {} ({name:?})", self.index)?,
+            None => write!(f, "entry {}", self.index)?,
+        }
+        match &self.file {
+            Some(file) => write!(f, " of {}", file.display()),
+            None => Ok(()),
         }
     }
 }

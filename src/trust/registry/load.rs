@@ -1,7 +1,7 @@
 //! Loading a registry file: the JSON document streamed entry by entry (no tree of the whole
 //! file), each entry checked against SPEC §1's rules and copied into the registry's arenas.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// The registry being built while the document streams by.
 pub(super) struct Loader<'a> {
     pub(super) file: &'a Path,
+    /// Where the current file's entries start in `records` (a directory registry streams
+    /// several files into one registry), and where each earlier file's did.
+    pub(super) file_start: usize,
+    pub(super) earlier_files: Vec<(usize, PathBuf)>,
     pub(super) registry: Registry,
     /// Client names seen so far, for their uniqueness; dropped after the load.
     pub(super) names: HashTable<u32>,
@@ -43,7 +47,29 @@ fn push_text(text: &mut String, s: &str) -> Option<Span> {
     Some(Span { start, len })
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    pub(super) fn new(first: &'a Path) -> Loader<'a> {
+        Loader {
+            file: first,
+            file_start: 0,
+            earlier_files: Vec::new(),
+            registry: Registry::default(),
+            names: HashTable::new(),
+            refused: None,
+        }
+    }
+
+    /// Entries from here on come from `file`.
+    pub(super) fn next_file(&mut self, file: &'a Path) {
+        let start = self.registry.records.len();
+        if start > self.file_start {
+            self.earlier_files
+                .push((self.file_start, self.file.to_path_buf()));
+        }
+        self.file = file;
+        self.file_start = start;
+    }
+
     fn refuse<E: de::Error>(&mut self, error: RegistryError) -> E {
         self.refused = Some(error);
         E::custom("registry refused")
@@ -55,7 +81,7 @@ impl Loader<'_> {
     }
 
     fn add(&mut self, entry: &Value) -> Result<(), RegistryError> {
-        let index = self.registry.records.len();
+        let index = self.registry.records.len() - self.file_start;
         let file = self.file;
         let client = parse_entry(entry, index, file)?;
         let Registry {
@@ -72,14 +98,25 @@ impl Loader<'_> {
             entry: EntryRef {
                 index,
                 name: Some(client.name.to_string()),
+                file: None,
             },
             prefix: "",
         };
         let name_of = |i: u32| &text[records[i as usize].name.range()];
-        // Array position equals position in `records`: any error stops the load.
-        let other = |i: u32| EntryRef {
-            index: i as usize,
-            name: Some(name_of(i).to_string()),
+        // A record's array position is its position in `records` less its file's start:
+        // any error stops the load, so nothing is skipped.
+        let (file_start, earlier) = (self.file_start, &self.earlier_files);
+        let other = |i: u32| {
+            let i = i as usize;
+            let (start, file) = match earlier.iter().rev().find(|(s, _)| *s <= i) {
+                Some((s, f)) if i < file_start => (*s, Some(f.clone())),
+                _ => (file_start, None),
+            };
+            EntryRef {
+                index: i - start,
+                name: Some(name_of(i as u32).to_string()),
+                file,
+            }
         };
         // ARM resource names are case-insensitive, so "gw" and "GW" are one resource.
         let name = name_key(client.name);
@@ -124,7 +161,7 @@ impl Loader<'_> {
                 },
             )
         };
-        let position = u32::try_from(index).map_err(|_| too_large())?;
+        let position = u32::try_from(self.file_start + index).map_err(|_| too_large())?;
         let first_thumbprint = u32::try_from(thumbprints.len()).map_err(|_| too_large())?;
         let name_span = push_text(text, client.name).ok_or_else(too_large)?;
         let auth_span = match client.authentication_name {
@@ -424,7 +461,11 @@ fn parse_entry<'v>(
 ) -> Result<Parsed<'v>, RegistryError> {
     let mut at = Ctx {
         file,
-        entry: EntryRef { index, name: None },
+        entry: EntryRef {
+            index,
+            name: None,
+            file: None,
+        },
         prefix: "",
     };
     let Some(obj) = entry.as_object() else {
