@@ -16,6 +16,23 @@ fn disabled(name: &str) -> String {
     chain_client(name, SUBJECT).replace("\"Enabled\"", "\"Disabled\"")
 }
 
+/// An environment with a folder `clients.d` holding `a.json` (sensor-1) and `b.json`.
+async fn directory_env(b_json: &str) -> (Env, std::path::PathBuf) {
+    let pki = Pki::new();
+    let mut setup = Setup::new("[]");
+    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    let env = Env::start(pki, setup).await;
+    let dir = env.path("clients.d");
+    std::fs::create_dir(&dir).unwrap();
+    write(
+        &dir,
+        "a.json",
+        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
+    );
+    write(&dir, "b.json", b_json);
+    (env, dir)
+}
+
 /// A second mqttgate on the environment's config with `registry.clients` = `clients.d`.
 async fn gate_on_directory(env: &Env) -> std::sync::Arc<Server> {
     let text = std::fs::read_to_string(&env.config_file)
@@ -56,22 +73,12 @@ async fn until_connack(gate: &Server, env: &Env, name: &str, want: [u8; 4]) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_directory_merges_its_files_and_reloads_when_one_changes() {
-    let pki = Pki::new();
-    let mut setup = Setup::new("[]");
-    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    let env = Env::start(pki, setup).await;
-    let dir = env.path("clients.d");
-    std::fs::create_dir(&dir).unwrap();
-    write(
-        &dir,
-        "a.json",
-        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
-    );
-    write(
-        &dir,
-        "b.json",
-        &format!("{{\"value\":[{}]}}", chain_client("sensor-2", SUBJECT)),
-    );
+    // b.json in the ARM list shape: both shapes mix in one folder.
+    let (env, dir) = directory_env(&format!(
+        "{{\"value\":[{}]}}",
+        chain_client("sensor-2", SUBJECT)
+    ))
+    .await;
     // Not a registry file: left out.
     write(&dir, "notes.txt", "not json");
     let gate = gate_on_directory(&env).await;
@@ -96,22 +103,7 @@ async fn a_registry_directory_merges_its_files_and_reloads_when_one_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_fails_the_reload_as_a_whole_naming_it() {
-    let pki = Pki::new();
-    let mut setup = Setup::new("[]");
-    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    let env = Env::start(pki, setup).await;
-    let dir = env.path("clients.d");
-    std::fs::create_dir(&dir).unwrap();
-    write(
-        &dir,
-        "a.json",
-        &format!("[{}]", chain_client("sensor-1", SUBJECT)),
-    );
-    write(
-        &dir,
-        "b.json",
-        &format!("[{}]", chain_client("sensor-2", SUBJECT)),
-    );
+    let (env, dir) = directory_env(&format!("[{}]", chain_client("sensor-2", SUBJECT))).await;
     let gate = gate_on_directory(&env).await;
 
     write(&dir, "b.json", "[{\"name\": ");
