@@ -100,14 +100,6 @@ pub enum Credentials<'a> {
     },
 }
 
-impl Credentials<'_> {
-    pub fn method(&self) -> Method {
-        match self {
-            Credentials::Certificate { .. } => Method::Certificate,
-        }
-    }
-}
-
 /// The namespace-wide settings the decision needs.
 #[derive(Clone, Debug)]
 pub struct Policy {

@@ -162,23 +162,25 @@ impl Ca {
     }
 
     pub fn root_with_validity(cn: &str, not_before: i64, not_after: i64) -> Result<Ca, PkiError> {
-        let key = KeyKind::P256.generate()?;
-        let params = ca_params(cn, not_before, not_after);
-        let cert = params.self_signed(&key)?;
-        let issued = Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        };
-        Ok(Ca {
-            issuer: Issuer::new(params, key),
-            cert: issued,
-        })
+        Ca::self_signed(KeyKind::P256.generate()?, cn, not_before, not_after)
     }
 
     /// The same root (subject and key) re-issued with other dates, as a CA renewal does.
     pub fn renewed(&self, cn: &str, not_before: i64, not_after: i64) -> Result<Ca, PkiError> {
-        let key = KeyPair::from_pem(&self.cert.key_pem)?;
+        Ca::self_signed(
+            KeyPair::from_pem(&self.cert.key_pem)?,
+            cn,
+            not_before,
+            not_after,
+        )
+    }
+
+    fn self_signed(
+        key: KeyPair,
+        cn: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<Ca, PkiError> {
         let params = ca_params(cn, not_before, not_after);
         let cert = params.self_signed(&key)?;
         let issued = Issued {

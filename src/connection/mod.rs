@@ -290,7 +290,7 @@ async fn handshake(
             ("ok", "")
         }
         Err(failure) => {
-            debug!(%peer, reason = failure.label(), "client handshake failed");
+            debug!(%peer, reason = failure.label(), "tls handshake failed");
             ("failed", failure.label())
         }
     };

@@ -40,13 +40,6 @@ impl ClientStream {
             ClientStream::Tls(t) => tls_facts(t),
         }
     }
-
-    /// The transport's metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ClientStream::Tls(_) => "tls",
-        }
-    }
 }
 
 impl AsyncRead for ClientStream {

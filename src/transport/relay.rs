@@ -208,20 +208,6 @@ impl Relay {
         poll_fn(|cx| self.poll_both(cx, client, upstream)).await
     }
 
-    /// `run` until both directions have ended, passing over the half-close report.
-    pub async fn run_to_end<C, U>(&mut self, client: &mut C, upstream: &mut U) -> Ended
-    where
-        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
-        loop {
-            match self.run(client, upstream).await {
-                Ended::HalfClosed => continue,
-                ended => return ended,
-            }
-        }
-    }
-
     fn poll_both<C, U>(
         &mut self,
         cx: &mut Context<'_>,
@@ -343,6 +329,20 @@ impl Drop for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `run` until both directions have ended, passing over the half-close report.
+    async fn run_to_end<C, U>(relay: &mut Relay, client: &mut C, upstream: &mut U) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            match relay.run(client, upstream).await {
+                Ended::HalfClosed => continue,
+                ended => return ended,
+            }
+        }
+    }
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -351,7 +351,7 @@ mod tests {
         let (mut upstream, mut broker) = duplex(64);
         let task = tokio::spawn(async move {
             let mut relay = Relay::new();
-            let ended = relay.run_to_end(&mut client, &mut upstream).await;
+            let ended = run_to_end(&mut relay, &mut client, &mut upstream).await;
             (ended, relay.bytes())
         });
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -423,7 +423,7 @@ mod tests {
         let (mut upstream, _broker) = duplex(1024);
         let mut relay = Relay::new();
         relay.forwarded_up(forwarded);
-        relay.run_to_end(&mut client, &mut upstream).await
+        run_to_end(&mut relay, &mut client, &mut upstream).await
     }
 
     #[tokio::test]
@@ -463,7 +463,7 @@ mod tests {
         let (mut upstream, mut broker) = duplex(64);
         let task = tokio::spawn(async move {
             let mut relay = Relay::new();
-            relay.run_to_end(&mut client, &mut upstream).await
+            run_to_end(&mut relay, &mut client, &mut upstream).await
         });
         client_app.write_all(&DISCONNECT).await.unwrap();
         let mut got = [0u8; 2];
@@ -490,7 +490,7 @@ mod tests {
         let mut relay = Relay::new();
         tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            relay.run_to_end(&mut client, &mut upstream),
+            run_to_end(&mut relay, &mut client, &mut upstream),
         )
         .await
         .expect_err("nothing ended yet");
