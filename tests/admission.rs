@@ -125,7 +125,10 @@ struct ShortLivedCa {
 async fn short_lived_ca(seconds: i64, extra_clients: &[String]) -> ShortLivedCa {
     let pki = Pki::new();
     let ca = Ca::root_with_validity("Short-lived CA", -3600, seconds).unwrap();
-    let not_after = mqttgate::trust::unix_now() + seconds;
+    // The certificate's own date, not a clock read taken later (they can differ by a second).
+    let not_after = mqttgate::trust::cert::CertInfo::parse(&ca.cert.der)
+        .unwrap()
+        .not_after;
     let mut entries = vec![chain_client("sensor-1", SUBJECT)];
     entries.extend_from_slice(extra_clients);
     let mut setup = Setup::new(&format!("[{}]", entries.join(",")));
