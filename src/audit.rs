@@ -115,7 +115,7 @@ pub fn decision(
 /// One line per accepted connection, however it ended (`outcome`: tls_failure, refused
 /// or session).
 pub fn closed(
-    peer: SocketAddr,
+    peer: crate::transport::Peer,
     outcome: &str,
     reason: &str,
     name: &str,
@@ -125,7 +125,8 @@ pub fn closed(
     info!(
         target: "mqttgate::audit",
         event = "closed",
-        %peer,
+        peer = %peer.addr,
+        transport = peer.transport.label(),
         outcome,
         authentication_name = name,
         reason,

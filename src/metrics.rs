@@ -45,6 +45,8 @@ pub struct Side {
 pub struct Close {
     pub outcome: &'static str,
     pub reason: &'static str,
+    /// "tls" or "websocket": the listener the connection came in by.
+    pub transport: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

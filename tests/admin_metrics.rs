@@ -89,7 +89,7 @@ async fn metrics_count_each_outcome_with_bounded_labels() {
         eventually(Duration::from_secs(3), || {
             metric(
                 &gate.metrics.render(),
-                "mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\"}",
+                "mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\",transport=\"tls\"}",
             ) == Some(1.0)
         })
         .await
@@ -111,8 +111,8 @@ async fn metrics_count_each_outcome_with_bounded_labels() {
         ("mqttgate_connacks_sent_total{sender=\"mqttgate\",protocol=\"5\",code=\"0x87\"}", 1.0),
         ("mqttgate_connacks_sent_total{sender=\"broker\",protocol=\"3.1.1\",code=\"0x00\"}", 1.0),
         ("mqttgate_upstream_dials_total{result=\"ok\"}", 1.0),
-        ("mqttgate_connections_closed_total{outcome=\"refused\",reason=\"denied\"}", 1.0),
-        ("mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\"}", 1.0),
+        ("mqttgate_connections_closed_total{outcome=\"refused\",reason=\"denied\",transport=\"tls\"}", 1.0),
+        ("mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\",transport=\"tls\"}", 1.0),
         ("mqttgate_accept_to_decision_seconds_count{outcome=\"connack_forwarded\"}", 1.0),
         ("mqttgate_accept_to_decision_seconds_count{outcome=\"refused\"}", 1.0),
         ("mqttgate_registry_clients{scheme=\"subject\",state=\"enabled\"}", 1.0),
@@ -204,7 +204,7 @@ async fn the_connect_deadline_shows_in_metrics_when_it_fires() {
             ) == Some(1.0)
                 && metric(
                     &s,
-                    "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"connect_timeout\"}",
+                    "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"connect_timeout\",transport=\"tls\"}",
                 ) == Some(1.0)
         })
         .await,

@@ -266,10 +266,10 @@ async fn every_accepted_connection_ends_in_exactly_one_recorded_outcome() {
     assert_eq!(accepted, 4.0, "{scrape}");
     assert_eq!(outcomes, accepted, "one outcome per connection:\n{scrape}");
     for series in [
-        "mqttgate_connections_closed_total{outcome=\"tls_failure\",reason=\"unknown_issuer\"}",
-        "mqttgate_connections_closed_total{outcome=\"tls_failure\",reason=\"timeout\"}",
-        "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"denied\"}",
-        "mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\"}",
+        "mqttgate_connections_closed_total{outcome=\"tls_failure\",reason=\"unknown_issuer\",transport=\"tls\"}",
+        "mqttgate_connections_closed_total{outcome=\"tls_failure\",reason=\"timeout\",transport=\"tls\"}",
+        "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"denied\",transport=\"tls\"}",
+        "mqttgate_connections_closed_total{outcome=\"session\",reason=\"client\",transport=\"tls\"}",
     ] {
         assert_eq!(metric(&scrape, series), Some(1.0), "{series}\n{scrape}");
     }

@@ -70,7 +70,7 @@ async fn disconnect_then_tcp_close_without_close_notify_is_a_client_close() {
         metric(
             &env.gate.metrics.render(),
             &format!(
-                "mqttgate_connections_closed_total{{outcome=\"session\",reason=\"{reason}\"}}"
+                "mqttgate_connections_closed_total{{outcome=\"session\",reason=\"{reason}\",transport=\"tls\"}}"
             ),
         )
     };

@@ -171,7 +171,7 @@ async fn sigterm_drains_mqtt5_sessions_without_losing_qos1_messages() {
     assert_eq!(
         metric(
             &scrape,
-            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"shutdown\"}"
+            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"shutdown\",transport=\"tls\"}"
         ),
         Some(1.0),
         "{scrape}"

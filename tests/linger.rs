@@ -37,7 +37,7 @@ async fn a_client_that_never_closes_after_the_broker_did_is_closed_after_the_lin
         let s = gate.metrics.render();
         metric(
             &s,
-            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"upstream\"}",
+            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"upstream\",transport=\"tls\"}",
         ) == Some(1.0)
             && metric(&s, "mqttgate_connections_active") == Some(0.0)
     })

@@ -140,7 +140,7 @@ async fn disabling_a_connected_client_disconnects_it_and_others_keep_every_messa
     assert_eq!(
         metric(
             &scrape,
-            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"revoked\"}"
+            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"revoked\",transport=\"tls\"}"
         ),
         Some(1.0)
     );
@@ -198,7 +198,7 @@ async fn a_session_is_closed_when_its_certificate_expires() {
     assert_eq!(
         metric(
             &scrape,
-            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"certificate_expired\"}"
+            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"certificate_expired\",transport=\"tls\"}"
         ),
         Some(1.0)
     );

@@ -89,7 +89,7 @@ async fn one_source_address_cannot_hold_more_than_its_pending_share() {
     assert_eq!(
         metric(
             &scrape,
-            "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"source_pending_limit\"}"
+            "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"source_pending_limit\",transport=\"tls\"}"
         ),
         Some(1.0),
         "{scrape}"

@@ -140,7 +140,7 @@ impl Drop for Haproxy {
 /// Waits until the gate has counted one refusal with `reason`.
 async fn assert_refused_once(gate: &Arc<Server>, reason: &str) {
     let series =
-        format!("mqttgate_connections_closed_total{{outcome=\"refused\",reason=\"{reason}\"}}");
+        format!("mqttgate_connections_closed_total{{outcome=\"refused\",reason=\"{reason}\",transport=\"tls\"}}");
     let g = gate.clone();
     let counted = eventually(Duration::from_secs(3), || {
         metric(&g.metrics.render(), &series) == Some(1.0)

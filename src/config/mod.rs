@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
+use crate::transport::ws::UpgradeRules;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
@@ -61,6 +62,8 @@ struct RawConfig {
     proxy_protocol: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    /// A second listener for MQTT over WebSockets (SPEC §8).
+    websocket: Option<RawWebSocket>,
     #[serde(rename = "alternativeAuthenticationNameSources", default)]
     alternative_sources: Vec<String>,
     #[serde(default)]
@@ -96,6 +99,16 @@ struct RawTls {
     crls: Vec<PathBuf>,
     #[serde(default)]
     stale_crl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebSocket {
+    listen: String,
+    path: Option<String>,
+    /// "required": like the top-level key, for this listener (same `trusted_proxies`).
+    proxy_protocol: Option<String>,
+    max_request_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +194,18 @@ pub enum ClientIdMode {
     PerIdentity,
 }
 
+/// The WebSocket listener: its address, its upgrade rules and its PROXY protocol setting.
+#[derive(Clone, Debug)]
+pub struct WebSocketListener {
+    pub listen: SocketAddr,
+    pub rules: UpgradeRules,
+    pub inbound_proxy: Option<Vec<Cidr>>,
+}
+
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+/// Browsers send 400–800 bytes; long cookies or tokens in the query string more.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8192;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsVersion {
     V12,
@@ -219,6 +244,8 @@ pub struct Config {
     /// With `proxy_protocol = "required"`: the networks a PROXY v2 header is taken from.
     /// Every connection must start with one; from anywhere else it is closed (SPEC §8).
     pub inbound_proxy: Option<Vec<Cidr>>,
+    /// `[websocket]`: MQTT over WebSockets on a second port, same TLS and trust.
+    pub websocket: Option<WebSocketListener>,
     pub admin_listen: SocketAddr,
     /// Admin connections served at once; more are closed on accept.
     pub admin_max_connections: usize,
@@ -443,30 +470,46 @@ impl Config {
             },
         };
 
-        let inbound_proxy = match raw.proxy_protocol.as_deref() {
-            None | Some("off") => None,
-            Some("required") => {
-                if raw.trusted_proxies.is_empty() {
-                    return Err(field_err(
-                        "trusted_proxies",
-                        "required with proxy_protocol = \"required\": the load balancers' networks"
-                            .into(),
-                    ));
-                }
-                let cidrs = raw
-                    .trusted_proxies
-                    .iter()
-                    .map(|c| Cidr::parse(c))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| field_err("trusted_proxies", e))?;
-                Some(cidrs)
-            }
-            Some(other) => {
-                return Err(field_err(
-                    "proxy_protocol",
-                    format!("{other:?} is not \"required\" or \"off\""),
-                ))
-            }
+        let inbound_proxy = parse_inbound_proxy(
+            "proxy_protocol",
+            raw.proxy_protocol.as_deref(),
+            &raw.trusted_proxies,
+        )
+        .map_err(|(f, m)| field_err(f, m))?;
+        let websocket = match &raw.websocket {
+            None => None,
+            Some(ws) => Some(WebSocketListener {
+                listen: addr("websocket.listen", &ws.listen)?,
+                rules: UpgradeRules {
+                    path: match ws.path.as_deref().unwrap_or(DEFAULT_WEBSOCKET_PATH) {
+                        p if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p.to_string(),
+                        p => {
+                            return Err(field_err(
+                                "websocket.path",
+                                format!("{p:?} is not an absolute path like \"/mqtt\""),
+                            ))
+                        }
+                    },
+                    max_request_bytes: match ws
+                        .max_request_bytes
+                        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
+                    {
+                        n @ 256..=65_536 => n,
+                        n => {
+                            return Err(field_err(
+                                "websocket.max_request_bytes",
+                                format!("{n} is outside 256..=65536"),
+                            ))
+                        }
+                    },
+                },
+                inbound_proxy: parse_inbound_proxy(
+                    "websocket.proxy_protocol",
+                    ws.proxy_protocol.as_deref(),
+                    &raw.trusted_proxies,
+                )
+                .map_err(|(f, m)| field_err(f, m))?,
+            }),
         };
         let upstream_proxy = match raw.upstream.proxy_protocol.as_deref() {
             None | Some("off") => false,
@@ -482,6 +525,7 @@ impl Config {
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
             inbound_proxy,
+            websocket,
             admin_listen: addr(
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
@@ -527,6 +571,32 @@ impl Config {
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
         })
+    }
+}
+
+/// `proxy_protocol` for a listener: "required" takes headers from `trusted_proxies` only.
+fn parse_inbound_proxy(
+    field: &'static str,
+    value: Option<&str>,
+    trusted: &[String],
+) -> Result<Option<Vec<Cidr>>, (&'static str, String)> {
+    match value {
+        None | Some("off") => Ok(None),
+        Some("required") => {
+            if trusted.is_empty() {
+                return Err((
+                    "trusted_proxies",
+                    format!("required with {field} = \"required\": the load balancers' networks"),
+                ));
+            }
+            let cidrs = trusted
+                .iter()
+                .map(|c| Cidr::parse(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ("trusted_proxies", e))?;
+            Ok(Some(cidrs))
+        }
+        Some(other) => Err((field, format!("{other:?} is not \"required\" or \"off\""))),
     }
 }
 

@@ -4,6 +4,7 @@
 //! ```text
 //! 0 serve_proxied  on a PROXY-protocol listener: the v2 header names the client   (here)
 //! 1 handshake      TLS under the connect deadline; the verifier is trust::admit   (here)
+//!   upgrade        on the WebSocket listener: HTTP/1.1 Upgrade, same deadline    (here)
 //! 2 read_connect   buffer until the codec says the CONNECT is complete            (here)
 //! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
 //!                  └ refused → outcome::refuse: CONNACK, close
@@ -42,7 +43,8 @@ use crate::server::slots::{Pending, Slots};
 use crate::transport::packet_io::{self, ReadError};
 use crate::transport::relay::Relay;
 use crate::transport::tls_io::TlsConn;
-use crate::transport::{proxy, ClientStream, Peer};
+use crate::transport::ws::{self, UpgradeRefusal, UpgradeRules};
+use crate::transport::{proxy, ClientStream, Peer, Transport};
 use crate::trust::cert::CertInfo;
 use crate::trust::verifier::HandshakeFailure;
 use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
@@ -67,6 +69,8 @@ pub struct Ctx {
     pub reason_strings: bool,
     /// Open each upstream connection with a PROXY v2 header (`[upstream] proxy_protocol`).
     pub upstream_proxy: bool,
+    /// The WebSocket listener's upgrade rules, when it is configured.
+    pub websocket: Option<UpgradeRules>,
     pub trust: TrustWatch,
     pub lifecycle: watch::Receiver<Lifecycle>,
     pub metrics: Arc<Metrics>,
@@ -139,6 +143,7 @@ pub async fn serve_proxied(
             destination,
         })) => Peer {
             addr: source,
+            transport: proxy.transport,
             local: destination,
             via: Some(proxy.addr),
         },
@@ -224,9 +229,15 @@ async fn open_session(
     accepted: Instant,
 ) -> Result<Opened, Outcome> {
     let deadline = tokio::time::Instant::from_std(accepted + ctx.limits.connect_timeout);
-    let mut client = handshake(ctx, tcp, peer, deadline, accepted)
+    let tls = handshake(ctx, tcp, peer, deadline, accepted)
         .await
         .map_err(Outcome::TlsFailed)?;
+    let mut client = match (peer.transport, &ctx.websocket) {
+        (Transport::WebSocket, Some(rules)) => upgrade(tls, rules, deadline)
+            .await
+            .map_err(|r| Outcome::Refused(Refused::Upgrade(r)))?,
+        _ => ClientStream::Tls(tls),
+    };
     let mut trust_rx = ctx.trust.clone();
     match admit_and_dial(ctx, &mut client, &mut trust_rx, peer, deadline).await {
         Ok((session, upstream, slot)) => {
@@ -266,6 +277,17 @@ async fn open_session(
     }
 }
 
+/// Phase 1b, on the WebSocket listener: the HTTP/1.1 Upgrade inside the connect deadline.
+/// A refused upgrade is answered with its HTTP status (SPEC §8: never a hang).
+async fn upgrade(
+    tls: TlsConn,
+    rules: &UpgradeRules,
+    deadline: tokio::time::Instant,
+) -> Result<ClientStream, UpgradeRefusal> {
+    let ws = ws::accept(tls, rules, deadline).await?;
+    Ok(ClientStream::Ws(Box::new(ws)))
+}
+
 /// Phase 1: the TLS handshake under the connect deadline, with the configuration (and so
 /// the verifier) of the trust state current at accept. The decision after CONNECT
 /// re-admits the certificate against the state current then.
@@ -275,10 +297,10 @@ async fn handshake(
     peer: Peer,
     deadline: tokio::time::Instant,
     accepted: Instant,
-) -> Result<ClientStream, HandshakeFailure> {
+) -> Result<TlsConn, HandshakeFailure> {
     let config = ctx.trust.borrow().server_config.clone();
     let result = match timeout_at(deadline, TlsConn::accept(config, tcp)).await {
-        Ok(Ok(tls)) => Ok(ClientStream::Tls(tls)),
+        Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(HandshakeFailure::classify(&e)),
         Err(_) => Err(HandshakeFailure::Timeout),
     };

@@ -13,6 +13,7 @@ use crate::auth::Denial;
 use crate::metrics;
 use crate::mqtt::{self, ParseError, Refusal, Version};
 use crate::server::slots::AtAccept;
+use crate::transport::ws::UpgradeRefusal;
 use crate::transport::{ClientStream, Peer};
 use crate::trust::verifier::HandshakeFailure;
 
@@ -44,6 +45,9 @@ pub enum Refused {
     /// Closed before TLS on a listener that requires a PROXY v2 header.
     #[error("proxy protocol: {0:?}")]
     Proxy(ProxyRefusal),
+    /// The WebSocket upgrade was refused (answered with an HTTP status) or abandoned.
+    #[error("websocket upgrade refused: {}", .0.label())]
+    Upgrade(UpgradeRefusal),
 }
 
 /// Why a connection to a PROXY-protocol listener was closed before its TLS handshake.
@@ -76,6 +80,7 @@ impl Refused {
             Refused::Proxy(ProxyRefusal::Untrusted) => "proxy_untrusted",
             Refused::Proxy(ProxyRefusal::Malformed) => "proxy_malformed",
             Refused::Proxy(ProxyRefusal::Timeout) => "proxy_timeout",
+            Refused::Upgrade(r) => r.label(),
         }
     }
 
@@ -92,7 +97,8 @@ impl Refused {
             | Refused::Certificate(_)
             | Refused::Io(_)
             | Refused::AtAccept(_)
-            | Refused::Proxy(_) => "",
+            | Refused::Proxy(_)
+            | Refused::Upgrade(_) => "",
         }
     }
 
@@ -108,7 +114,8 @@ impl Refused {
             | Refused::Certificate(_)
             | Refused::Io(_)
             | Refused::AtAccept(_)
-            | Refused::Proxy(_) => (None, None),
+            | Refused::Proxy(_)
+            | Refused::Upgrade(_) => (None, None),
         }
     }
 }
@@ -173,6 +180,7 @@ pub fn record(ctx: &Ctx, peer: Peer, accepted: Instant, outcome: &Outcome) {
         .get_or_create(&metrics::Close {
             outcome: kind,
             reason,
+            transport: peer.transport.label(),
         })
         .inc();
     let (name, bytes) = match outcome {
@@ -181,7 +189,7 @@ pub fn record(ctx: &Ctx, peer: Peer, accepted: Instant, outcome: &Outcome) {
         _ if !ctx.denial_log.check(peer.ip(), std::time::Instant::now()).0 => return,
         _ => ("", (0, 0)),
     };
-    audit::closed(peer.addr, kind, reason, name, bytes, accepted.elapsed());
+    audit::closed(peer, kind, reason, name, bytes, accepted.elapsed());
 }
 
 /// Answers a refusal with the CONNACK SPEC §3 gives it (if any) and closes; `record`

@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::connection::{self, Ctx, Lifecycle};
 use crate::metrics::Metrics;
 use crate::server::slots::{AtAccept, Slots};
-use crate::transport::Peer;
+use crate::transport::proxy::Cidr;
+use crate::transport::{Peer, Transport};
 use crate::trust::{self, LoadError, Trust};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +38,13 @@ pub enum StartError {
 /// A running mqttgate: its address, and the handles to reload and stop it.
 pub struct Server {
     local_addr: SocketAddr,
+    websocket_addr: Option<SocketAddr>,
     config: Config,
     trust_tx: watch::Sender<Arc<Trust>>,
     lifecycle_tx: watch::Sender<Lifecycle>,
     pub metrics: Arc<Metrics>,
     slots: Arc<Slots>,
-    accept_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    accept_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     admin_addr: SocketAddr,
     upstream_ok: AtomicBool,
@@ -63,6 +65,22 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let websocket = match &config.websocket {
+            None => None,
+            Some(ws) => {
+                let listener = bind(ws.listen, config.limits.listen_backlog).map_err(|source| {
+                    StartError::Listen {
+                        addr: ws.listen,
+                        source,
+                    }
+                })?;
+                let addr = listener.local_addr().map_err(|source| StartError::Listen {
+                    addr: ws.listen,
+                    source,
+                })?;
+                Some((listener, addr))
+            }
+        };
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -87,6 +105,7 @@ impl Server {
             client_id_mode: config.client_id_mode,
             reason_strings: config.reason_strings,
             upstream_proxy: config.upstream_proxy,
+            websocket: config.websocket.as_ref().map(|ws| ws.rules.clone()),
             trust: trust_rx,
             lifecycle: lifecycle_rx,
             metrics: metrics.clone(),
@@ -95,12 +114,13 @@ impl Server {
         });
         let server = Arc::new(Server {
             local_addr,
+            websocket_addr: websocket.as_ref().map(|(_, addr)| *addr),
             slots,
             config,
             trust_tx,
             lifecycle_tx,
             metrics,
-            accept_task: std::sync::Mutex::new(None),
+            accept_tasks: std::sync::Mutex::new(Vec::new()),
             background: std::sync::Mutex::new(Vec::new()),
             admin_addr,
             upstream_ok: AtomicBool::new(false),
@@ -119,14 +139,35 @@ impl Server {
             background.push(tokio::spawn(watch_files(server.clone(), every)));
         }
         *server.background.lock().expect("not poisoned") = background;
-        let task = tokio::spawn(accept_loop(server.clone(), listener, ctx));
-        *server.accept_task.lock().expect("not poisoned") = Some(task);
+        let mut tasks = vec![tokio::spawn(accept_loop(
+            server.clone(),
+            listener,
+            Transport::Tls,
+            server.config.inbound_proxy.clone(),
+            ctx.clone(),
+        ))];
+        if let (Some((listener, addr)), Some(ws)) = (websocket, &server.config.websocket) {
+            tasks.push(tokio::spawn(accept_loop(
+                server.clone(),
+                listener,
+                Transport::WebSocket,
+                ws.inbound_proxy.clone(),
+                ctx,
+            )));
+            info!(listen = %addr, path = %ws.rules.path, "mqttgate listening for MQTT over WebSockets");
+        }
+        *server.accept_tasks.lock().expect("not poisoned") = tasks;
         info!(listen = %local_addr, upstream = %server.config.upstream, "mqttgate listening");
         Ok(server)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The WebSocket listener's address, when `[websocket]` is configured.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -209,8 +250,8 @@ impl Server {
     pub async fn shutdown(&self) {
         self.lifecycle_tx.send_replace(Lifecycle::Draining);
         self.readiness();
-        let task = self.accept_task.lock().expect("not poisoned").take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *self.accept_tasks.lock().expect("not poisoned"));
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
@@ -363,7 +404,15 @@ async fn watch_files(server: Arc<Server>, every: Duration) {
     }
 }
 
-async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) {
+/// Accepts on one listener. Both listeners share the pending and session slots: the
+/// limits are the server's, whatever port a client picked.
+async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    transport: Transport,
+    inbound_proxy: Option<Vec<Cidr>>,
+    ctx: Arc<Ctx>,
+) {
     loop {
         // Past the pending cap, stop accepting: new connections wait in the backlog.
         let permit = server.slots.pending_slot().await;
@@ -379,9 +428,10 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, ctx: Arc<Ctx>) 
         };
         server.metrics.accepted.inc();
         let accepted = std::time::Instant::now();
-        let peer = Peer::direct(peer, tcp.local_addr().unwrap_or(server.local_addr));
+        let local = tcp.local_addr().unwrap_or(server.local_addr);
+        let peer = Peer::direct(peer, local, transport);
         let _ = tcp.set_nodelay(true);
-        if let Some(trusted) = &server.config.inbound_proxy {
+        if let Some(trusted) = &inbound_proxy {
             // SPEC §8: only a trusted load balancer may speak for a client; its header names
             // the client, and the per-source share applies to that address.
             if !trusted.iter().any(|net| net.contains(peer.ip())) {
