@@ -17,6 +17,9 @@ ensure_packages() {
   # ss and prlimit: tests/storm_limits.rs reads the backlog and open-files limit with them.
   have ss || missing+=(iproute2)
   have prlimit || missing+=(util-linux)
+  # MQTT.js (tests/websocket.rs) runs on Node; npm installs it into tests/js.
+  have node || missing+=(nodejs)
+  have npm || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq
@@ -30,6 +33,15 @@ ensure_paho() {
   if ! python3 -c "import paho.mqtt.client" 2>/dev/null; then
     echo "installing paho-mqtt (tests/requirements.txt)" >&2
     python3 -m pip install --quiet -r tests/requirements.txt
+  fi
+}
+
+# MQTT.js, pinned by tests/js/package-lock.json, into tests/js/node_modules; npm's cache
+# stays inside the repository (target/npm-cache).
+ensure_mqttjs() {
+  if [ ! -d tests/js/node_modules/mqtt ]; then
+    echo "installing MQTT.js (tests/js/package-lock.json)" >&2
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error --cache ../../target/npm-cache)
   fi
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need if missing (Mosquitto, its clients,
-# paho-mqtt, ss, prlimit), then checks formatting, lints and docs, builds the whole
+# paho-mqtt, MQTT.js, ss, prlimit), then checks formatting, lints and docs, builds the whole
 # workspace (the load generator too, which tests/load_smoke.rs runs) and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ source scripts/deps.sh
 ensure_rust
 ensure_packages
 ensure_paho
+ensure_mqttjs
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

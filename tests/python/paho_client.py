@@ -13,7 +13,8 @@ come back through the broker. Prints one JSON object on stdout:
   received       str    the payload that came back (hex), or null
   error          str    what went wrong outside MQTT, or null
 
-usage: paho_client.py HOST PORT CAFILE CERT KEY USERNAME (v311|v5) [TIMEOUT_S]
+usage: paho_client.py HOST PORT CAFILE CERT KEY USERNAME (v311|v5) [TIMEOUT_S] [WS_PATH]
+With WS_PATH, paho connects with transport="websockets" on that path.
 """
 
 import json
@@ -27,6 +28,7 @@ import paho.mqtt.client as mqtt
 def main() -> int:
     host, port, cafile, cert, key, username, protocol = sys.argv[1:8]
     wait = float(sys.argv[8]) if len(sys.argv) > 8 else 10.0
+    ws_path = sys.argv[9] if len(sys.argv) > 9 else None
     proto = {"v311": mqtt.MQTTv311, "v5": mqtt.MQTTv5}[protocol]
     topic = f"devices/{username}/paho"
     payload = f"hello from paho {protocol}".encode()
@@ -41,7 +43,12 @@ def main() -> int:
     }
     done = False
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=proto)
+    transport = "websockets" if ws_path else "tcp"
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, protocol=proto, transport=transport
+    )
+    if ws_path:
+        client.ws_set_options(path=ws_path)
     client.tls_set(ca_certs=cafile, certfile=cert, keyfile=key)
     if username:
         client.username_pw_set(username)
