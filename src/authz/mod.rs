@@ -1,6 +1,7 @@
 //! Azure Event Grid's authorization model: client groups, topic spaces, permission bindings.
 
 pub mod query;
+pub mod topics;
 
 use crate::trust::registry::AttributeValue;
 
