@@ -406,3 +406,25 @@ fn load_reads_the_three_files_and_names_a_missing_one() {
         "{err}"
     );
 }
+
+#[test]
+fn the_model_and_permissions_can_be_shared_across_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Authz>();
+    shared::<ClientPermissions>();
+}
+
+#[test]
+fn shared_subscriptions_are_decided_by_their_filter() {
+    let authz = example();
+    let permissions = authz.permissions(&Facts::new("dispatch-1", &[]));
+    assert_eq!(
+        permissions.decide(Action::Subscribe, "$share/ops/vehicles/+/telemetry/#"),
+        Some("dispatchers-read-telemetry")
+    );
+    assert_eq!(
+        permissions.decide(Action::Subscribe, "$share/ops/fleets/#"),
+        Some("dispatchers-read-telemetry")
+    );
+    assert_eq!(permissions.decide(Action::Subscribe, "$share/ops/#"), None);
+}
