@@ -24,11 +24,13 @@
 //!   registry checks, and what the broker sees ([`auth::rewrite`]).
 //! - [`trust`]: what is loaded and reloaded (registry, CA certificates, CRLs, the server
 //!   certificate) and the one admission function ([`trust::admit`]).
+//! - [`authz`]: authorization (pure): client groups, topic spaces, permission bindings.
 //! - [`cli`]: `check`, `explain` (renders the decision's steps), `thumbprint`, `certs demo`.
 //! - [`config`], [`metrics`], [`audit`].
 
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod connection;
