@@ -8,7 +8,7 @@ pub mod rewrite;
 use std::net::IpAddr;
 
 use crate::trust::cert::CertInfo;
-use crate::trust::registry::{Registry, Scheme, State};
+use crate::trust::registry::{AttributeValue, Registry, Scheme, State};
 
 /// A certificate field that can supply the authentication name when the CONNECT has no
 /// username (Azure's `alternativeAuthenticationNameSources`).
@@ -128,6 +128,10 @@ pub struct Identity {
     /// token's `exp` for the methods that come next.
     pub valid_until: i64,
     pub method: Method,
+    /// The client's attributes, sorted by key: the registry's for a certificate client (a
+    /// token's custom claims or a webhook's answer for the other methods). Authorization's
+    /// client-group queries read them (SPEC §11).
+    pub attributes: Vec<(String, AttributeValue)>,
 }
 
 /// Why a client was refused. Every variant gets the same CONNACK; the variant only goes
@@ -235,6 +239,11 @@ pub fn decide(
         source,
         valid_until: peer.cert.not_after,
         method: Method::Certificate,
+        attributes: client
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     })
 }
 

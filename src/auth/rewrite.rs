@@ -60,6 +60,7 @@ mod tests {
             source: IdentitySource::Username,
             valid_until: i64::MAX,
             method: crate::auth::Method::Certificate,
+            attributes: Vec::new(),
         }
     }
 
