@@ -110,11 +110,26 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         config.listen, config.upstream, config.admin_listen
     )?;
     // The listeners and what each expects before MQTT (SPEC §8).
-    let proxy_in = match &config.inbound_proxy {
+    let proxy_in = |proxy: &Option<Vec<_>>| match proxy {
         Some(nets) => format!(", a PROXY v2 header first, from {} network(s)", nets.len()),
         None => String::new(),
     };
-    writeln!(out, "  listener {}: MQTT over TLS{proxy_in}", config.listen)?;
+    writeln!(
+        out,
+        "  listener {}: MQTT over TLS{}",
+        config.listen,
+        proxy_in(&config.inbound_proxy)
+    )?;
+    if let Some(ws) = &config.websocket {
+        writeln!(
+            out,
+            "  listener {}: MQTT over WebSockets over TLS, path {}, upgrade request up to {} bytes{}",
+            ws.listen,
+            ws.rules.path,
+            ws.rules.max_request_bytes,
+            proxy_in(&ws.inbound_proxy)
+        )?;
+    }
     if config.upstream_proxy {
         writeln!(
             out,

@@ -65,12 +65,14 @@ if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; th
   step "rendering with kubectl kustomize"
   kubectl kustomize "$work/deploy/base" > "$work/base.yaml"
   kubectl kustomize "$work/deploy/overlays/demo" > "$work/demo.yaml"
-  manifests=("$work/base.yaml" "$work/demo.yaml")
+  kubectl kustomize "$work/deploy/overlays/load-balancer-proxy" > "$work/lb.yaml"
+  manifests=("$work/base.yaml" "$work/demo.yaml" "$work/lb.yaml")
 elif command -v kustomize >/dev/null; then
   step "rendering with kustomize"
   kustomize build "$work/deploy/base" > "$work/base.yaml"
   kustomize build "$work/deploy/overlays/demo" > "$work/demo.yaml"
-  manifests=("$work/base.yaml" "$work/demo.yaml")
+  kustomize build "$work/deploy/overlays/load-balancer-proxy" > "$work/lb.yaml"
+  manifests=("$work/base.yaml" "$work/demo.yaml" "$work/lb.yaml")
 else
   step "no kubectl/kustomize: validating the resource files one by one (generated ConfigMaps and Secret not rendered)"
   "$py" - "$root/deploy/base/kustomization.yaml" <<'PY'
@@ -82,6 +84,7 @@ for g in k.get("configMapGenerator", []):
         p = os.path.join(base, f.split("=")[-1])
         assert os.path.isfile(p), f"configMapGenerator file missing: {p}"
 PY
+  manifests+=("$root/deploy/overlays/load-balancer-proxy/networkpolicy-health-checks.yaml")
   while read -r r; do manifests+=("$root/deploy/base/$r"); done < <(
     "$py" -c 'import sys,yaml; [print(r) for r in yaml.safe_load(open(sys.argv[1]))["resources"]]' deploy/base/kustomization.yaml)
 fi
@@ -121,7 +124,7 @@ labels = dep["spec"]["template"]["metadata"]["labels"]
 sidecar = [c for c in pod["initContainers"] if c["name"] == "mqttgate"][0]
 assert sidecar.get("restartPolicy") == "Always", "mqttgate must be a native sidecar"
 ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
-assert ports == {"mqtts": 8883, "admin": 9090}, ports
+assert ports == {"mqtts": 8883, "mqtt-ws": 8443, "admin": 9090}, ports
 for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
     g = sidecar[probe]["httpGet"]
     assert (g["path"], g["port"]) == (path, "admin"), (probe, g)
@@ -133,7 +136,8 @@ for c in pod["initContainers"] + pod["containers"]:
     assert "resources" in c, c["name"]
 assert pod["terminationGracePeriodSeconds"] > 20 + 10, "grace must exceed drain_timeout_ms + close time"
 svc = one("Service")
-assert [p["port"] for p in svc["spec"]["ports"]] == [8883], "the Service exposes 8883 only"
+assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8883, "mqtts"), (443, "mqtt-ws")], \
+    "the Service exposes 8883 and 443 (WebSockets) only"
 for sel in (svc["spec"]["selector"], one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
             one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"]):
     assert all(labels.get(k) == v for k, v in sel.items()), sel
@@ -186,6 +190,31 @@ fi
 step "mqttgate check with the demo overlay's registry"
 cp "$work/pki/clients.json" "$work/etc/config/clients.json"
 "$bin" check --config "$work/etc/config/mqttgate.toml" >/dev/null || fail "mqttgate check refused the demo registry"
+
+step "load-balancer-proxy overlay: the Service is a LoadBalancer, both listeners require PROXY v2"
+if [ -f "$work/lb.yaml" ]; then
+  "$py" - "$work/lb.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+svc = [d for d in docs if d["kind"] == "Service"][0]
+assert svc["spec"]["type"] == "LoadBalancer", svc["spec"]
+assert svc["spec"]["externalTrafficPolicy"] == "Local", svc["spec"]
+assert [p["port"] for p in svc["spec"]["ports"]] == [8883, 443], svc["spec"]["ports"]
+cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("mqttgate-config")][0]
+toml = cm["data"]["mqttgate.toml"]
+assert toml.count('proxy_protocol = "required"') == 2, "both listeners require the header"
+assert "clients.json" in cm["data"], "the base's registry is kept"
+print("ok")
+PY
+else
+  echo "(not rendered without kubectl/kustomize; its mqttgate.toml is checked below)"
+fi
+sed -e "s|/etc/mqttgate/config/|$work/etc/config/|g" -e "s|/etc/mqttgate/tls/|$work/etc/tls/|g" \
+  deploy/overlays/load-balancer-proxy/mqttgate.toml > "$work/etc/config/mqttgate-lb.toml"
+cp deploy/base/files/clients.json "$work/etc/config/clients.json"
+"$bin" check --config "$work/etc/config/mqttgate-lb.toml" > "$work/lb-check.txt" || fail "mqttgate check refused the overlay's mqttgate.toml"
+grep -q "MQTT over TLS.*PROXY v2" "$work/lb-check.txt" && grep -q "WebSockets.*PROXY v2" "$work/lb-check.txt" \
+  || { cat "$work/lb-check.txt" >&2; fail "the overlay's listeners do not both require PROXY v2"; }
 
 # --- mosquitto.conf ---------------------------------------------------------------
 step "Mosquitto starts with deploy/base/files/mosquitto.conf (port and ACL path rewritten)"
