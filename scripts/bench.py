@@ -39,6 +39,15 @@ OUT_PNG = OUT_MD.with_suffix(".png")
 SUITE_OPENSSL = "TLS_AES_128_GCM_SHA256"
 TLS_TARGETS = ["mqttgate", "mosquitto-tls", "haproxy", "stunnel"]
 TARGETS = ["plain"] + TLS_TARGETS
+# mqttgate's other paths, compared with its TLS listener: the WebSocket listener (same
+# process), and PROXY v2 towards a Mosquitto 2.1 (a second mqttgate; only when a 2.1 binary
+# is at hand: BENCH_MOSQUITTO_21, or the one scripts/interop.sh built under target/).
+MOSQUITTO_21 = os.environ.get("BENCH_MOSQUITTO_21") or (
+    str(ROOT / "target" / "mosquitto-2.1" / "mosquitto")
+    if (ROOT / "target" / "mosquitto-2.1" / "mosquitto").exists()
+    else None
+)
+PATH_TARGETS = ["mqttgate-ws"] + (["mqttgate-proxy"] if MOSQUITTO_21 else [])
 
 
 def free_port():
@@ -89,7 +98,7 @@ class Setups:
             (pki / "clients" / "sensor-subject.pem").read_text() + (pki / "devices-ca.pem").read_text()
         )
         (work / "haproxy.pem").write_text((pki / "server.pem").read_text() + (pki / "server.key").read_text())
-        self.port = {t: free_port() for t in TARGETS}
+        self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + ["mosquitto21"]}
 
     def start_mosquitto(self):
         conf = self.work / "mosquitto.conf"
@@ -132,10 +141,42 @@ client_id = "per-identity"
 listen = "127.0.0.1:0"
 [limits]
 max_connections = 12000
+[websocket]
+listen = "127.0.0.1:{self.port['mqttgate-ws']}"
 """
         )
         env = dict(os.environ, RUST_LOG="warn")
         self._spawn("mqttgate", [str(BIN / "mqttgate"), "run", "--config", str(conf)], self.port["mqttgate"], env=env)
+
+    def start_mosquitto21(self):
+        """Mosquitto 2.1 taking the identity from mqttgate's PROXY v2 header."""
+        conf = self.work / "mosquitto21.conf"
+        conf.write_text(
+            f"""per_listener_settings true
+persistence false
+log_dest stderr
+log_type error
+max_connections -1
+listener {self.port['mosquitto21']} 127.0.0.1
+enable_proxy_protocol 2
+require_certificate true
+use_identity_as_username true
+allow_anonymous true
+"""
+        )
+        self._spawn("mosquitto21", [MOSQUITTO_21, "-c", str(conf)], self.port["mosquitto21"])
+
+    def start_mqttgate_proxy(self):
+        conf = self.work / "mqttgate-proxy.toml"
+        conf.write_text(
+            (self.work / "mqttgate.toml").read_text()
+            .replace(f"127.0.0.1:{self.port['mqttgate']}", f"127.0.0.1:{self.port['mqttgate-proxy']}")
+            .replace(f"127.0.0.1:{self.port['plain']}", f"127.0.0.1:{self.port['mosquitto21']}")
+            .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n")
+            .replace(f"[websocket]\nlisten = \"127.0.0.1:{self.port['mqttgate-ws']}\"\n", "")
+        )
+        env = dict(os.environ, RUST_LOG="warn")
+        self._spawn("mqttgate-proxy", [str(BIN / "mqttgate"), "run", "--config", str(conf)], self.port["mqttgate-proxy"], env=env)
 
     def start_haproxy(self):
         conf = self.work / "haproxy.cfg"
@@ -190,12 +231,15 @@ socket = r:TCP_NODELAY=1
         self.start_mqttgate()
         self.start_haproxy()
         self.start_stunnel()
+        if MOSQUITTO_21:
+            self.start_mosquitto21()
+            self.start_mqttgate_proxy()
 
     def stop(self, name):
         p = self.procs.pop(name, None)
         if p is None:
             return
-        p.send_signal(signal.SIGKILL if name == "mqttgate" else signal.SIGTERM)
+        p.send_signal(signal.SIGKILL if name.startswith("mqttgate") else signal.SIGTERM)
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -208,7 +252,7 @@ socket = r:TCP_NODELAY=1
 
     def restart(self, name):
         self.stop(name)
-        getattr(self, "start_" + name.replace("-tls", ""))()
+        getattr(self, "start_" + name.replace("-tls", "").replace("-", "_"))()
 
     def pid(self, name):
         return self.procs[name].pid
@@ -216,10 +260,15 @@ socket = r:TCP_NODELAY=1
     # --- what a scenario needs to reach one target ---
 
     def terminator(self, target):
-        return {"plain": "mosquitto", "mosquitto-tls": "mosquitto"}.get(target, target)
+        return {"plain": "mosquitto", "mosquitto-tls": "mosquitto", "mqttgate-ws": "mqttgate"}.get(target, target)
+
+    def broker(self, target):
+        return "mosquitto21" if target == "mqttgate-proxy" else "mosquitto"
 
     def client_args(self, target, thumbprint=False):
         args = ["--addr", f"127.0.0.1:{self.port[target]}"]
+        if target == "mqttgate-ws":
+            args += ["--ws", "/mqtt"]
         if target != "plain":
             cert, key = (
                 (self.pki / "clients" / "legacy-gw.pem", self.pki / "clients" / "legacy-gw.key")
@@ -228,7 +277,7 @@ socket = r:TCP_NODELAY=1
             )
             args += ["--tls", "--ca", str(self.pki / "root-ca.pem"), "--cert", str(cert), "--key", str(key)]
         term = self.terminator(target)
-        args += ["--pid", f"term={self.pid(term)}", "--pid", f"broker={self.pid('mosquitto')}"]
+        args += ["--pid", f"term={self.pid(term)}", "--pid", f"broker={self.pid(self.broker(target))}"]
         return args
 
 
@@ -273,7 +322,7 @@ def main():
         if "error" in r or r.get("errors") or r.get("publish_errors"):
             errors.append(f"{scn}/{target}: {r.get('error') or r.get('first_error')}")
 
-    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"]
+    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"] + PATH_TARGETS
     try:
         s.start_all()
         # 1. connect storm
@@ -290,7 +339,7 @@ def main():
 
         # 2. small-message relay: 64-byte QoS 0, many publishers to subscribers, unbounded
         for rnd in range(ROUNDS if want("relay") else 0):
-            for t in TARGETS:
+            for t in TARGETS + [t for t in PATH_TARGETS if t == "mqttgate-proxy"]:
                 r = load(
                     s.client_args(t)
                     + ["--duration", str(SECS), "--threads", "1", "pubsub", "--publishers", "16",
@@ -331,10 +380,10 @@ def main():
             if time_left() < 60:
                 errors.append(f"idle: stopped after {rnd} rounds to stay within the time limit")
                 break
-            for t in TARGETS:
+            for t in TARGETS + ["mqttgate-ws"]:
                 s.restart("mosquitto")
                 if t not in ("plain", "mosquitto-tls"):
-                    s.restart(t)
+                    s.restart(s.terminator(t))
                 r = load(
                     s.client_args(t)
                     + ["--threads", "2", "idle", "--counts", counts, "--concurrency", "64",
@@ -379,12 +428,12 @@ def summarize(results):
     def per(scn, t, f):
         return med([f(r) for r in results.get((scn, t), []) if "error" not in r])
 
-    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"]:
+    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy"]:
         g[("storm_rate", t)] = per("storm", t, lambda r: r["conn_per_s"])
         g[("storm_cpu_per_1k", t)] = per(
             "storm", t, lambda r: r["cpu_s"]["term"] / r["connections"] * 1000 if r["connections"] else None
         )
-    for t in TARGETS:
+    for t in TARGETS + ["mqttgate-ws", "mqttgate-proxy"]:
         g[("relay_rate", t)] = per("relay", t, lambda r: r["msgs_per_s"])
         g[("relay_loss", t)] = per("relay", t, lambda r: r["lost"] / r["sent"] if r["sent"] else None)
         g[("relay_term_us_per_msg", t)] = per(
@@ -460,6 +509,7 @@ def targets_check(g):
     check("latency: p99 added, minus HAProxy's (µs)", None if hp is None or lat_add("mqttgate", "lat_p99") is None else lat_add("mqttgate", "lat_p99") - hp, 0, "<=", "µs")
     check("idle: user-space KiB per proxied connection", g[("idle_kib", "mqttgate")], 8, "<=", "KiB")
     check("idle: per connection vs Mosquitto native TLS", ratio(g[("idle_kib", "mqttgate")], g[("idle_kib", "mosquitto-tls")]), 0.25, "<=", "ratio")
+    check("WebSocket listener: idle KiB per session vs the TLS listener", ratio(g[("idle_kib", "mqttgate-ws")], g[("idle_kib", "mqttgate")]), 1.5, "<=", "ratio")
     check("bulk: bytes per CPU-second vs HAProxy", ratio(g[("bulk_bytes_per_cpu_s", "mqttgate")], g[("bulk_bytes_per_cpu_s", "haproxy")]), 1.2, ">=", "ratio")
     return rows
 
@@ -564,7 +614,7 @@ def report(results, errors, work):
         got = {r.get("negotiated") for r in results.get(("storm", t), []) if r.get("negotiated")}
         suites.append(", ".join(sorted(got)) or "n/a")
     lines.append("| negotiated with the rustls client | | " + " | ".join(suites) + " |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + paths_table(g)
     tlines = ["| target | measured | wanted | result |", "|---|---|---|---|"]
     for name, value, want, res, unit in checks:
         tlines.append(f"| {name} | {fmt(value, 2)} | {want} | {res} |")
@@ -600,6 +650,30 @@ work; for mqttgate, HAProxy and stunnel it is the proxy process alone.
     if errors:
         print("\nproblems:\n" + "\n".join(sorted(set(errors))[:20]))
     print(f"\nwrote {OUT_MD} and {OUT_PNG}; raw results in {work}/results.json")
+
+
+def paths_table(g):
+    """mqttgate's transports side by side: its TLS listener, its WebSocket listener (same
+    process), and PROXY v2 towards Mosquitto 2.1 (when measured)."""
+    cols = ["mqttgate", "mqttgate-ws", "mqttgate-proxy"]
+    rows = [
+        ("connect storm: connections/s", "storm_rate", 0),
+        ("connect storm: mqttgate CPU-s per 1,000 connections", "storm_cpu_per_1k", 3),
+        ("small messages: mqttgate CPU µs per message", "relay_term_us_per_msg", 2),
+        ("idle: mqttgate RSS KiB per connection", "idle_kib", 1),
+    ]
+    out = ["| mqttgate's paths | TLS listener | WebSocket listener | PROXY v2 to Mosquitto 2.1 |", "|---|---|---|---|"]
+    for label, key, d in rows:
+        out.append(f"| {label} | " + " | ".join(fmt(g.get((key, c)), d) for c in cols) + " |")
+    ws, tls = g.get(("storm_cpu_per_1k", "mqttgate-ws")), g.get(("storm_cpu_per_1k", "mqttgate"))
+    out.append(
+        f"| ratios to the TLS listener (storm CPU, idle KiB) | 1 | {fmt(ratio(ws, tls), 2)}, "
+        f"{fmt(ratio(g.get(('idle_kib', 'mqttgate-ws')), g.get(('idle_kib', 'mqttgate'))), 2)} | "
+        f"{fmt(ratio(g.get(('storm_cpu_per_1k', 'mqttgate-proxy')), tls), 2)}, n/a |"
+    )
+    if not MOSQUITTO_21:
+        out.append("\nPROXY v2 not measured: no Mosquitto 2.1 (run scripts/interop.sh ../shared/vendor first, or set BENCH_MOSQUITTO_21).")
+    return "\n".join(out)
 
 
 def write_md(body):

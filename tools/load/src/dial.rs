@@ -19,6 +19,8 @@ pub(crate) struct Dialer {
     pub(crate) tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// The TLS version and cipher suite of the first connection, for the report.
     pub(crate) negotiated: OnceLock<String>,
+    /// `--ws PATH`: MQTT over WebSockets after the TLS handshake.
+    ws: Option<(String, String)>,
 }
 
 impl Dialer {
@@ -62,10 +64,19 @@ impl Dialer {
             addr: cli.addr,
             tls,
             negotiated: OnceLock::new(),
+            ws: cli.ws.clone().map(|path| (path, cli.sni.clone())),
         })
     }
 
     pub(crate) async fn dial(&self) -> std::io::Result<Dyn> {
+        let stream = self.dial_stream().await?;
+        match &self.ws {
+            None => Ok(stream),
+            Some((path, host)) => Ok(Box::new(crate::ws::upgrade(stream, path, host).await?)),
+        }
+    }
+
+    async fn dial_stream(&self) -> std::io::Result<Dyn> {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
         match &self.tls {

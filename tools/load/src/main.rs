@@ -3,6 +3,8 @@
 //! prints one JSON line of results per run (per stage for `idle`).
 //!
 //! Modes:
+//! `--ws /mqtt` speaks MQTT over WebSockets (the upgrade, then binary frames).
+//!
 //! - `storm`: open connections as fast as allowed (TCP, handshake, CONNECT, CONNACK,
 //!   DISCONNECT, close) with `--concurrency` workers for `--duration` seconds.
 //! - `idle`: open `--counts` authenticated connections in stages and hold them, reading
@@ -29,6 +31,7 @@ mod dial;
 mod modes;
 mod packets;
 mod watch;
+mod ws;
 
 use dial::*;
 use modes::*;
@@ -59,6 +62,9 @@ struct Cli {
     /// Server name to send and verify.
     #[arg(long, default_value = "localhost", global = true)]
     sni: String,
+    /// MQTT over WebSockets on this path (after TLS when --tls): `--ws /mqtt`.
+    #[arg(long, global = true)]
+    ws: Option<String>,
     /// Allow TLS session resumption (off by default: every handshake is a full one).
     #[arg(long, global = true)]
     resume: bool,
