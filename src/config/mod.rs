@@ -12,6 +12,9 @@ use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
 
+mod webhook;
+pub use self::webhook::{Decides, WebhookConfig, WebhookUrl};
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:1883";
@@ -80,6 +83,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    auth: webhook::RawAuth,
 }
 
 fn default_listen() -> String {
@@ -271,6 +276,8 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    /// `[auth.webhook]`: an HTTPS service decides some clients (SPEC §9).
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Config {
@@ -283,6 +290,9 @@ impl Config {
         files.extend([self.server_cert.clone(), self.server_key.clone()]);
         files.extend(self.ca_files.iter().cloned());
         files.extend(self.crl_files.iter().cloned());
+        if let Some(webhook) = &self.webhook {
+            files.extend(webhook.files());
+        }
         files
     }
 }
@@ -521,6 +531,10 @@ impl Config {
                 ))
             }
         };
+        let webhook = match raw.auth.webhook {
+            Some(w) => Some(w.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
+            None => None,
+        };
         Ok(Config {
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
@@ -570,6 +584,7 @@ impl Config {
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
+            webhook,
         })
     }
 }
@@ -715,6 +730,31 @@ clients = "clients.json"
             .unwrap_err()
             .to_string()
             .contains("listed twice"));
+    }
+
+    #[test]
+    fn webhook_section_is_validated_naming_file_and_field() {
+        assert!(parse(MINIMAL).unwrap().webhook.is_none());
+        let text = format!(
+            "{MINIMAL}[auth.webhook]\nurl = \"https://auth.local/x\"\nca_certificates = \"w.pem\"\nbearer_token_file = \"t\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let w = c.webhook.as_ref().unwrap();
+        assert_eq!(w.ca_certificates, Path::new("/etc/mqttgate/w.pem"));
+        assert!(c
+            .watched_files()
+            .contains(&PathBuf::from("/etc/mqttgate/t")));
+        let err = parse(&text.replace("https:", "http:"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/mqttgate/mqttgate.toml: auth.webhook.url:"),
+            "{err}"
+        );
+        let err = parse(&format!("{text}colour = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
     }
 
     #[test]
