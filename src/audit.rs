@@ -19,7 +19,8 @@ use tracing::{info, warn};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 
-use crate::auth::{Denial, Identity};
+use crate::auth::webhook::Answer;
+use crate::auth::{Denial, Identity, Method};
 use crate::mqtt::Connect;
 use crate::trust::cert::CertInfo;
 
@@ -67,7 +68,8 @@ pub struct TlsFacts {
 pub fn decision(
     limiter: &DenialLimiter,
     decision: &Result<Identity, Denial>,
-    cert: &CertInfo,
+    cert: Option<&CertInfo>,
+    method: Method,
     connect: &Connect,
     peer: SocketAddr,
     tls: &TlsFacts,
@@ -87,28 +89,75 @@ pub fn decision(
         Ok(id) => Some(id.authentication_name.as_str()),
         Err(d) => d.name.as_deref(),
     };
+    // A webhook client may have presented no certificate.
+    let (no_strings, no_ips): (&[String], &[IpAddr]) = (&[], &[]);
     info!(
         target: "mqttgate::audit",
         event = "decision",
         result,
         reason,
+        method = method.label(),
         %peer,
         client_id = connect.client_id.as_str(),
         authentication_name = name.unwrap_or(""),
         source,
         scheme,
-        subject = cert.subject_dn.as_str(),
-        dns = ?cert.dns,
-        uris = ?cert.uris,
-        emails = ?cert.emails,
-        ips = ?cert.ips,
-        thumbprint = %cert.thumbprint,
-        issuer = cert.issuer_dn.as_str(),
-        serial = %cert.serial_hex,
+        subject = cert.map_or("", |c| c.subject_dn.as_str()),
+        dns = ?cert.map_or(no_strings, |c| &c.dns),
+        uris = ?cert.map_or(no_strings, |c| &c.uris),
+        emails = ?cert.map_or(no_strings, |c| &c.emails),
+        ips = ?cert.map_or(no_ips, |c| &c.ips),
+        thumbprint = %cert.map(|c| c.thumbprint.to_string()).unwrap_or_default(),
+        issuer = cert.map_or("", |c| c.issuer_dn.as_str()),
+        serial = cert.map_or("", |c| c.serial_hex.as_str()),
         tls_version = %tls.version,
         cipher = %tls.cipher,
         mqtt = connect.version.label(),
         "authentication decision"
+    );
+}
+
+/// What the authentication webhook answered about one CONNECT (`result`: the
+/// `mqttgate_webhook_requests_total` label), never what was sent to it: the request
+/// carries the password and the bearer token, the answer neither.
+pub fn webhook_answer(
+    limiter: &DenialLimiter,
+    peer: SocketAddr,
+    client_id: &str,
+    result: &str,
+    answer: Option<&Answer>,
+    duration: Duration,
+) {
+    if !matches!(answer, Some(Answer::Allow { .. })) && !limiter.check(peer.ip(), Instant::now()).0
+    {
+        return;
+    }
+    let none = String::new();
+    let (name, attributes, expiration, reason) = match answer {
+        Some(Answer::Allow {
+            name,
+            attributes,
+            expiration,
+            ..
+        }) => (name, format!("{attributes:?}"), *expiration, ""),
+        Some(Answer::Deny { reason }) => {
+            (&none, String::new(), None, reason.as_deref().unwrap_or(""))
+        }
+        Some(Answer::Malformed(why)) => (&none, String::new(), None, *why),
+        None => (&none, String::new(), None, ""),
+    };
+    info!(
+        target: "mqttgate::audit",
+        event = "webhook_answer",
+        %peer,
+        client_id,
+        result,
+        authentication_name = name.as_str(),
+        attributes = attributes.as_str(),
+        expiration = expiration.unwrap_or(0),
+        reason,
+        duration_ms = duration.as_millis() as u64,
+        "webhook answer"
     );
 }
 

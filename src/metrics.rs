@@ -20,6 +20,8 @@ pub struct Decision {
     pub reason: &'static str,
     pub scheme: &'static str,
     pub source: &'static str,
+    /// `auth::Method::label`: certificate or webhook.
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +123,8 @@ pub struct Metrics {
     pub ca_skipped: Family<Reason, Gauge>,
     pub upstream_up: Gauge,
     pub ready: Gauge,
+    pub webhook_requests: Family<Result_, Counter>,
+    pub webhook_request_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -178,7 +182,7 @@ impl Metrics {
         let decisions = Family::<Decision, Counter>::default();
         registry.register(
             "auth_decisions",
-            "Authentication decisions by result, denial reason, validation scheme and identity source",
+            "Authentication decisions by result, denial reason, validation scheme, identity source and method",
             decisions.clone(),
         );
         let connacks = Family::<Connack, Counter>::default();
@@ -283,6 +287,19 @@ impl Metrics {
         );
         let ready = Gauge::default();
         registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let webhook_requests = Family::<Result_, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Answers sought from the authentication webhook, by result: allow, deny, malformed (its answer), cached (reused, not sent), timeout, error (connection, TLS or a non-5xx unexpected status), status_5xx, overload (max_concurrent in flight, not sent)",
+            webhook_requests.clone(),
+        );
+        let webhook_request_seconds = Histogram::new(latency_buckets());
+        registry.register_with_unit(
+            "webhook_request",
+            "Time from sending a request to the authentication webhook to its answer or failure",
+            Unit::Seconds,
+            webhook_request_seconds.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -316,6 +333,8 @@ impl Metrics {
             bytes,
             closed,
             linger_expired,
+            webhook_requests,
+            webhook_request_seconds,
         }
     }
 

@@ -4,6 +4,7 @@
 //! and checked the leaf's dates, chain or pin; this module only applies the registry.
 
 pub mod rewrite;
+pub mod webhook;
 
 use std::net::IpAddr;
 
@@ -58,6 +59,8 @@ pub enum SubjectMatch {
 pub enum IdentitySource {
     Username,
     Cert(NameSource),
+    /// The webhook's `clientAuthenticationName`.
+    Webhook,
 }
 
 impl IdentitySource {
@@ -69,6 +72,7 @@ impl IdentitySource {
             IdentitySource::Cert(NameSource::Uri) => "uri",
             IdentitySource::Cert(NameSource::Ip) => "ip",
             IdentitySource::Cert(NameSource::Email) => "email",
+            IdentitySource::Webhook => "webhook",
         }
     }
 }
@@ -80,12 +84,15 @@ impl IdentitySource {
 pub enum Method {
     /// A client certificate, admitted by `trust::admit`, and the registry (SPEC §1–§2).
     Certificate,
+    /// An HTTPS service's answer about the CONNECT (SPEC §9).
+    Webhook,
 }
 
 impl Method {
     pub fn label(self) -> &'static str {
         match self {
             Method::Certificate => "certificate",
+            Method::Webhook => "webhook",
         }
     }
 }
@@ -97,6 +104,12 @@ pub enum Credentials<'a> {
     Certificate {
         chain: &'a [rustls::pki_types::CertificateDer<'static>],
         username: Option<&'a str>,
+    },
+    /// The webhook's answer about the CONNECT, and the chain the client presented, if
+    /// any (admitted again, as for a certificate client).
+    Webhook {
+        answer: &'a webhook::Answer,
+        chain: Option<&'a [rustls::pki_types::CertificateDer<'static>]>,
     },
 }
 
@@ -121,7 +134,9 @@ pub struct Identity {
     /// The registry's spelling, which is what goes upstream.
     pub authentication_name: String,
     pub client_name: String,
-    pub scheme: Scheme,
+    /// The registry client's validation scheme; None when the registry was not consulted
+    /// (a webhook's answer).
+    pub scheme: Option<Scheme>,
     pub source: IdentitySource,
     /// Unix seconds after which the identity no longer holds: the certificate's notAfter,
     /// or its chain's when the scheme relies on the chain (set by `Trust::decide`); a
@@ -152,16 +167,24 @@ pub enum Denied {
         "no certificate field of the client's validation scheme equals its authentication name"
     )]
     NameMismatch,
+    #[error("no client certificate and no authentication method")]
+    NoCredentials,
+    #[error("{0}")]
+    Webhook(webhook::WebhookDenied),
 }
 
 impl Denied {
-    pub const ALL: [Denied; 6] = [
+    pub const ALL: [Denied; 10] = [
         Denied::NoAuthenticationName,
         Denied::UnknownClient,
         Denied::Disabled,
         Denied::ThumbprintMismatch,
         Denied::NotChained,
         Denied::NameMismatch,
+        Denied::NoCredentials,
+        Denied::Webhook(webhook::WebhookDenied::ALL[0]),
+        Denied::Webhook(webhook::WebhookDenied::ALL[1]),
+        Denied::Webhook(webhook::WebhookDenied::ALL[2]),
     ];
 
     pub fn label(self) -> &'static str {
@@ -172,6 +195,8 @@ impl Denied {
             Denied::ThumbprintMismatch => "thumbprint_mismatch",
             Denied::NotChained => "not_chained",
             Denied::NameMismatch => "name_mismatch",
+            Denied::NoCredentials => "no_credentials",
+            Denied::Webhook(w) => w.label(),
         }
     }
 }
@@ -235,7 +260,7 @@ pub fn decide(
     Ok(Identity {
         authentication_name: client.authentication_name.to_string(),
         client_name: client.name.to_string(),
-        scheme: client.scheme,
+        scheme: Some(client.scheme),
         source,
         valid_until: peer.cert.not_after,
         method: Method::Certificate,
@@ -536,7 +561,7 @@ mod tests {
                {{"name":"gw2","properties":{{"clientCertificateAuthentication":{{"validationScheme":"ThumbprintMatch","allowedThumbprints":["{other}"]}}}}}}]"#
         ));
         let id = decide_with(&cert(), false, Some("gw"), &reg, &policy(&[])).unwrap();
-        assert_eq!(id.scheme, Scheme::ThumbprintMatch);
+        assert_eq!(id.scheme, Some(Scheme::ThumbprintMatch));
         assert_eq!(
             decide_with(&cert(), true, Some("gw2"), &reg, &policy(&[])),
             Err(Denied::ThumbprintMismatch)

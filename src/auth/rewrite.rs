@@ -1,8 +1,10 @@
 //! SPEC §4, what the broker sees: the CONNECT re-encoded with the client's identity as
-//! username and client identifier, per the `[upstream]` modes. Pure.
+//! username and client identifier, per the `[upstream]` modes, and without a webhook
+//! client's authentication properties (SPEC §9). Pure.
 
-use crate::auth::Identity;
+use crate::auth::{Identity, Method};
 use crate::config::{ClientIdMode, UsernameMode};
+use crate::mqtt::properties::{self, id};
 use crate::mqtt::Connect;
 
 /// SPEC §4: the CONNECT the broker sees.
@@ -13,6 +15,15 @@ pub fn upstream_connect(
     client_id: ClientIdMode,
 ) -> Connect {
     let mut c = connect.clone();
+    if identity.method == Method::Webhook {
+        // The webhook has judged them; a broker refuses an Authentication Method it has
+        // no plugin for (Mosquitto: 0x8C). A list that does not parse is dropped whole.
+        c.properties = properties::without(
+            &c.properties,
+            &[id::AUTHENTICATION_METHOD, id::AUTHENTICATION_DATA],
+        )
+        .unwrap_or_default();
+    }
     if username == UsernameMode::Rewrite {
         c.username = Some(identity.authentication_name.clone());
         c.password = None;
@@ -56,7 +67,7 @@ mod tests {
         Identity {
             authentication_name: name.into(),
             client_name: name.into(),
-            scheme: Scheme::SubjectMatchesAuthenticationName,
+            scheme: Some(Scheme::SubjectMatchesAuthenticationName),
             source: IdentitySource::Username,
             valid_until: i64::MAX,
             method: crate::auth::Method::Certificate,
@@ -100,6 +111,36 @@ mod tests {
             ClientIdMode::Passthrough,
         );
         assert_eq!(c, connect());
+    }
+
+    #[test]
+    fn a_webhook_client_s_authentication_properties_never_reach_the_broker() {
+        let mut c = connect();
+        c.version = Version::V5;
+        let mut props = vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60];
+        props.extend_from_slice(&[id::AUTHENTICATION_METHOD, 0, 4]);
+        props.extend_from_slice(b"HOOK");
+        props.extend_from_slice(&[id::AUTHENTICATION_DATA, 0, 2, 1, 2]);
+        c.properties = props;
+        let mut hook = identity("dev-1");
+        hook.method = Method::Webhook;
+        let up = upstream_connect(
+            &c,
+            &hook,
+            UsernameMode::Rewrite,
+            ClientIdMode::AuthenticationName,
+        );
+        assert_eq!(
+            up.properties,
+            vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60]
+        );
+        let cert = upstream_connect(
+            &c,
+            &identity("dev-1"),
+            UsernameMode::Rewrite,
+            ClientIdMode::AuthenticationName,
+        );
+        assert_eq!(cert.properties, c.properties);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! 1 handshake      TLS under the connect deadline; the verifier is trust::admit   (here)
 //!   upgrade        on the WebSocket listener: HTTP/1.1 Upgrade, same deadline    (here)
 //! 2 read_connect   buffer until the codec says the CONNECT is complete            (here)
+//!   ask_webhook    the clients the webhook decides (SPEC §9): its answer          webhook.rs
 //! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
 //!                  └ refused → outcome::refuse: CONNACK, close
 //! 4 dial           the broker, under its own deadline; decide again on a reload    upstream.rs
@@ -18,8 +19,10 @@
 mod outcome;
 mod session;
 mod upstream;
+mod webhook;
 
 pub use self::outcome::{record, Closed, Outcome, ProxyRefusal, Refused};
+pub use self::webhook::{Webhook, WebhookFailure};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +38,8 @@ use self::session::relay_session;
 use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::rewrite::upstream_connect;
-use crate::auth::{Denial, Identity};
+use crate::auth::webhook::{self as hook, Answer, Route};
+use crate::auth::{Denial, Identity, Method};
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Version};
@@ -76,6 +80,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub denial_log: audit::DenialLimiter,
     pub slots: Arc<Slots>,
+    /// `[auth.webhook]`: the client that asks it, shared by every connection.
+    pub webhook: Option<Webhook>,
 }
 
 /// What was decided about an admitted client, kept for the life of the session. The
@@ -85,6 +91,8 @@ struct Session {
     version: Version,
     /// The CONNECT username, needed to re-decide on reload.
     username: Option<String>,
+    /// A webhook client's answer, to re-decide it on reload.
+    webhook: Option<Arc<Answer>>,
     identity: Identity,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order, after the PROXY header when one is sent; emptied once sent.
@@ -340,14 +348,18 @@ async fn admit_and_dial(
     let version = connect.version;
     // Busy before the decision: a client past the limit learns nothing about the registry.
     let slot = ctx.slots.session().ok_or(Refused::Busy(version))?;
+    let trust = trust_rx.borrow_and_update().clone();
+    let answer = ask_webhook(ctx, &trust, client, &connect, peer, deadline).await?;
     let mut identity = decide(
         ctx,
-        &trust_rx.borrow_and_update(),
+        &trust,
         client,
         &connect,
+        answer.as_deref(),
         peer,
         false,
     )?;
+    drop(trust);
     let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
     // No await from here until the first byte is written upstream.
     if trust_rx.has_changed().unwrap_or(false) {
@@ -356,6 +368,7 @@ async fn admit_and_dial(
             &trust_rx.borrow_and_update(),
             client,
             &connect,
+            answer.as_deref(),
             peer,
             true,
         )?;
@@ -381,6 +394,7 @@ async fn admit_and_dial(
         Session {
             version,
             username: connect.username,
+            webhook: answer,
             identity,
             first_bytes,
             proxy_len,
@@ -390,51 +404,116 @@ async fn admit_and_dial(
     ))
 }
 
-/// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
-/// registry), recorded in the audit log and metrics. `again` marks a second decision
-/// after a reload overtook the first; each is logged as the decision it was.
-fn decide(
+/// Phase 3a, SPEC §9: the webhook's answer for a client it decides; None for a client the
+/// registry decides, which never waits here (a slow or dead webhook delays only its own
+/// clients). No answer in time, or no room for another request: Server unavailable.
+async fn ask_webhook(
     ctx: &Ctx,
     trust: &Trust,
     client: &ClientStream,
     connect: &Connect,
     peer: Peer,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Arc<Answer>>, Refused> {
+    let (Some(webhook), Some(settings)) = (&ctx.webhook, &trust.webhook) else {
+        return Ok(None);
+    };
+    let chain = client.peer_certificates().filter(|c| !c.is_empty());
+    let username = connect.username.as_deref();
+    let route = hook::route(Some(settings.decides), chain.is_some(), || {
+        chain.is_some_and(|c| hook::registered(&c[0], username, &trust.registry, &trust.policy))
+    });
+    if route == Route::Registry {
+        return Ok(None);
+    }
+    // v5 only; a property list that does not parse sends neither field.
+    let request = hook::Request {
+        client_id: &connect.client_id,
+        user_name: username,
+        password: connect.password.as_deref(),
+        authentication_method: connect.authentication_method().ok().flatten(),
+        authentication_data: connect.authentication_data().ok().flatten(),
+        client_certificate: chain,
+        client_certificate_chain: chain,
+    };
+    let started = Instant::now();
+    let asked = webhook
+        .ask(settings, &request, deadline, &ctx.metrics)
+        .await;
+    let (result, answer) = match &asked {
+        Ok(a) if a.cached => ("cached", Some(&*a.answer)),
+        Ok(a) => (a.answer.label(), Some(&*a.answer)),
+        Err(f) => (f.label(), None),
+    };
+    audit::webhook_answer(
+        &ctx.denial_log,
+        peer.addr,
+        &connect.client_id,
+        result,
+        answer,
+        started.elapsed(),
+    );
+    match asked {
+        Ok(a) => Ok(Some(a.answer)),
+        Err(f) => Err(Refused::Webhook(connect.version, f)),
+    }
+}
+
+/// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
+/// registry, or the webhook's answer), recorded in the audit log and metrics. `again`
+/// marks a second decision after a reload overtook the first; each is logged as the
+/// decision it was.
+fn decide(
+    ctx: &Ctx,
+    trust: &Trust,
+    client: &ClientStream,
+    connect: &Connect,
+    answer: Option<&Answer>,
+    peer: Peer,
     again: bool,
 ) -> Result<Identity, Refused> {
-    let chain = client
-        .peer_certificates()
-        .ok_or(Refused::Certificate(HandshakeFailure::NoCertificate))?;
-    let (admitted, decision) = trust
-        .decide(
-            &Credentials::Certificate {
-                chain,
+    let chain = client.peer_certificates().filter(|c| !c.is_empty());
+    let (credentials, method) = match answer {
+        Some(answer) => (Credentials::Webhook { answer, chain }, Method::Webhook),
+        None => (
+            Credentials::Certificate {
+                chain: chain.ok_or(Refused::Certificate(HandshakeFailure::NoCertificate))?,
                 username: connect.username.as_deref(),
             },
-            UnixTime::now(),
-        )
+            Method::Certificate,
+        ),
+    };
+    let (admitted, decision) = trust
+        .decide(&credentials, UnixTime::now())
         .map_err(|f| Refused::Certificate(f.0))?;
-    let info = &admitted.leaf;
-    if !again {
+    let info = admitted.as_ref().map(|a| &a.leaf);
+    if let (Some(info), false) = (info, again) {
         ctx.metrics
             .client_cert_days
             .observe((info.not_after - unix_now()) as f64 / 86_400.0);
     }
     let (version, cipher) = client.tls_facts();
     let facts = audit::TlsFacts { version, cipher };
-    record_decision(ctx, &decision, info, connect, peer, &facts);
+    record_decision(ctx, &decision, info, method, connect, peer, &facts);
     decision.map_err(|denial| Refused::Denied(denial, connect.version))
 }
 
 fn record_decision(
     ctx: &Ctx,
     decision: &Result<Identity, Denial>,
-    cert: &CertInfo,
+    cert: Option<&CertInfo>,
+    method: Method,
     connect: &Connect,
     peer: Peer,
     facts: &audit::TlsFacts,
 ) {
     let labels = match decision {
-        Ok(id) => ("allowed", "", id.scheme.label(), id.source.label()),
+        Ok(id) => (
+            "allowed",
+            "",
+            id.scheme.map(|s| s.label()).unwrap_or(""),
+            id.source.label(),
+        ),
         Err(d) => (
             "denied",
             d.reason.label(),
@@ -449,12 +528,14 @@ fn record_decision(
             reason: labels.1,
             scheme: labels.2,
             source: labels.3,
+            method: method.label(),
         })
         .inc();
     audit::decision(
         &ctx.denial_log,
         decision,
         cert,
+        method,
         connect,
         peer.addr,
         facts,

@@ -7,6 +7,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::webhook::WebhookFailure;
 use super::Ctx;
 use crate::audit;
 use crate::auth::Denial;
@@ -36,6 +37,9 @@ pub enum Refused {
     Busy(Version),
     #[error("upstream broker unavailable: {1}")]
     Upstream(Version, String),
+    /// The authentication webhook gave no answer (SPEC §9: Server unavailable).
+    #[error("authentication webhook unavailable: {1}")]
+    Webhook(Version, WebhookFailure),
     #[error("read failed: {0}")]
     Io(std::io::Error),
     /// Closed at accept, before any TLS work: past the connection limit and its busy
@@ -74,6 +78,7 @@ impl Refused {
             Refused::Denied(..) => "denied",
             Refused::Busy(_) => "busy",
             Refused::Upstream(..) => "upstream_unavailable",
+            Refused::Webhook(_, f) => f.refusal_label(),
             Refused::Io(_) => "io",
             Refused::AtAccept(AtAccept::OverLimit) => "over_limit",
             Refused::AtAccept(AtAccept::SourceOverLimit) => "source_pending_limit",
@@ -90,7 +95,7 @@ impl Refused {
         match self {
             Refused::Denied(..) => "not authorized",
             Refused::Busy(_) => "server busy",
-            Refused::Upstream(..) => "server unavailable",
+            Refused::Upstream(..) | Refused::Webhook(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
             Refused::ClientGone
@@ -109,7 +114,9 @@ impl Refused {
             Refused::Parse(e) => (Some(e.refusal()), e.version()),
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
-            Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
+            Refused::Upstream(v, _) | Refused::Webhook(v, _) => {
+                (Some(Refusal::ServerUnavailable), Some(*v))
+            }
             Refused::ClientGone
             | Refused::Certificate(_)
             | Refused::Io(_)
@@ -127,6 +134,8 @@ pub enum Closed {
     Upstream,
     Revoked,
     CertificateExpired,
+    /// The webhook's `expiration` (or the default validity of its allow) passed.
+    WebhookExpired,
     Shutdown,
     Error,
 }
@@ -138,6 +147,7 @@ impl Closed {
             Closed::Upstream => "upstream",
             Closed::Revoked => "revoked",
             Closed::CertificateExpired => "certificate_expired",
+            Closed::WebhookExpired => "webhook_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
         }
@@ -275,6 +285,14 @@ mod tests {
             ),
             (
                 Refused::Upstream(Version::V31, "x".into()),
+                Some(vec![0x20, 2, 0, 0x03]),
+            ),
+            (
+                Refused::Webhook(Version::V5, WebhookFailure::Timeout),
+                Some(vec![0x20, 3, 0, 0x88, 0]),
+            ),
+            (
+                Refused::Webhook(Version::V311, WebhookFailure::Overload),
                 Some(vec![0x20, 2, 0, 0x03]),
             ),
             (Refused::Busy(Version::V5), Some(vec![0x20, 3, 0, 0x89, 0])),

@@ -22,7 +22,7 @@ use crate::trust::{unix_now, Credentials, Trust};
 const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
 
 /// Phase 6: relay both ways until a side closes, re-deciding the session on every reload
-/// and ending it when its identity's validity ends (certificate or CA notAfter) or at
+/// and ending it when its identity's validity ends (certificate or CA notAfter, the webhook's expiration) or at
 /// shutdown.
 pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     let Opened {
@@ -79,7 +79,11 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
                     return if client_first { Closed::Client } else { Closed::Upstream };
                 }
-                break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION);
+                let closed = match session.identity.method {
+                    auth::Method::Certificate => Closed::CertificateExpired,
+                    auth::Method::Webhook => Closed::WebhookExpired,
+                };
+                break (closed, mqtt::code::V5_ADMINISTRATIVE_ACTION);
             }
             changed = lifecycle.changed() => {
                 let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
@@ -129,16 +133,20 @@ async fn end_session(
 /// SPEC §5: is this session still allowed under the new trust state, as the same
 /// identity? Its new validity end when it is.
 fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Option<i64> {
-    let chain = client.peer_certificates()?;
-    let (_, decision) = trust
-        .decide(
-            &Credentials::Certificate {
-                chain,
-                username: session.username.as_deref(),
-            },
-            UnixTime::now(),
-        )
-        .ok()?;
+    let chain = client.peer_certificates();
+    // A webhook client is re-decided on the answer it was admitted with: a reload
+    // changes files, not the webhook's word (its certificate, if any, is admitted again).
+    let credentials = match &session.webhook {
+        Some(answer) => Credentials::Webhook {
+            answer,
+            chain: chain.filter(|c| !c.is_empty()),
+        },
+        None => Credentials::Certificate {
+            chain: chain?,
+            username: session.username.as_deref(),
+        },
+    };
+    let (_, decision) = trust.decide(&credentials, UnixTime::now()).ok()?;
     let id = decision.ok()?;
     auth::same_name(
         &id.authentication_name,

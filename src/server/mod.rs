@@ -111,6 +111,7 @@ impl Server {
             metrics: metrics.clone(),
             denial_log: Default::default(),
             slots: slots.clone(),
+            webhook: config.webhook.clone().map(crate::connection::Webhook::new),
         });
         let server = Arc::new(Server {
             local_addr,

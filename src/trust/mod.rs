@@ -9,6 +9,7 @@ pub mod cert;
 pub mod memory;
 pub mod registry;
 pub mod verifier;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,9 +27,10 @@ use self::cert::CertInfo;
 use self::registry::Scheme;
 use self::registry::{Registry, RegistryError};
 use self::verifier::{ClientVerifier, TlsError};
+use self::webhook::{WebhookFileError, WebhookTrust};
 pub use crate::auth::Credentials;
 use crate::auth::Policy;
-use crate::auth::{self, Denial, Identity, Peer};
+use crate::auth::{self, Denial, Denied, Identity, Peer};
 use crate::config::Config;
 use crate::transport::proxy;
 use rustls::pki_types::UnixTime;
@@ -43,6 +45,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
+    #[error(transparent)]
+    Webhook(#[from] WebhookFileError),
     #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
     ProxyHeader {
         file: String,
@@ -60,6 +64,7 @@ impl LoadError {
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
+            LoadError::Webhook(_) => "webhook",
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// `[auth.webhook]`: its TLS settings and bearer token (SPEC §9).
+    pub webhook: Option<WebhookTrust>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -145,7 +152,16 @@ impl Trust {
                 message,
             })?,
         );
-        let verifier = Arc::new(ClientVerifier::new(certs.clone()));
+        let webhook = match &config.webhook {
+            Some(w) => Some(WebhookTrust::load(w)?),
+            None => None,
+        };
+        // Every `decides` mode includes the clients without a certificate.
+        let verifier = match webhook {
+            Some(_) => ClientVerifier::new(certs.clone()).certificate_optional(),
+            None => ClientVerifier::new(certs.clone()),
+        };
+        let verifier = Arc::new(verifier);
         let (chain, key) = verifier::load_server_identity(&config.server_cert, &config.server_key)?;
         let server_cert = CertInfo::parse(&chain[0]).map_err(|e| TlsError::File {
             file: config.server_cert.display().to_string(),
@@ -163,19 +179,22 @@ impl Trust {
                 subject_match: config.subject_match,
             },
             server_cert,
+            webhook,
         })
     }
 }
 
 impl Trust {
-    /// SPEC §2 and §7, the whole decision for one client: its certificate chain admitted
-    /// (`admit`), then the registry (`auth::decide`). The post-handshake check, the
+    /// SPEC §2, §7 and §9, the whole decision for one client. A certificate: its chain
+    /// admitted (`admit`, whose result is returned), then the registry (`auth::decide`).
+    /// A webhook's answer: the chain, if any, admitted the same way, then what the answer
+    /// says at `now` (`auth::webhook::decide`). The post-handshake check, the
     /// re-decision of live sessions and `explain` all call this, with the newest state.
     pub fn decide(
         &self,
         credentials: &Credentials<'_>,
         now: UnixTime,
-    ) -> Result<(Admitted, Result<Identity, Denial>), CertFailure> {
+    ) -> Result<(Option<Admitted>, Result<Identity, Denial>), CertFailure> {
         match *credentials {
             Credentials::Certificate { chain, username } => {
                 let admitted = admit(chain, &self.certs, now)?;
@@ -189,9 +208,30 @@ impl Trust {
                     &self.policy,
                 )
                 .map(|mut id| {
-                    id.valid_until = admitted.valid_until(id.scheme != Scheme::ThumbprintMatch);
+                    id.valid_until =
+                        admitted.valid_until(id.scheme != Some(Scheme::ThumbprintMatch));
                     id
                 });
+                Ok((Some(admitted), decision))
+            }
+            Credentials::Webhook { answer, chain } => {
+                let admitted = match chain {
+                    Some(chain) if !chain.is_empty() => Some(admit(chain, &self.certs, now)?),
+                    _ => None,
+                };
+                let decision = match &self.webhook {
+                    // Fail closed: an answer from a webhook this state does not configure.
+                    None => Err(Denial {
+                        reason: Denied::NoCredentials,
+                        name: None,
+                        source: None,
+                        scheme: None,
+                    }),
+                    Some(_) => {
+                        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                        auth::webhook::decide(answer, secs)
+                    }
+                };
                 Ok((admitted, decision))
             }
         }
