@@ -65,7 +65,8 @@ impl WebhookTrust {
             .with_safe_default_protocol_versions()
             .map_err(|e| err(ca, e.to_string()))?
             .with_root_certificates(roots);
-        let mut tls = match &config.client_identity {
+        // No ALPN here: hyper-rustls sets it for the HTTP versions it enables (http/1.1).
+        let tls = match &config.client_identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let (chain, key) = verifier::load_server_identity(cert, key)
@@ -75,7 +76,6 @@ impl WebhookTrust {
                     .map_err(|e| err(cert, e.to_string()))?
             }
         };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let authorization = match &config.bearer_token_file {
             None => None,
             Some(file) => Some(bearer(file).map_err(|m| err(file, m))?),
