@@ -232,6 +232,36 @@ async fn allowed_client_without_a_certificate_is_the_webhooks_name_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_bearer_token_is_sent_after_a_reload() {
+    let pki = Pki::new();
+    let hook = Hook::start(&pki.root);
+    let env = start_on(pki, hook.section("cache = false")).await;
+    let c = connect(Version::V311, "r", Some("allow-r"), b"x");
+    assert!(accepted(&hook_connect(&env, &c).await.0));
+    write(hook.dir.path(), "token", "rotated-token\n");
+    env.gate.reload().expect("reload with the new token");
+    assert!(accepted(&hook_connect(&env, &c).await.0));
+    let sent: Vec<_> = hook
+        .requests_for("allow-r")
+        .iter()
+        .map(|r| r["authorization"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        sent,
+        [format!("Bearer {TOKEN}"), "Bearer rotated-token".into()]
+    );
+    // A token file that cannot be used fails the reload and keeps the last good state.
+    write(hook.dir.path(), "token", "\n");
+    let err = env.gate.reload().unwrap_err().to_string();
+    assert!(err.contains("token") && !err.contains("rotated"), "{err}");
+    assert!(accepted(&hook_connect(&env, &c).await.0));
+    assert_eq!(
+        hook.requests_for("allow-r")[2]["authorization"],
+        "Bearer rotated-token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_with_username_password_and_no_certificate() {
     let pki = Pki::new();
     let hook = Hook::start(&pki.root);

@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 use tokio::time::timeout_at;
 
@@ -24,6 +24,9 @@ use crate::trust::unix_now;
 use crate::trust::webhook::WebhookTrust;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How long an idle connection to the webhook is kept for the next CONNECT.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why the webhook gave no answer. Each is answered Server unavailable (0x88 / 0x03): the
 /// client may retry, unlike after a deny.
@@ -101,7 +104,12 @@ impl Webhook {
                     .https_only()
                     .enable_http1()
                     .wrap_connector(http);
-                let client = Client::builder(TokioExecutor::new()).build(https);
+                // Idle connections are closed by the pool's timer, before a webhook
+                // behind a load balancer would drop them mid-request.
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .build(https);
                 *slot = Some((tls.clone(), client.clone()));
                 client
             }
