@@ -141,6 +141,10 @@ client_id = "per-identity"
 listen = "127.0.0.1:0"
 [limits]
 max_connections = 12000
+[sessions]
+# One identity stands for the whole load: no per-identity session limit or connect rate.
+max_per_authentication_name = 0
+connects_per_second = 0
 [websocket]
 listen = "127.0.0.1:{self.port['mqttgate-ws']}"
 """

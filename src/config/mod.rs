@@ -80,6 +80,16 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    sessions: RawSessions,
+}
+
+/// SPEC §10: sessions per authentication name and the per-session connect rate.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    max_per_authentication_name: Option<usize>,
+    connects_per_second: Option<f64>,
 }
 
 fn default_listen() -> String {
@@ -271,6 +281,16 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    pub sessions: SessionLimits,
+}
+
+/// `[sessions]` (SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionLimits {
+    /// Sessions one authentication name may hold at once on this instance (Azure: 1).
+    pub max_per_authentication_name: usize,
+    /// Admitted connects per second per session; 0 turns the limit off (Azure: 1).
+    pub connects_per_second: f64,
 }
 
 impl Config {
@@ -373,9 +393,10 @@ impl Config {
             }
         };
         let client_id_mode = match raw.upstream.client_id.as_deref() {
-            None | Some("authentication-name") => ClientIdMode::AuthenticationName,
+            Some("authentication-name") => ClientIdMode::AuthenticationName,
             Some("passthrough") => ClientIdMode::Passthrough,
-            Some("per-identity") => ClientIdMode::PerIdentity,
+            // Azure's model (SPEC §10): the ClientId names one of the identity's sessions.
+            None | Some("per-identity") => ClientIdMode::PerIdentity,
             Some(other) => {
                 return Err(field_err(
                     "upstream.client_id",
@@ -564,6 +585,33 @@ impl Config {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            sessions: SessionLimits {
+                max_per_authentication_name: match raw
+                    .sessions
+                    .max_per_authentication_name
+                    .unwrap_or(1)
+                {
+                    // 0 turns the limit off (beyond Azure: one identity shared by a whole
+                    // test fleet, or load generators).
+                    0 => usize::MAX,
+                    n @ 1..=100 => n,
+                    n => {
+                        return Err(field_err(
+                            "sessions.max_per_authentication_name",
+                            format!("{n} is outside 1..=100 (Azure's range), or 0 for no limit"),
+                        ))
+                    }
+                },
+                connects_per_second: match raw.sessions.connects_per_second.unwrap_or(1.0) {
+                    r if r.is_finite() && r >= 0.0 => r,
+                    r => {
+                        return Err(field_err(
+                            "sessions.connects_per_second",
+                            format!("{r} is not a number >= 0 (0 turns the limit off)"),
+                        ))
+                    }
+                },
+            },
             upstream_check_interval: Duration::from_millis(positive(
                 "admin.upstream_check_interval_ms",
                 raw.admin
@@ -623,7 +671,14 @@ clients = "clients.json"
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.upstream, "127.0.0.1:1883");
         assert_eq!(c.username_mode, UsernameMode::Rewrite);
-        assert_eq!(c.client_id_mode, ClientIdMode::AuthenticationName);
+        assert_eq!(c.client_id_mode, ClientIdMode::PerIdentity);
+        assert_eq!(
+            c.sessions,
+            SessionLimits {
+                max_per_authentication_name: 1,
+                connects_per_second: 1.0
+            }
+        );
         assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.dial_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.max_connect_bytes, 65536);

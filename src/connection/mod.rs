@@ -8,6 +8,7 @@
 //! 2 read_connect   buffer until the codec says the CONNECT is complete            (here)
 //! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
 //!                  └ refused → outcome::refuse: CONNACK, close
+//!   claim_session  sessions per authentication name, connect rate (SPEC §10)     (here)
 //! 4 dial           the broker, under its own deadline; decide again on a reload    upstream.rs
 //! 5 open_upstream  the rewritten CONNECT (auth::rewrite) + pipelined bytes, then
 //!                  the broker's CONNACK passed on                                   upstream.rs
@@ -39,6 +40,7 @@ use crate::auth::{Denial, Identity};
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Version};
+use crate::server::sessions::{SessionClaim, Sessions};
 use crate::server::slots::{Pending, Slots};
 use crate::transport::packet_io::{self, ReadError};
 use crate::transport::relay::Relay;
@@ -76,6 +78,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub denial_log: audit::DenialLimiter,
     pub slots: Arc<Slots>,
+    /// SPEC §10: the sessions each authentication name holds, and their connect rate.
+    pub sessions: Arc<Sessions>,
 }
 
 /// What was decided about an admitted client, kept for the life of the session. The
@@ -91,6 +95,8 @@ struct Session {
     first_bytes: Vec<u8>,
     /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
     proxy_len: usize,
+    /// The (authentication name, session name) this connection holds (SPEC §10).
+    _claim: SessionClaim,
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
@@ -348,6 +354,7 @@ async fn admit_and_dial(
         peer,
         false,
     )?;
+    let claim = claim_session(ctx, &identity, &connect)?;
     let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
     // No await from here until the first byte is written upstream.
     if trust_rx.has_changed().unwrap_or(false) {
@@ -384,10 +391,30 @@ async fn admit_and_dial(
             identity,
             first_bytes,
             proxy_len,
+            _claim: claim,
         },
         upstream,
         slot,
     ))
+}
+
+/// Phase 3b (SPEC §10): the session the client names, among its identity's: a takeover of
+/// one it holds, or a new one within `max_per_authentication_name`; and not connecting
+/// more often than the session's connect rate.
+fn claim_session(
+    ctx: &Ctx,
+    identity: &Identity,
+    connect: &Connect,
+) -> Result<SessionClaim, Refused> {
+    // Under "authentication-name" the broker sees one session per identity, whatever the
+    // ClientId: every connection is that session.
+    let session = match ctx.client_id_mode {
+        ClientIdMode::AuthenticationName => "-",
+        ClientIdMode::PerIdentity | ClientIdMode::Passthrough => connect.client_id.as_str(),
+    };
+    ctx.sessions
+        .claim(&identity.authentication_name, session, Instant::now())
+        .map_err(|r| Refused::Session(r, connect.version))
 }
 
 /// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the

@@ -12,6 +12,7 @@ use crate::audit;
 use crate::auth::Denial;
 use crate::metrics;
 use crate::mqtt::{self, ParseError, Refusal, Version};
+use crate::server::sessions::SessionRefusal;
 use crate::server::slots::AtAccept;
 use crate::transport::ws::UpgradeRefusal;
 use crate::transport::{ClientStream, Peer};
@@ -45,6 +46,9 @@ pub enum Refused {
     /// Closed before TLS on a listener that requires a PROXY v2 header.
     #[error("proxy protocol: {0:?}")]
     Proxy(ProxyRefusal),
+    /// SPEC §10: over the sessions of its authentication name, or connecting too often.
+    #[error("session refused: {0:?}")]
+    Session(SessionRefusal, Version),
     /// The WebSocket upgrade was refused (answered with an HTTP status) or abandoned.
     #[error("websocket upgrade refused: {}", .0.label())]
     Upgrade(UpgradeRefusal),
@@ -81,6 +85,8 @@ impl Refused {
             Refused::Proxy(ProxyRefusal::Malformed) => "proxy_malformed",
             Refused::Proxy(ProxyRefusal::Timeout) => "proxy_timeout",
             Refused::Upgrade(r) => r.label(),
+            Refused::Session(SessionRefusal::QuotaExceeded, _) => "session_quota",
+            Refused::Session(SessionRefusal::RateExceeded, _) => "connect_rate",
         }
     }
 
@@ -90,6 +96,8 @@ impl Refused {
         match self {
             Refused::Denied(..) => "not authorized",
             Refused::Busy(_) => "server busy",
+            Refused::Session(SessionRefusal::QuotaExceeded, _) => "quota exceeded",
+            Refused::Session(SessionRefusal::RateExceeded, _) => "connection rate exceeded",
             Refused::Upstream(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
@@ -109,6 +117,12 @@ impl Refused {
             Refused::Parse(e) => (Some(e.refusal()), e.version()),
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
+            Refused::Session(SessionRefusal::QuotaExceeded, v) => {
+                (Some(Refusal::QuotaExceeded), Some(*v))
+            }
+            Refused::Session(SessionRefusal::RateExceeded, v) => {
+                (Some(Refusal::ConnectionRateExceeded), Some(*v))
+            }
             Refused::Upstream(v, _) => (Some(Refusal::ServerUnavailable), Some(*v)),
             Refused::ClientGone
             | Refused::Certificate(_)

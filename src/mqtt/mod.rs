@@ -45,7 +45,9 @@ pub mod code {
     pub const V5_SERVER_BUSY: u8 = 0x89;
     pub const V5_SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
+    pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
     pub const V5_ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub const V5_CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -598,6 +600,10 @@ pub enum Refusal {
     PacketTooLarge,
     UnsupportedProtocol,
     Malformed,
+    /// SPEC §10: the authentication name holds its maximum of sessions.
+    QuotaExceeded,
+    /// SPEC §10: the session connected too recently.
+    ConnectionRateExceeded,
 }
 
 impl Refusal {
@@ -621,7 +627,14 @@ impl Refusal {
             (Refusal::ServerBusy, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
             (Refusal::PacketTooLarge, Some(V5)) => (V5, V5_PACKET_TOO_LARGE),
             (Refusal::Malformed, Some(V5)) => (V5, V5_MALFORMED),
-            (Refusal::PacketTooLarge | Refusal::Malformed, Some(_)) => return None,
+            (Refusal::QuotaExceeded, Some(V5)) => (V5, V5_QUOTA_EXCEEDED),
+            (Refusal::QuotaExceeded, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
+            (Refusal::ConnectionRateExceeded, Some(V5)) => (V5, V5_CONNECTION_RATE_EXCEEDED),
+            // 3.x has no code for it: closed, as Azure does.
+            (
+                Refusal::PacketTooLarge | Refusal::Malformed | Refusal::ConnectionRateExceeded,
+                Some(_),
+            ) => return None,
         };
         Some(connack(version, code, reason_string))
     }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod os_limits;
+pub mod sessions;
 pub mod slots;
 
 use std::net::SocketAddr;
@@ -111,6 +112,10 @@ impl Server {
             metrics: metrics.clone(),
             denial_log: Default::default(),
             slots: slots.clone(),
+            sessions: sessions::Sessions::new(
+                config.sessions.max_per_authentication_name,
+                config.sessions.connects_per_second,
+            ),
         });
         let server = Arc::new(Server {
             local_addr,

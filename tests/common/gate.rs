@@ -60,6 +60,9 @@ pub struct Setup {
     pub client_id: Option<&'static str>,
     /// `upstream.username`; `rewrite` when None.
     pub username: Option<&'static str>,
+    /// The `[sessions]` section. By default the connect rate is off: tests reconnect one
+    /// identity many times a second; tests/sessions.rs sets its own.
+    pub sessions: String,
 }
 
 impl Setup {
@@ -72,6 +75,7 @@ impl Setup {
             upstream: None,
             client_id: None,
             username: None,
+            sessions: "[sessions]\nconnects_per_second = 0\n".to_string(),
         }
     }
 }
@@ -214,11 +218,12 @@ pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> P
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n{}\n",
+        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n\n{}\n{}\n",
         sources.join(", "),
         cas.join(", "),
         setup.client_id.unwrap_or("authentication-name"),
         setup.username.unwrap_or("rewrite"),
+        setup.sessions,
         setup.extra
     );
     write(dir, "mqttgate.toml", &text)
