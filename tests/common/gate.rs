@@ -60,8 +60,9 @@ pub struct Setup {
     pub client_id: Option<&'static str>,
     /// `upstream.username`; `rewrite` when None.
     pub username: Option<&'static str>,
-    /// The `[sessions]` section. By default the connect rate is off: tests reconnect one
-    /// identity many times a second; tests/sessions.rs sets its own.
+    /// The `[sessions]` section. By default both limits are off: tests reconnect one
+    /// identity many times a second and hold several of its sessions; tests/sessions.rs
+    /// sets its own.
     pub sessions: String,
 }
 
@@ -75,7 +76,8 @@ impl Setup {
             upstream: None,
             client_id: None,
             username: None,
-            sessions: "[sessions]\nconnects_per_second = 0\n".to_string(),
+            sessions: "[sessions]\nconnects_per_second = 0\nmax_per_authentication_name = 0\n"
+                .to_string(),
         }
     }
 }
