@@ -3,6 +3,7 @@
 //! it. Pure: no I/O, no clock. The handshake already proved possession of the private key
 //! and checked the leaf's dates, chain or pin; this module only applies the registry.
 
+pub mod jwt;
 pub mod rewrite;
 
 use std::net::IpAddr;

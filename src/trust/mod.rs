@@ -6,6 +6,7 @@
 pub mod admit;
 pub mod anchors;
 pub mod cert;
+pub mod jwt_keys;
 pub mod memory;
 pub mod registry;
 pub mod verifier;
@@ -26,6 +27,7 @@ use self::cert::CertInfo;
 use self::registry::Scheme;
 use self::registry::{Registry, RegistryError};
 use self::verifier::{ClientVerifier, TlsError};
+use crate::auth::jwt::{JwtKey, JwtPolicy};
 pub use crate::auth::Credentials;
 use crate::auth::Policy;
 use crate::auth::{self, Denial, Identity, Peer};
@@ -43,6 +45,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
+    #[error(transparent)]
+    JwtKeys(#[from] jwt_keys::KeyError),
     #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
     ProxyHeader {
         file: String,
@@ -60,6 +64,7 @@ impl LoadError {
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
+            LoadError::JwtKeys(_) => "jwt_keys",
         }
     }
 }
@@ -75,6 +80,15 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// `[auth.jwt]`: what a token must satisfy and the issuer keys it may be signed with.
+    pub jwt: Option<JwtTrust>,
+}
+
+/// The JWT side of the trust state (SPEC §9).
+#[derive(Debug)]
+pub struct JwtTrust {
+    pub policy: JwtPolicy,
+    pub keys: Vec<JwtKey>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -131,6 +145,13 @@ impl Trust {
             .into_iter()
             .flatten()
             .collect();
+        let jwt = match &config.jwt {
+            Some(j) => Some(JwtTrust {
+                policy: j.policy.clone(),
+                keys: jwt_keys::load(&j.keys)?,
+            }),
+            None => None,
+        };
         let provider = verifier::provider();
         let certs = Arc::new(
             CertTrust::new(
@@ -163,6 +184,7 @@ impl Trust {
                 subject_match: config.subject_match,
             },
             server_cert,
+            jwt,
         })
     }
 }
