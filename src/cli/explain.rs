@@ -274,7 +274,8 @@ pub fn explain_loaded(
                     "result: ALLOWED as {:?} (client {:?}, {}, name from {}) until {}",
                     id.authentication_name,
                     id.client_name,
-                    id.scheme,
+                    id.scheme
+                        .map_or("registry not consulted".to_string(), |s| s.to_string()),
                     id.source.label(),
                     format_time(id.valid_until)
                 ));

@@ -97,7 +97,7 @@ pub enum State {
 }
 
 /// An attribute's value, decoded from the registry's storage when asked for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttributeValue {
     Int(i64),
     Bool(bool),
