@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 
-use crate::auth::{Denial, Identity};
+use crate::auth::{Denial, Identity, Method};
 use crate::mqtt::Connect;
 use crate::trust::cert::CertInfo;
 
@@ -67,7 +67,8 @@ pub struct TlsFacts {
 pub fn decision(
     limiter: &DenialLimiter,
     decision: &Result<Identity, Denial>,
-    cert: &CertInfo,
+    cert: Option<&CertInfo>,
+    method: Method,
     connect: &Connect,
     peer: SocketAddr,
     tls: &TlsFacts,
@@ -87,24 +88,30 @@ pub fn decision(
         Ok(id) => Some(id.authentication_name.as_str()),
         Err(d) => d.name.as_deref(),
     };
+    // A JWT client may have presented no certificate; its token is never logged, only
+    // the `jti` (and the `sub`, as the authentication name) of an accepted one.
+    let jti = decision.as_ref().ok().and_then(|id| id.jti.as_deref());
+    let (no_strings, no_ips): (&[String], &[IpAddr]) = (&[], &[]);
     info!(
         target: "mqttgate::audit",
         event = "decision",
         result,
         reason,
+        method = method.label(),
         %peer,
         client_id = connect.client_id.as_str(),
         authentication_name = name.unwrap_or(""),
         source,
         scheme,
-        subject = cert.subject_dn.as_str(),
-        dns = ?cert.dns,
-        uris = ?cert.uris,
-        emails = ?cert.emails,
-        ips = ?cert.ips,
-        thumbprint = %cert.thumbprint,
-        issuer = cert.issuer_dn.as_str(),
-        serial = %cert.serial_hex,
+        jti = jti.unwrap_or(""),
+        subject = cert.map_or("", |c| c.subject_dn.as_str()),
+        dns = ?cert.map_or(no_strings, |c| &c.dns),
+        uris = ?cert.map_or(no_strings, |c| &c.uris),
+        emails = ?cert.map_or(no_strings, |c| &c.emails),
+        ips = ?cert.map_or(no_ips, |c| &c.ips),
+        thumbprint = %cert.map(|c| c.thumbprint.to_string()).unwrap_or_default(),
+        issuer = cert.map_or("", |c| c.issuer_dn.as_str()),
+        serial = cert.map_or("", |c| c.serial_hex.as_str()),
         tls_version = %tls.version,
         cipher = %tls.cipher,
         mqtt = connect.version.label(),

@@ -20,6 +20,8 @@ pub struct Decision {
     pub reason: &'static str,
     pub scheme: &'static str,
     pub source: &'static str,
+    /// `auth::Method::label`: certificate or jwt.
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,7 +180,7 @@ impl Metrics {
         let decisions = Family::<Decision, Counter>::default();
         registry.register(
             "auth_decisions",
-            "Authentication decisions by result, denial reason, validation scheme and identity source",
+            "Authentication decisions by result, denial reason, validation scheme, identity source and method",
             decisions.clone(),
         );
         let connacks = Family::<Connack, Counter>::default();

@@ -101,11 +101,11 @@ async fn metrics_count_each_outcome_with_bounded_labels() {
         ("mqttgate_tls_handshakes_total{result=\"ok\",reason=\"\"}", 2.0),
         ("mqttgate_tls_handshakes_total{result=\"failed\",reason=\"unknown_issuer\"}", 1.0),
         (
-            "mqttgate_auth_decisions_total{result=\"allowed\",reason=\"\",scheme=\"subject\",source=\"username\"}",
+            "mqttgate_auth_decisions_total{result=\"allowed\",reason=\"\",scheme=\"subject\",source=\"username\",method=\"certificate\"}",
             1.0,
         ),
         (
-            "mqttgate_auth_decisions_total{result=\"denied\",reason=\"disabled\",scheme=\"subject\",source=\"username\"}",
+            "mqttgate_auth_decisions_total{result=\"denied\",reason=\"disabled\",scheme=\"subject\",source=\"username\",method=\"certificate\"}",
             1.0,
         ),
         ("mqttgate_connacks_sent_total{sender=\"mqttgate\",protocol=\"5\",code=\"0x87\"}", 1.0),

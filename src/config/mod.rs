@@ -12,6 +12,9 @@ use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
 
+mod jwt;
+pub use self::jwt::JwtConfig;
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:1883";
@@ -82,6 +85,8 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     sessions: RawSessions,
+    #[serde(default)]
+    auth: jwt::RawAuth,
 }
 
 /// SPEC §10: sessions per authentication name and the per-session connect rate.
@@ -282,6 +287,8 @@ pub struct Config {
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
     pub sessions: SessionLimits,
+    /// `[auth.jwt]`: JWT clients are accepted and a client certificate becomes optional.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// `[sessions]` (SPEC §10).
@@ -303,6 +310,9 @@ impl Config {
         files.extend([self.server_cert.clone(), self.server_key.clone()]);
         files.extend(self.ca_files.iter().cloned());
         files.extend(self.crl_files.iter().cloned());
+        if let Some(jwt) = &self.jwt {
+            files.extend(crate::trust::jwt_keys::key_files(&jwt.keys));
+        }
         files
     }
 }
@@ -542,7 +552,15 @@ impl Config {
                 ))
             }
         };
+        let jwt = match raw.auth.jwt {
+            None => None,
+            Some(j) => Some(
+                j.validate(resolve)
+                    .map_err(|(field, message)| field_err(field, message))?,
+            ),
+        };
         Ok(Config {
+            jwt,
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
             inbound_proxy,
@@ -770,6 +788,71 @@ clients = "clients.json"
             .unwrap_err()
             .to_string()
             .contains("listed twice"));
+    }
+
+    const JWT: &str = r#"
+[auth.jwt]
+issuer = "https://issuer.example.com"
+audiences = ["mqttgate"]
+keys = ["jwt/"]
+"#;
+
+    #[test]
+    fn jwt_section_gets_documented_defaults() {
+        let c = parse(&format!("{MINIMAL}{JWT}")).unwrap();
+        let jwt = c.jwt.unwrap();
+        assert_eq!(jwt.policy.algorithms, vec![jsonwebtoken::Algorithm::RS256]);
+        assert_eq!(jwt.policy.skew_seconds, 60);
+        assert_eq!(
+            jwt.policy.methods,
+            vec![crate::auth::jwt::JwtMethod::Custom]
+        );
+        assert!(!jwt.policy.require_registered);
+        assert_eq!(jwt.keys, vec![PathBuf::from("/etc/mqttgate/jwt/")]);
+        assert!(parse(MINIMAL).unwrap().jwt.is_none());
+    }
+
+    #[test]
+    fn none_and_hmac_algorithms_are_refused_at_load_naming_the_field() {
+        for alg in ["none", "HS256", "HS512", "RS1"] {
+            let text = format!("{MINIMAL}{JWT}algorithms = [\"{alg}\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("/etc/mqttgate/mqttgate.toml: auth.jwt.algorithms:"),
+                "{err}"
+            );
+        }
+        let text = format!("{MINIMAL}{JWT}algorithms = [\"RS256\", \"ES256\"]\n");
+        assert_eq!(
+            parse(&text).unwrap().jwt.unwrap().policy.algorithms.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn bad_jwt_values_name_their_field() {
+        let cases = [
+            ("methods = [\"PLAIN\"]\n", "auth.jwt.methods:"),
+            ("skew_seconds = -1\n", "auth.jwt.skew_seconds:"),
+            ("skew_seconds = 7200\n", "auth.jwt.skew_seconds:"),
+            ("issuers = \"x\"\n", "issuers"),
+        ];
+        for (extra, field) in cases {
+            let err = parse(&format!("{MINIMAL}{JWT}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let err = parse(&format!("{MINIMAL}{}", JWT.replace("[\"mqttgate\"]", "[]")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.jwt.audiences:"), "{err}");
+        let text = format!(
+            "{MINIMAL}{JWT}methods = [\"CUSTOM-JWT\", \"OAUTH2-JWT\"]\nrequire_registered = true\n"
+        );
+        let jwt = parse(&text).unwrap().jwt.unwrap();
+        assert_eq!(jwt.policy.methods.len(), 2);
+        assert!(jwt.policy.require_registered);
     }
 
     #[test]

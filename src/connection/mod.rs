@@ -36,7 +36,7 @@ use self::session::relay_session;
 use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::rewrite::upstream_connect;
-use crate::auth::{Denial, Identity};
+use crate::auth::{self, Denial, Identity, Method};
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Version};
@@ -89,6 +89,9 @@ struct Session {
     version: Version,
     /// The CONNECT username, needed to re-decide on reload.
     username: Option<String>,
+    /// A JWT client's method and token, needed to re-decide on reload and to answer with
+    /// its method in the CONNACK; boxed, so certificate sessions pay one pointer.
+    jwt: Option<Box<JwtSession>>,
     identity: Identity,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order, after the PROXY header when one is sent; emptied once sent.
@@ -97,6 +100,29 @@ struct Session {
     proxy_len: usize,
     /// The (authentication name, session name) this connection holds (SPEC §10).
     _claim: SessionClaim,
+}
+
+/// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
+struct JwtSession {
+    method: String,
+    token: Vec<u8>,
+}
+
+impl Session {
+    /// What the session authenticated with, for a re-decision; None when a certificate
+    /// session's chain is gone (never, for a TLS client).
+    fn credentials<'a>(&'a self, client: &'a ClientStream) -> Option<Credentials<'a>> {
+        Some(match &self.jwt {
+            Some(j) => Credentials::Jwt {
+                method: &j.method,
+                token: &j.token,
+            },
+            None => Credentials::Certificate {
+                chain: client.peer_certificates()?,
+                username: self.username.as_deref(),
+            },
+        })
+    }
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
@@ -384,10 +410,23 @@ async fn admit_and_dial(
     })?;
     first_bytes.extend_from_slice(&encoded);
     first_bytes.extend_from_slice(&pipelined);
+    let jwt = match (identity.method, connect.authentication_method()) {
+        (Method::Jwt, Ok(Some(method))) => Some(Box::new(JwtSession {
+            method: method.to_string(),
+            token: connect
+                .authentication_data()
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .to_vec(),
+        })),
+        _ => None,
+    };
     Ok((
         Session {
             version,
             username: connect.username,
+            jwt,
             identity,
             first_bytes,
             proxy_len,
@@ -417,9 +456,10 @@ fn claim_session(
         .map_err(|r| Refused::Session(r, connect.version))
 }
 
-/// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
-/// registry), recorded in the audit log and metrics. `again` marks a second decision
-/// after a reload overtook the first; each is logged as the decision it was.
+/// Phase 3: the decision (`auth::credentials` says which method applies; `Trust::decide`:
+/// the certificate admitted again, then the registry, or the token verified), recorded in
+/// the audit log and metrics. `again` marks a second decision after a reload overtook the
+/// first; each is logged as the decision it was.
 fn decide(
     ctx: &Ctx,
     trust: &Trust,
@@ -428,40 +468,44 @@ fn decide(
     peer: Peer,
     again: bool,
 ) -> Result<Identity, Refused> {
-    let chain = client
-        .peer_certificates()
-        .ok_or(Refused::Certificate(HandshakeFailure::NoCertificate))?;
-    let (admitted, decision) = trust
-        .decide(
-            &Credentials::Certificate {
-                chain,
-                username: connect.username.as_deref(),
-            },
-            UnixTime::now(),
-        )
-        .map_err(|f| Refused::Certificate(f.0))?;
-    let info = &admitted.leaf;
-    if !again {
+    let credentials = auth::credentials(client.peer_certificates(), connect, trust.jwt.is_some());
+    let method = credentials
+        .as_ref()
+        .map_or(Method::Certificate, Credentials::method);
+    let (admitted, decision) = match credentials {
+        Ok(c) => trust
+            .decide(&c, UnixTime::now())
+            .map_err(|f| Refused::Certificate(f.0))?,
+        Err(denial) => (None, Err(denial)),
+    };
+    let info = admitted.as_ref().map(|a| &a.leaf);
+    if let (Some(info), false) = (info, again) {
         ctx.metrics
             .client_cert_days
             .observe((info.not_after - unix_now()) as f64 / 86_400.0);
     }
     let (version, cipher) = client.tls_facts();
     let facts = audit::TlsFacts { version, cipher };
-    record_decision(ctx, &decision, info, connect, peer, &facts);
+    record_decision(ctx, &decision, info, method, connect, peer, &facts);
     decision.map_err(|denial| Refused::Denied(denial, connect.version))
 }
 
 fn record_decision(
     ctx: &Ctx,
     decision: &Result<Identity, Denial>,
-    cert: &CertInfo,
+    cert: Option<&CertInfo>,
+    method: Method,
     connect: &Connect,
     peer: Peer,
     facts: &audit::TlsFacts,
 ) {
     let labels = match decision {
-        Ok(id) => ("allowed", "", id.scheme.label(), id.source.label()),
+        Ok(id) => (
+            "allowed",
+            "",
+            id.scheme.map(|s| s.label()).unwrap_or(""),
+            id.source.label(),
+        ),
         Err(d) => (
             "denied",
             d.reason.label(),
@@ -476,12 +520,14 @@ fn record_decision(
             reason: labels.1,
             scheme: labels.2,
             source: labels.3,
+            method: method.label(),
         })
         .inc();
     audit::decision(
         &ctx.denial_log,
         decision,
         cert,
+        method,
         connect,
         peer.addr,
         facts,

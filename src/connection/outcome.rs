@@ -9,7 +9,7 @@ use tracing::debug;
 
 use super::Ctx;
 use crate::audit;
-use crate::auth::Denial;
+use crate::auth::{Denial, Denied};
 use crate::metrics;
 use crate::mqtt::{self, ParseError, Refusal, Version};
 use crate::server::sessions::SessionRefusal;
@@ -94,6 +94,9 @@ impl Refused {
     /// learns nothing about why it was denied (no registry enumeration).
     fn client_text(&self) -> &'static str {
         match self {
+            Refused::Denied(d, _) if d.reason == Denied::BadAuthenticationMethod => {
+                "bad authentication method"
+            }
             Refused::Denied(..) => "not authorized",
             Refused::Busy(_) => "server busy",
             Refused::Session(SessionRefusal::QuotaExceeded, _) => "quota exceeded",
@@ -115,6 +118,9 @@ impl Refused {
         match self {
             Refused::ConnectTimeout { version } => (Some(Refusal::Malformed), *version),
             Refused::Parse(e) => (Some(e.refusal()), e.version()),
+            Refused::Denied(d, v) if d.reason == Denied::BadAuthenticationMethod => {
+                (Some(Refusal::BadAuthenticationMethod), Some(*v))
+            }
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
             Refused::Session(SessionRefusal::QuotaExceeded, v) => {
@@ -141,6 +147,8 @@ pub enum Closed {
     Upstream,
     Revoked,
     CertificateExpired,
+    /// A JWT session reached its token's `exp` (plus the skew).
+    TokenExpired,
     Shutdown,
     Error,
 }
@@ -152,6 +160,7 @@ impl Closed {
             Closed::Upstream => "upstream",
             Closed::Revoked => "revoked",
             Closed::CertificateExpired => "certificate_expired",
+            Closed::TokenExpired => "token_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
         }

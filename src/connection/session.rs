@@ -15,7 +15,7 @@ use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::relay::{Ended, Relay};
 use crate::transport::ClientStream;
-use crate::trust::{unix_now, Credentials, Trust};
+use crate::trust::{unix_now, Trust};
 
 /// How long a stopping session may take to reach a broker packet boundary before it is
 /// closed without a DISCONNECT.
@@ -79,7 +79,12 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
                     return if client_first { Closed::Client } else { Closed::Upstream };
                 }
-                break (Closed::CertificateExpired, mqtt::code::V5_ADMINISTRATIVE_ACTION);
+                // The same DISCONNECT whichever method's validity ended (0x98).
+                let closed = match session.identity.method {
+                    auth::Method::Certificate => Closed::CertificateExpired,
+                    auth::Method::Jwt => Closed::TokenExpired,
+                };
+                break (closed, mqtt::code::V5_ADMINISTRATIVE_ACTION);
             }
             changed = lifecycle.changed() => {
                 let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
@@ -129,16 +134,8 @@ async fn end_session(
 /// SPEC §5: is this session still allowed under the new trust state, as the same
 /// identity? Its new validity end when it is.
 fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Option<i64> {
-    let chain = client.peer_certificates()?;
-    let (_, decision) = trust
-        .decide(
-            &Credentials::Certificate {
-                chain,
-                username: session.username.as_deref(),
-            },
-            UnixTime::now(),
-        )
-        .ok()?;
+    let credentials = session.credentials(client)?;
+    let (_, decision) = trust.decide(&credentials, UnixTime::now()).ok()?;
     let id = decision.ok()?;
     auth::same_name(
         &id.authentication_name,

@@ -6,6 +6,7 @@
 pub mod admit;
 pub mod anchors;
 pub mod cert;
+pub mod jwt_keys;
 pub mod memory;
 pub mod registry;
 pub mod verifier;
@@ -26,9 +27,10 @@ use self::cert::CertInfo;
 use self::registry::Scheme;
 use self::registry::{Registry, RegistryError};
 use self::verifier::{ClientVerifier, TlsError};
+use crate::auth::jwt::{JwtKey, JwtMethod, JwtPolicy};
 pub use crate::auth::Credentials;
 use crate::auth::Policy;
-use crate::auth::{self, Denial, Identity, Peer};
+use crate::auth::{self, Denial, Denied, Identity, IdentitySource, Peer};
 use crate::config::Config;
 use crate::transport::proxy;
 use rustls::pki_types::UnixTime;
@@ -43,6 +45,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
+    #[error(transparent)]
+    JwtKeys(#[from] jwt_keys::KeyError),
     #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
     ProxyHeader {
         file: String,
@@ -60,6 +64,7 @@ impl LoadError {
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
+            LoadError::JwtKeys(_) => "jwt_keys",
         }
     }
 }
@@ -75,6 +80,15 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// `[auth.jwt]`: what a token must satisfy and the issuer keys it may be signed with.
+    pub jwt: Option<JwtTrust>,
+}
+
+/// The JWT side of the trust state (SPEC §9).
+#[derive(Debug)]
+pub struct JwtTrust {
+    pub policy: JwtPolicy,
+    pub keys: Vec<JwtKey>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -131,6 +145,13 @@ impl Trust {
             .into_iter()
             .flatten()
             .collect();
+        let jwt = match &config.jwt {
+            Some(j) => Some(JwtTrust {
+                policy: j.policy.clone(),
+                keys: jwt_keys::load(&j.keys)?,
+            }),
+            None => None,
+        };
         let provider = verifier::provider();
         let certs = Arc::new(
             CertTrust::new(
@@ -145,7 +166,11 @@ impl Trust {
                 message,
             })?,
         );
-        let verifier = Arc::new(ClientVerifier::new(certs.clone()));
+        let verifier = match jwt {
+            Some(_) => ClientVerifier::new(certs.clone()).certificate_optional(),
+            None => ClientVerifier::new(certs.clone()),
+        };
+        let verifier = Arc::new(verifier);
         let (chain, key) = verifier::load_server_identity(&config.server_cert, &config.server_key)?;
         let server_cert = CertInfo::parse(&chain[0]).map_err(|e| TlsError::File {
             file: config.server_cert.display().to_string(),
@@ -163,19 +188,22 @@ impl Trust {
                 subject_match: config.subject_match,
             },
             server_cert,
+            jwt,
         })
     }
 }
 
 impl Trust {
-    /// SPEC §2 and §7, the whole decision for one client: its certificate chain admitted
-    /// (`admit`), then the registry (`auth::decide`). The post-handshake check, the
-    /// re-decision of live sessions and `explain` all call this, with the newest state.
+    /// SPEC §2, §7 and §9, the whole decision for one client. A certificate: its chain
+    /// admitted (`admit`, whose result is returned), then the registry (`auth::decide`).
+    /// A token: its method, then `auth::jwt::verify` against the keys of this state, then
+    /// `auth::decide_jwt`. The post-handshake check, the re-decision of live sessions and
+    /// `explain` all call this, with the newest state.
     pub fn decide(
         &self,
         credentials: &Credentials<'_>,
         now: UnixTime,
-    ) -> Result<(Admitted, Result<Identity, Denial>), CertFailure> {
+    ) -> Result<(Option<Admitted>, Result<Identity, Denial>), CertFailure> {
         match *credentials {
             Credentials::Certificate { chain, username } => {
                 let admitted = admit(chain, &self.certs, now)?;
@@ -189,12 +217,37 @@ impl Trust {
                     &self.policy,
                 )
                 .map(|mut id| {
-                    id.valid_until = admitted.valid_until(id.scheme != Scheme::ThumbprintMatch);
+                    id.valid_until =
+                        admitted.valid_until(id.scheme != Some(Scheme::ThumbprintMatch));
                     id
                 });
-                Ok((admitted, decision))
+                Ok((Some(admitted), decision))
+            }
+            Credentials::Jwt { method, token } => {
+                let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                Ok((None, self.decide_jwt(method, token, now)))
             }
         }
+    }
+
+    fn decide_jwt(&self, method: &str, token: &[u8], now: i64) -> Result<Identity, Denial> {
+        let refuse = |reason| Denial {
+            reason,
+            name: None,
+            source: None,
+            scheme: None,
+        };
+        let jwt = self
+            .jwt
+            .as_ref()
+            .filter(|j| JwtMethod::from_name(method).is_some_and(|m| j.policy.methods.contains(&m)))
+            .ok_or(refuse(Denied::BadAuthenticationMethod))?;
+        // A refused token's claims are not trusted, not even its `sub` for the log.
+        let claims = auth::jwt::verify(token, &jwt.keys, &jwt.policy, now).map_err(|f| Denial {
+            source: Some(IdentitySource::TokenSubject),
+            ..refuse(Denied::Jwt(f))
+        })?;
+        auth::decide_jwt(claims, &self.registry, &jwt.policy)
     }
 }
 

@@ -72,11 +72,26 @@ pub fn load_server_identity(
 #[derive(Debug)]
 pub struct ClientVerifier {
     trust: Arc<CertTrust>,
+    /// False when another method (JWT) can authenticate a client without a certificate.
+    mandatory: bool,
 }
 
 impl ClientVerifier {
     pub fn new(trust: Arc<CertTrust>) -> ClientVerifier {
-        ClientVerifier { trust }
+        ClientVerifier {
+            trust,
+            mandatory: true,
+        }
+    }
+
+    /// SPEC §9: with JWT enabled a client may present no certificate (and must then send
+    /// a token); one it presents is still verified exactly as before, so a bad certificate
+    /// still fails the handshake.
+    pub fn certificate_optional(self) -> ClientVerifier {
+        ClientVerifier {
+            mandatory: false,
+            ..self
+        }
     }
 
     /// Verifies a handshake signature with the certificate's bare public key. For pinned
@@ -122,7 +137,7 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_client_cert(
