@@ -552,7 +552,7 @@ async fn the_session_ends_at_exp_with_disconnect_0x98() {
     assert!(closed);
     g.env
         .await_metric(
-            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"token_expired\"}",
+            "mqttgate_connections_closed_total{outcome=\"session\",reason=\"token_expired\",transport=\"tls\"}",
             1.0,
         )
         .await;
