@@ -121,6 +121,18 @@ pub fn decision(
 
 /// One line per accepted connection, however it ended (`outcome`: tls_failure, refused
 /// or session).
+/// SPEC §12: a refusal audit-only mode recorded instead of enforcing.
+pub fn would_deny(reason: &str, name: &str) {
+    info!(
+        target: "mqttgate::audit",
+        event = "decision",
+        result = "would_deny",
+        reason,
+        authentication_name = name,
+        "would deny (audit-only mode)"
+    );
+}
+
 pub fn closed(
     peer: crate::transport::Peer,
     outcome: &str,

@@ -200,6 +200,23 @@ pub struct Identity {
     pub jti: Option<String>,
 }
 
+impl Identity {
+    /// Audit-only mode (SPEC §12): a client let through as itself, whatever the decision:
+    /// its own username (if any), no attributes, no validity end.
+    pub fn unverified(username: Option<&str>, method: Method) -> Identity {
+        Identity {
+            authentication_name: username.unwrap_or_default().to_string(),
+            client_name: String::new(),
+            scheme: None,
+            source: IdentitySource::Username,
+            valid_until: i64::MAX,
+            method,
+            attributes: Vec::new(),
+            jti: None,
+        }
+    }
+}
+
 /// Why a client was refused. Every variant gets the same CONNACK; the variant only goes
 /// to logs and metrics, so a client can't enumerate the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]

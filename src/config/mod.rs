@@ -59,6 +59,8 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// "enforce" (default) or "audit": decide and log everything, refuse nothing (SPEC §12).
+    mode: Option<String>,
     #[serde(default = "default_listen")]
     listen: String,
     /// "required": every connection starts with a PROXY v2 header from `trusted_proxies`.
@@ -255,6 +257,9 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub file: PathBuf,
+    /// `mode = "audit"` (SPEC §12): every decision made, logged and counted, denials as
+    /// `would_deny`, and every client let through as itself (its own username and ClientId).
+    pub audit_only: bool,
     pub listen: SocketAddr,
     /// With `proxy_protocol = "required"`: the networks a PROXY v2 header is taken from.
     /// Every connection must start with one; from anywhere else it is closed (SPEC §8).
@@ -559,8 +564,19 @@ impl Config {
                     .map_err(|(field, message)| field_err(field, message))?,
             ),
         };
+        let audit_only = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("audit") => true,
+            Some(other) => {
+                return Err(field_err(
+                    "mode",
+                    format!("{other:?} is not \"enforce\" or \"audit\""),
+                ))
+            }
+        };
         Ok(Config {
             jwt,
+            audit_only,
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
             inbound_proxy,

@@ -80,6 +80,8 @@ pub struct Ctx {
     pub slots: Arc<Slots>,
     /// SPEC §10: the sessions each authentication name holds, and their connect rate.
     pub sessions: Arc<Sessions>,
+    /// SPEC §12: decisions are recorded, never enforced (`mode = "audit"`).
+    pub audit_only: bool,
 }
 
 /// What was decided about an admitted client, kept for the life of the session. The
@@ -98,8 +100,9 @@ struct Session {
     first_bytes: Vec<u8>,
     /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
     proxy_len: usize,
-    /// The (authentication name, session name) this connection holds (SPEC §10).
-    _claim: SessionClaim,
+    /// The (authentication name, session name) this connection holds (SPEC §10); None
+    /// when audit-only mode let it through past a limit.
+    _claim: Option<SessionClaim>,
 }
 
 /// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
@@ -444,16 +447,45 @@ fn claim_session(
     ctx: &Ctx,
     identity: &Identity,
     connect: &Connect,
-) -> Result<SessionClaim, Refused> {
+) -> Result<Option<SessionClaim>, Refused> {
     // Under "authentication-name" the broker sees one session per identity, whatever the
     // ClientId: every connection is that session.
     let session = match ctx.client_id_mode {
         ClientIdMode::AuthenticationName => "-",
         ClientIdMode::PerIdentity | ClientIdMode::Passthrough => connect.client_id.as_str(),
     };
-    ctx.sessions
+    match ctx
+        .sessions
         .claim(&identity.authentication_name, session, Instant::now())
-        .map_err(|r| Refused::Session(r, connect.version))
+    {
+        Ok(claim) => Ok(Some(claim)),
+        Err(r) if ctx.audit_only => {
+            let refused = Refused::Session(r, connect.version);
+            record_would_deny(ctx, refused.label(), identity);
+            Ok(None)
+        }
+        Err(r) => Err(Refused::Session(r, connect.version)),
+    }
+}
+
+/// SPEC §12: a refusal audit-only mode did not enforce, counted and logged as `would_deny`.
+fn record_would_deny(ctx: &Ctx, reason: &'static str, identity: &Identity) {
+    ctx.metrics
+        .decisions
+        .get_or_create(&metrics::Decision {
+            result: "would_deny",
+            reason,
+            scheme: identity.scheme.map(|s| s.label()).unwrap_or(""),
+            source: identity.source.label(),
+            method: identity.method.label(),
+        })
+        .inc();
+    audit::would_deny(reason, &identity.authentication_name);
+}
+
+/// A live session's re-decision or expiry that audit-only mode did not enforce.
+fn would_deny(ctx: &Ctx, reason: &'static str, session: &Session) {
+    record_would_deny(ctx, reason, &session.identity);
 }
 
 /// Phase 3: the decision (`auth::credentials` says which method applies; `Trust::decide`:
@@ -473,9 +505,16 @@ fn decide(
         .as_ref()
         .map_or(Method::Certificate, Credentials::method);
     let (admitted, decision) = match credentials {
-        Ok(c) => trust
-            .decide(&c, UnixTime::now())
-            .map_err(|f| Refused::Certificate(f.0))?,
+        Ok(c) => match trust.decide(&c, UnixTime::now()) {
+            Ok(decided) => decided,
+            // SPEC §12: a certificate refused at admission is a decision like the others.
+            Err(f) if ctx.audit_only => {
+                let identity = Identity::unverified(connect.username.as_deref(), method);
+                record_would_deny(ctx, f.0.label(), &identity);
+                return Ok(identity);
+            }
+            Err(f) => return Err(Refused::Certificate(f.0)),
+        },
         Err(denial) => (None, Err(denial)),
     };
     let info = admitted.as_ref().map(|a| &a.leaf);
@@ -487,7 +526,12 @@ fn decide(
     let (version, cipher) = client.tls_facts();
     let facts = audit::TlsFacts { version, cipher };
     record_decision(ctx, &decision, info, method, connect, peer, &facts);
-    decision.map_err(|denial| Refused::Denied(denial, connect.version))
+    match decision {
+        Ok(identity) => Ok(identity),
+        // Let through as itself: its own username and ClientId go upstream.
+        Err(_) if ctx.audit_only => Ok(Identity::unverified(connect.username.as_deref(), method)),
+        Err(denial) => Err(Refused::Denied(denial, connect.version)),
+    }
 }
 
 fn record_decision(
@@ -507,7 +551,11 @@ fn record_decision(
             id.source.label(),
         ),
         Err(d) => (
-            "denied",
+            if ctx.audit_only {
+                "would_deny"
+            } else {
+                "denied"
+            },
             d.reason.label(),
             d.scheme.map(|s| s.label()).unwrap_or(""),
             d.source.map(|s| s.label()).unwrap_or(""),

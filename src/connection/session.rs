@@ -68,6 +68,10 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                         valid_until = expiry_instant(until);
                         timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
                     }
+                    // SPEC §12: counted and logged, the session goes on.
+                    None if ctx.audit_only => {
+                        super::would_deny(ctx, "revoked", session);
+                    }
                     None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
                 }
             }
@@ -84,6 +88,12 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     auth::Method::Certificate => Closed::CertificateExpired,
                     auth::Method::Jwt => Closed::TokenExpired,
                 };
+                if ctx.audit_only {
+                    super::would_deny(ctx, closed.label(), session);
+                    valid_until = expiry_instant(i64::MAX);
+                    timer.as_mut().reset(linger_until.unwrap_or(valid_until));
+                    continue;
+                }
                 break (closed, mqtt::code::V5_ADMINISTRATIVE_ACTION);
             }
             changed = lifecycle.changed() => {
@@ -103,9 +113,12 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
 
 /// The first instant past `valid_until` (unix seconds): validity ends after that second.
 fn expiry_instant(valid_until: i64) -> tokio::time::Instant {
-    let left = valid_until.saturating_sub(unix_now()).max(0) as u64;
+    // Capped at a century: an Instant far enough out overflows (and "never" needs no more).
+    let left = valid_until.saturating_sub(unix_now()).clamp(0, CENTURY) as u64;
     tokio::time::Instant::now() + Duration::from_secs(left + 1)
 }
+
+const CENTURY: i64 = 100 * 365 * 86_400;
 
 /// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an
 /// MQTT 5 client why, close both sides.

@@ -166,9 +166,10 @@ impl Trust {
                 message,
             })?,
         );
-        let verifier = match jwt {
-            Some(_) => ClientVerifier::new(certs.clone()).certificate_optional(),
-            None => ClientVerifier::new(certs.clone()),
+        let verifier = match (config.audit_only, &jwt) {
+            (true, _) => ClientVerifier::new(certs.clone()).audit_only(),
+            (false, Some(_)) => ClientVerifier::new(certs.clone()).certificate_optional(),
+            (false, None) => ClientVerifier::new(certs.clone()),
         };
         let verifier = Arc::new(verifier);
         let (chain, key) = verifier::load_server_identity(&config.server_cert, &config.server_key)?;
