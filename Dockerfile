@@ -8,7 +8,7 @@
 # scripts/image-test.sh builds the runtime-prebuilt target with buildah and tests it.
 # The image runs as 65532:65532, writes nothing, and works with a read-only root filesystem.
 
-ARG RUST_VERSION=1.85
+ARG RUST_VERSION=1.88
 
 # ---- builder: a static glibc binary (-C target-feature=+crt-static; aws-lc-rs builds with gcc) ----
 FROM rust:${RUST_VERSION}-bookworm AS builder

@@ -120,12 +120,16 @@ fn entry(i: usize) -> String {
         1 => format!(r#"{{"types":["Fan","Light"],"on":true,"line":{}}}"#, i % 9),
         _ => "{}".to_string(),
     };
-    let description = if i % 4 == 0 {
+    let description = if i.is_multiple_of(4) {
         format!(r#""line {} vibration sensor""#, i % 12)
     } else {
         "null".to_string()
     };
-    let state = if i % 50 == 0 { "Disabled" } else { "Enabled" };
+    let state = if i.is_multiple_of(50) {
+        "Disabled"
+    } else {
+        "Enabled"
+    };
     format!(
         r#"{{"name":"c{i}","type":"Microsoft.EventGrid/namespaces/clients","properties":{{"authenticationName":"{name}","clientCertificateAuthentication":{{"validationScheme":"{scheme}"{thumbprints}}},"state":"{state}","attributes":{attributes},"description":{description}}}}}"#
     )

@@ -48,6 +48,9 @@ MOSQUITTO_21 = os.environ.get("BENCH_MOSQUITTO_21") or (
     else None
 )
 PATH_TARGETS = ["mqttgate-ws"] + (["mqttgate-proxy"] if MOSQUITTO_21 else [])
+# JWT clients (no client certificate, a CUSTOM-JWT token in the CONNECT) on mqttgate's TLS
+# listener, against certificate clients: storm CPU per connection.
+STORM_ONLY = ["mqttgate-jwt"]
 
 
 def free_port():
@@ -98,7 +101,25 @@ class Setups:
             (pki / "clients" / "sensor-subject.pem").read_text() + (pki / "devices-ca.pem").read_text()
         )
         (work / "haproxy.pem").write_text((pki / "server.pem").read_text() + (pki / "server.key").read_text())
+        self.make_jwt()
         self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + ["mosquitto21"]}
+
+    def make_jwt(self):
+        """An RS256 issuer key (its certificate is mqttgate's key file, kid = file stem) and
+        one token for the whole load, signed with openssl: no JWT library in the bench."""
+        import base64
+        keys = self.work / "jwt-keys"
+        keys.mkdir()
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-issuer",
+             "-keyout", str(self.work / "issuer.key"), "-out", str(keys / "k1.pem")])
+        b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")  # noqa: E731
+        header = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "k1"}).encode())
+        claims = b64(json.dumps({"iss": "bench", "aud": "mqttgate", "sub": "sensor-subject",
+                                 "exp": int(time.time()) + 86400}).encode())
+        signing_input = header + b"." + claims
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.work / "issuer.key")],
+                             input=signing_input, capture_output=True, check=True).stdout
+        (self.work / "token").write_bytes(signing_input + b"." + b64(sig))
 
     def start_mosquitto(self):
         conf = self.work / "mosquitto.conf"
@@ -141,6 +162,14 @@ client_id = "per-identity"
 listen = "127.0.0.1:0"
 [limits]
 max_connections = 12000
+[auth.jwt]
+issuer = "bench"
+audiences = ["mqttgate"]
+keys = ["{self.work}/jwt-keys"]
+[sessions]
+# One identity stands for the whole load: no per-identity session limit or connect rate.
+max_per_authentication_name = 0
+connects_per_second = 0
 [websocket]
 listen = "127.0.0.1:{self.port['mqttgate-ws']}"
 """
@@ -174,6 +203,7 @@ allow_anonymous true
             .replace(f"127.0.0.1:{self.port['plain']}", f"127.0.0.1:{self.port['mosquitto21']}")
             .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n")
             .replace(f"[websocket]\nlisten = \"127.0.0.1:{self.port['mqttgate-ws']}\"\n", "")
+            .split("[auth.jwt]")[0] + "[sessions]\nmax_per_authentication_name = 0\nconnects_per_second = 0\n"
         )
         env = dict(os.environ, RUST_LOG="warn")
         self._spawn("mqttgate-proxy", [str(BIN / "mqttgate"), "run", "--config", str(conf)], self.port["mqttgate-proxy"], env=env)
@@ -260,12 +290,17 @@ socket = r:TCP_NODELAY=1
     # --- what a scenario needs to reach one target ---
 
     def terminator(self, target):
-        return {"plain": "mosquitto", "mosquitto-tls": "mosquitto", "mqttgate-ws": "mqttgate"}.get(target, target)
+        return {"plain": "mosquitto", "mosquitto-tls": "mosquitto", "mqttgate-ws": "mqttgate",
+                "mqttgate-jwt": "mqttgate"}.get(target, target)
 
     def broker(self, target):
         return "mosquitto21" if target == "mqttgate-proxy" else "mosquitto"
 
     def client_args(self, target, thumbprint=False):
+        if target == "mqttgate-jwt":
+            return ["--addr", f"127.0.0.1:{self.port['mqttgate']}", "--tls", "--ca", str(self.pki / "root-ca.pem"),
+                    "--jwt", str(self.work / "token"), "--pid", f"term={self.pid('mqttgate')}",
+                    "--pid", f"broker={self.pid('mosquitto')}"]
         args = ["--addr", f"127.0.0.1:{self.port[target]}"]
         if target == "mqttgate-ws":
             args += ["--ws", "/mqtt"]
@@ -322,7 +357,7 @@ def main():
         if "error" in r or r.get("errors") or r.get("publish_errors"):
             errors.append(f"{scn}/{target}: {r.get('error') or r.get('first_error')}")
 
-    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"] + PATH_TARGETS
+    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"] + PATH_TARGETS + STORM_ONLY
     try:
         s.start_all()
         # 1. connect storm
@@ -428,7 +463,7 @@ def summarize(results):
     def per(scn, t, f):
         return med([f(r) for r in results.get((scn, t), []) if "error" not in r])
 
-    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy"]:
+    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy", "mqttgate-jwt"]:
         g[("storm_rate", t)] = per("storm", t, lambda r: r["conn_per_s"])
         g[("storm_cpu_per_1k", t)] = per(
             "storm", t, lambda r: r["cpu_s"]["term"] / r["connections"] * 1000 if r["connections"] else None
@@ -670,6 +705,12 @@ def paths_table(g):
         f"| ratios to the TLS listener (storm CPU, idle KiB) | 1 | {fmt(ratio(ws, tls), 2)}, "
         f"{fmt(ratio(g.get(('idle_kib', 'mqttgate-ws')), g.get(('idle_kib', 'mqttgate'))), 2)} | "
         f"{fmt(ratio(g.get(('storm_cpu_per_1k', 'mqttgate-proxy')), tls), 2)}, n/a |"
+    )
+    jwt = g.get(("storm_cpu_per_1k", "mqttgate-jwt"))
+    out.append(
+        f"\nJWT clients (CUSTOM-JWT, RS256, no client certificate) on the TLS listener: "
+        f"{fmt(g.get(('storm_rate', 'mqttgate-jwt')), 0)} connections/s, {fmt(jwt, 3)} CPU-s per 1,000 "
+        f"({fmt(ratio(jwt, tls), 2)}x the certificate clients')."
     )
     if not MOSQUITTO_21:
         out.append("\nPROXY v2 not measured: no Mosquitto 2.1 (run scripts/interop.sh ../shared/vendor first, or set BENCH_MOSQUITTO_21).")

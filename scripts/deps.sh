@@ -30,8 +30,9 @@ ensure_packages() {
 }
 
 ensure_paho() {
-  if ! python3 -c "import paho.mqtt.client" 2>/dev/null; then
-    echo "installing paho-mqtt (tests/requirements.txt)" >&2
+  # PyJWT (with cryptography) mints the tokens of tests/jwt.rs.
+  if ! python3 -c "import paho.mqtt.client, jwt, cryptography" 2>/dev/null; then
+    echo "installing paho-mqtt and PyJWT (tests/requirements.txt)" >&2
     python3 -m pip install --quiet -r tests/requirements.txt
   fi
 }

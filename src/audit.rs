@@ -89,7 +89,9 @@ pub fn decision(
         Ok(id) => Some(id.authentication_name.as_str()),
         Err(d) => d.name.as_deref(),
     };
-    // A webhook client may have presented no certificate.
+    // A JWT or webhook client may have presented no certificate; a token is never
+    // logged, only the `jti` (and the `sub`, as the authentication name) of an accepted one.
+    let jti = decision.as_ref().ok().and_then(|id| id.jti.as_deref());
     let (no_strings, no_ips): (&[String], &[IpAddr]) = (&[], &[]);
     info!(
         target: "mqttgate::audit",
@@ -102,6 +104,7 @@ pub fn decision(
         authentication_name = name.unwrap_or(""),
         source,
         scheme,
+        jti = jti.unwrap_or(""),
         subject = cert.map_or("", |c| c.subject_dn.as_str()),
         dns = ?cert.map_or(no_strings, |c| &c.dns),
         uris = ?cert.map_or(no_strings, |c| &c.uris),
@@ -163,6 +166,18 @@ pub fn webhook_answer(
 
 /// One line per accepted connection, however it ended (`outcome`: tls_failure, refused
 /// or session).
+/// SPEC §12: a refusal audit-only mode recorded instead of enforcing.
+pub fn would_deny(reason: &str, name: &str) {
+    info!(
+        target: "mqttgate::audit",
+        event = "decision",
+        result = "would_deny",
+        reason,
+        authentication_name = name,
+        "would deny (audit-only mode)"
+    );
+}
+
 pub fn closed(
     peer: crate::transport::Peer,
     outcome: &str,

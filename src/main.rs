@@ -46,17 +46,25 @@ enum Command {
         command: CertsCommand,
     },
     /// Explain, step by step, what mqttgate decides for a client certificate: TLS admission,
-    /// authentication name, client, scheme check, and the CONNACK the client would get.
+    /// authentication name, client, scheme check, and the CONNACK the client would get; or,
+    /// with --jwt, for a token sent as a v5 CONNECT's Authentication Data.
     /// Exit status: 0 allowed, 1 denied, 2 error.
     Explain {
         #[arg(long, short)]
         config: PathBuf,
         /// The client's certificate (PEM): the leaf first, then any intermediates it sends.
-        #[arg(long)]
-        cert: PathBuf,
+        #[arg(long, required_unless_present = "jwt")]
+        cert: Option<PathBuf>,
         /// The CONNECT Username the client sends (omit for none).
         #[arg(long, short)]
         username: Option<String>,
+        /// A file holding the compact JWT the client sends (SPEC §9); with a JWT the
+        /// certificate does not decide, so --cert is not needed.
+        #[arg(long)]
+        jwt: Option<PathBuf>,
+        /// The Authentication Method sent with the token.
+        #[arg(long, default_value = "CUSTOM-JWT", requires = "jwt")]
+        method: String,
     },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
@@ -106,9 +114,17 @@ fn main() -> ExitCode {
         config,
         cert,
         username,
+        jwt,
+        method,
     } = &cli.command
     {
-        return match mqttgate::cli::explain::explain(config, cert, username.as_deref()) {
+        use mqttgate::cli::explain::{explain, explain_jwt};
+        let explained = match (jwt, cert) {
+            (Some(token), _) => explain_jwt(config, token, method),
+            (None, Some(cert)) => explain(config, cert, username.as_deref()),
+            (None, None) => unreachable!("clap requires --cert without --jwt"),
+        };
+        return match explained {
             Ok(e) => {
                 print!("{}", e.text());
                 ExitCode::from(if e.allowed { 0 } else { 1 })

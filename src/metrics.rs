@@ -20,7 +20,7 @@ pub struct Decision {
     pub reason: &'static str,
     pub scheme: &'static str,
     pub source: &'static str,
-    /// `auth::Method::label`: certificate or webhook.
+    /// `auth::Method::label`: certificate, jwt or webhook.
     pub method: &'static str,
 }
 

@@ -1,13 +1,20 @@
-//! The authentication decision of SPEC §2, after the TLS handshake: which authentication
-//! name the client claims, which registry entry that is, and whether the certificate proves
-//! it. Pure: no I/O, no clock. The handshake already proved possession of the private key
-//! and checked the leaf's dates, chain or pin; this module only applies the registry.
+//! The authentication decision of SPEC §2 and §9, after the TLS handshake: which method
+//! applies ([`credentials`]), which authentication name the client claims, which registry
+//! entry that is, and whether the certificate or the token proves it. Pure: no I/O, no
+//! clock. For certificates the handshake already proved possession of the private key and
+//! checked the leaf's dates, chain or pin; this module only applies the registry. Tokens
+//! are checked by [`jwt::verify`], a webhook's answer by [`webhook::decide`].
 
+pub mod jwt;
 pub mod rewrite;
 pub mod webhook;
 
 use std::net::IpAddr;
 
+use rustls::pki_types::CertificateDer;
+
+use self::jwt::{JwtClaims, JwtFailure, JwtPolicy};
+use crate::mqtt::{Connect, Version};
 use crate::trust::cert::CertInfo;
 use crate::trust::registry::{AttributeValue, Registry, Scheme, State};
 
@@ -59,6 +66,8 @@ pub enum SubjectMatch {
 pub enum IdentitySource {
     Username,
     Cert(NameSource),
+    /// A verified token's `sub` claim.
+    TokenSubject,
     /// The webhook's `clientAuthenticationName`.
     Webhook,
 }
@@ -72,18 +81,21 @@ impl IdentitySource {
             IdentitySource::Cert(NameSource::Uri) => "uri",
             IdentitySource::Cert(NameSource::Ip) => "ip",
             IdentitySource::Cert(NameSource::Email) => "email",
+            IdentitySource::TokenSubject => "sub",
             IdentitySource::Webhook => "webhook",
         }
     }
 }
 
-/// How a client authenticates: one variant per method. Certificates today; JWT and webhook
-/// authentication (SPEC §9) are the next variants. A closed set, so every metric label and
-/// `explain` branch is exhaustive.
+/// How a client authenticates: one variant per method. Webhook authentication (SPEC §9)
+/// is the next variant. A closed set, so every metric label and `explain` branch is
+/// exhaustive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     /// A client certificate, admitted by `trust::admit`, and the registry (SPEC §1–§2).
     Certificate,
+    /// A JWT in the v5 CONNECT's Authentication Data (SPEC §9).
+    Jwt,
     /// An HTTPS service's answer about the CONNECT (SPEC §9).
     Webhook,
 }
@@ -92,6 +104,7 @@ impl Method {
     pub fn label(self) -> &'static str {
         match self {
             Method::Certificate => "certificate",
+            Method::Jwt => "jwt",
             Method::Webhook => "webhook",
         }
     }
@@ -102,15 +115,66 @@ impl Method {
 pub enum Credentials<'a> {
     /// The chain from its TLS handshake (leaf first) and its CONNECT username.
     Certificate {
-        chain: &'a [rustls::pki_types::CertificateDer<'static>],
+        chain: &'a [CertificateDer<'static>],
         username: Option<&'a str>,
     },
+    /// The CONNECT's Authentication Method and Data (the compact token, empty when absent).
+    Jwt { method: &'a str, token: &'a [u8] },
     /// The webhook's answer about the CONNECT, and the chain the client presented, if
     /// any (admitted again, as for a certificate client).
     Webhook {
         answer: &'a webhook::Answer,
-        chain: Option<&'a [rustls::pki_types::CertificateDer<'static>]>,
+        chain: Option<&'a [CertificateDer<'static>]>,
     },
+}
+
+impl Credentials<'_> {
+    pub fn method(&self) -> Method {
+        match self {
+            Credentials::Certificate { .. } => Method::Certificate,
+            Credentials::Jwt { .. } => Method::Jwt,
+            Credentials::Webhook { .. } => Method::Webhook,
+        }
+    }
+}
+
+/// SPEC §9, which method applies: with JWT configured, a v5 CONNECT carrying an
+/// Authentication Method is a JWT client (whatever certificate it also presented);
+/// otherwise a certificate is decided by the registry; a client with neither is refused.
+/// Without `[auth.jwt]` the Authentication Method is not mqttgate's and a certificate
+/// decides, as before JWT existed (the properties then go to the broker untouched).
+/// The clients the webhook decides are routed before this ([`webhook::route`]).
+pub fn credentials<'a>(
+    chain: Option<&'a [CertificateDer<'static>]>,
+    connect: &'a Connect,
+    jwt_enabled: bool,
+) -> Result<Credentials<'a>, Denial> {
+    let refuse = |reason| Denial {
+        reason,
+        name: None,
+        source: None,
+        scheme: None,
+    };
+    if jwt_enabled && connect.version == Version::V5 {
+        // The CONNECT parsed, but its property list is only read here.
+        let method = connect
+            .authentication_method()
+            .map_err(|_| refuse(Denied::Jwt(JwtFailure::Malformed)))?;
+        if let Some(method) = method {
+            let token = connect
+                .authentication_data()
+                .map_err(|_| refuse(Denied::Jwt(JwtFailure::Malformed)))?
+                .unwrap_or_default();
+            return Ok(Credentials::Jwt { method, token });
+        }
+    }
+    match chain {
+        Some(chain) if !chain.is_empty() => Ok(Credentials::Certificate {
+            chain,
+            username: connect.username.as_deref(),
+        }),
+        _ => Err(refuse(Denied::NoCredentials)),
+    }
 }
 
 /// The namespace-wide settings the decision needs.
@@ -133,20 +197,39 @@ pub struct Peer<'a> {
 pub struct Identity {
     /// The registry's spelling, which is what goes upstream.
     pub authentication_name: String,
+    /// The registry entry's name; a token's `sub` when the registry is not consulted.
     pub client_name: String,
-    /// The registry client's validation scheme; None when the registry was not consulted
-    /// (a webhook's answer).
+    /// The registry client's validation scheme; None for a token not checked against the
+    /// registry, or a webhook's answer.
     pub scheme: Option<Scheme>,
     pub source: IdentitySource,
     /// Unix seconds after which the identity no longer holds: the certificate's notAfter,
-    /// or its chain's when the scheme relies on the chain (set by `Trust::decide`); a
-    /// token's `exp` for the methods that come next.
+    /// or its chain's when the scheme relies on the chain (set by `Trust::decide`); for a
+    /// token, the last second [`jwt::verify`] accepts it (`exp` plus the skew, minus one).
     pub valid_until: i64,
     pub method: Method,
-    /// The client's attributes, sorted by key: the registry's for a certificate client (a
-    /// token's custom claims or a webhook's answer for the other methods). Authorization's
-    /// client-group queries read them (SPEC §11).
+    /// Sorted by name: the registry client's attributes, or a token's custom claims
+    /// (SPEC §9), so authorization sees one shape whatever the method.
     pub attributes: Vec<(String, AttributeValue)>,
+    /// A token's `jti`, for logs (the token itself is never logged).
+    pub jti: Option<String>,
+}
+
+impl Identity {
+    /// Audit-only mode (SPEC §12): a client let through as itself, whatever the decision:
+    /// its own username (if any), no attributes, no validity end.
+    pub fn unverified(username: Option<&str>, method: Method) -> Identity {
+        Identity {
+            authentication_name: username.unwrap_or_default().to_string(),
+            client_name: String::new(),
+            scheme: None,
+            source: IdentitySource::Username,
+            valid_until: i64::MAX,
+            method,
+            attributes: Vec::new(),
+            jti: None,
+        }
+    }
 }
 
 /// Why a client was refused. Every variant gets the same CONNACK; the variant only goes
@@ -169,12 +252,18 @@ pub enum Denied {
     NameMismatch,
     #[error("no client certificate and no authentication method")]
     NoCredentials,
+    /// Answered with v5's 0x8C Bad authentication method rather than 0x87: the client
+    /// can tell a method mqttgate does not take from a token it refused.
+    #[error("authentication method not configured")]
+    BadAuthenticationMethod,
+    #[error("{0}")]
+    Jwt(JwtFailure),
     #[error("{0}")]
     Webhook(webhook::WebhookDenied),
 }
 
 impl Denied {
-    pub const ALL: [Denied; 10] = [
+    pub const ALL: [Denied; 19] = [
         Denied::NoAuthenticationName,
         Denied::UnknownClient,
         Denied::Disabled,
@@ -182,6 +271,15 @@ impl Denied {
         Denied::NotChained,
         Denied::NameMismatch,
         Denied::NoCredentials,
+        Denied::BadAuthenticationMethod,
+        Denied::Jwt(JwtFailure::ALL[0]),
+        Denied::Jwt(JwtFailure::ALL[1]),
+        Denied::Jwt(JwtFailure::ALL[2]),
+        Denied::Jwt(JwtFailure::ALL[3]),
+        Denied::Jwt(JwtFailure::ALL[4]),
+        Denied::Jwt(JwtFailure::ALL[5]),
+        Denied::Jwt(JwtFailure::ALL[6]),
+        Denied::Jwt(JwtFailure::ALL[7]),
         Denied::Webhook(webhook::WebhookDenied::ALL[0]),
         Denied::Webhook(webhook::WebhookDenied::ALL[1]),
         Denied::Webhook(webhook::WebhookDenied::ALL[2]),
@@ -196,6 +294,8 @@ impl Denied {
             Denied::NotChained => "not_chained",
             Denied::NameMismatch => "name_mismatch",
             Denied::NoCredentials => "no_credentials",
+            Denied::BadAuthenticationMethod => "bad_authentication_method",
+            Denied::Jwt(f) => f.label(),
             Denied::Webhook(w) => w.label(),
         }
     }
@@ -264,12 +364,60 @@ pub fn decide(
         source,
         valid_until: peer.cert.not_after,
         method: Method::Certificate,
-        attributes: client
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        attributes: sorted(client.attributes.iter().map(|(k, v)| (k.to_string(), v))),
+        jti: None,
     })
+}
+
+/// SPEC §9 after [`jwt::verify`]: `sub` is the authentication name; with
+/// `require_registered` it must also be an enabled registry client, whose spelling goes
+/// upstream (its attributes are not merged: the token's claims are the attributes).
+pub fn decide_jwt(
+    claims: JwtClaims,
+    registry: &Registry,
+    policy: &JwtPolicy,
+) -> Result<Identity, Denial> {
+    let valid_until = jwt::valid_until(&claims, policy);
+    let source = IdentitySource::TokenSubject;
+    let (authentication_name, client_name, scheme) = if policy.require_registered {
+        let deny = |reason, scheme| Denial {
+            reason,
+            name: Some(claims.sub.clone()),
+            source: Some(source),
+            scheme,
+        };
+        let client = registry
+            .get(&claims.sub)
+            .ok_or_else(|| deny(Denied::UnknownClient, None))?;
+        if client.state == State::Disabled {
+            return Err(deny(Denied::Disabled, Some(client.scheme)));
+        }
+        (
+            client.authentication_name.to_string(),
+            client.name.to_string(),
+            Some(client.scheme),
+        )
+    } else {
+        (claims.sub.clone(), claims.sub, None)
+    };
+    Ok(Identity {
+        authentication_name,
+        client_name,
+        scheme,
+        source,
+        valid_until,
+        method: Method::Jwt,
+        attributes: claims.attributes,
+        jti: claims.jti,
+    })
+}
+
+fn sorted(
+    attributes: impl Iterator<Item = (String, AttributeValue)>,
+) -> Vec<(String, AttributeValue)> {
+    let mut v: Vec<_> = attributes.collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 /// SPEC §2 "The authentication name": a non-empty username wins; otherwise the first
@@ -584,6 +732,141 @@ mod tests {
             decide_with(&cert(), true, Some("CN=sensor-17,O=Plant"), &reg, &cn_only),
             Err(Denied::NameMismatch)
         );
+    }
+
+    fn v5_connect(props: &[u8]) -> Connect {
+        Connect {
+            version: Version::V5,
+            clean_start: true,
+            keep_alive: 60,
+            properties: props.to_vec(),
+            client_id: "c".into(),
+            will: None,
+            username: Some("u".into()),
+            password: None,
+        }
+    }
+
+    fn jwt_props(method: &str, token: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            crate::mqtt::properties::id::AUTHENTICATION_METHOD,
+            0,
+            method.len() as u8,
+        ];
+        p.extend_from_slice(method.as_bytes());
+        p.extend_from_slice(&[
+            crate::mqtt::properties::id::AUTHENTICATION_DATA,
+            0,
+            token.len() as u8,
+        ]);
+        p.extend_from_slice(token);
+        p
+    }
+
+    #[test]
+    fn an_authentication_method_selects_jwt_only_when_jwt_is_configured() {
+        let chain = [CertificateDer::from(vec![1, 2, 3])];
+        let with_method = v5_connect(&jwt_props("CUSTOM-JWT", b"a.b.c"));
+        match credentials(Some(&chain), &with_method, true) {
+            Ok(Credentials::Jwt { method, token }) => {
+                assert_eq!((method, token), ("CUSTOM-JWT", &b"a.b.c"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without [auth.jwt], the certificate decides as it always has.
+        assert!(matches!(
+            credentials(Some(&chain), &with_method, false),
+            Ok(Credentials::Certificate { .. })
+        ));
+        let plain = v5_connect(&[]);
+        assert_eq!(
+            credentials(Some(&chain), &plain, true).unwrap().method(),
+            Method::Certificate
+        );
+        assert_eq!(
+            credentials(None, &plain, true).unwrap_err().reason,
+            Denied::NoCredentials
+        );
+        let mut v3 = plain.clone();
+        v3.version = Version::V311;
+        assert_eq!(
+            credentials(None, &v3, true).unwrap_err().reason,
+            Denied::NoCredentials
+        );
+        // A method with no data is a JWT client with an empty (malformed) token.
+        let mut only_method = jwt_props("CUSTOM-JWT", b"");
+        only_method.truncate(only_method.len() - 3);
+        match credentials(None, &v5_connect(&only_method), true) {
+            Ok(Credentials::Jwt { token, .. }) => assert!(token.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn claims(sub: &str) -> JwtClaims {
+        JwtClaims {
+            sub: sub.into(),
+            jti: Some("t-9".into()),
+            exp: 2_000_000_000,
+            kid: "k1".into(),
+            attributes: vec![("floor".into(), AttributeValue::Int(3))],
+        }
+    }
+
+    fn jwt_policy(require_registered: bool) -> JwtPolicy {
+        JwtPolicy {
+            issuer: "i".into(),
+            audiences: vec!["a".into()],
+            algorithms: vec![jsonwebtoken::Algorithm::RS256],
+            skew_seconds: 30,
+            methods: vec![jwt::JwtMethod::Custom],
+            require_registered,
+        }
+    }
+
+    #[test]
+    fn a_token_s_sub_is_the_authentication_name_and_its_claims_the_attributes() {
+        let reg = registry("[]");
+        let id = decide_jwt(claims("sensor-17"), &reg, &jwt_policy(false)).unwrap();
+        assert_eq!(id.authentication_name, "sensor-17");
+        assert_eq!(id.method, Method::Jwt);
+        assert_eq!(id.scheme, None);
+        assert_eq!(id.source, IdentitySource::TokenSubject);
+        assert_eq!(id.valid_until, 2_000_000_000 + 30 - 1);
+        assert_eq!(id.jti.as_deref(), Some("t-9"));
+        assert_eq!(id.attributes, claims("x").attributes);
+    }
+
+    #[test]
+    fn require_registered_applies_the_registry_client_s_state_and_spelling() {
+        let reg =
+            registry(r#"[{"name":"Sensor-17"},{"name":"off","properties":{"state":"Disabled"}}]"#);
+        let p = jwt_policy(true);
+        let id = decide_jwt(claims("sensor-17"), &reg, &p).unwrap();
+        assert_eq!(id.authentication_name, "Sensor-17");
+        assert_eq!(
+            decide_jwt(claims("off"), &reg, &p).unwrap_err().reason,
+            Denied::Disabled
+        );
+        assert_eq!(
+            decide_jwt(claims("nobody"), &reg, &p).unwrap_err().reason,
+            Denied::UnknownClient
+        );
+    }
+
+    #[test]
+    fn registry_clients_carry_their_attributes_sorted() {
+        let reg = registry(
+            r#"[{"name":"sensor-17","properties":{"attributes":{"zone":"n","floor":3}}}]"#,
+        );
+        let id = decide_with(&cert(), true, Some("sensor-17"), &reg, &policy(&[])).unwrap();
+        let keys: Vec<&str> = id.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["floor", "zone"]);
+    }
+
+    #[test]
+    fn every_denial_has_a_distinct_label() {
+        let labels: std::collections::HashSet<_> = Denied::ALL.iter().map(|d| d.label()).collect();
+        assert_eq!(labels.len(), Denied::ALL.len());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! SPEC §4, what the broker sees: the CONNECT re-encoded with the client's identity as
-//! username and client identifier, per the `[upstream]` modes, and without a webhook
-//! client's authentication properties (SPEC §9). Pure.
+//! username and client identifier, per the `[upstream]` modes, and without a JWT or
+//! webhook client's authentication properties (SPEC §9). Pure.
 
 use crate::auth::{Identity, Method};
 use crate::config::{ClientIdMode, UsernameMode};
@@ -15,9 +15,11 @@ pub fn upstream_connect(
     client_id: ClientIdMode,
 ) -> Connect {
     let mut c = connect.clone();
-    if identity.method == Method::Webhook {
-        // The webhook has judged them; a broker refuses an Authentication Method it has
-        // no plugin for (Mosquitto: 0x8C). A list that does not parse is dropped whole.
+    if matches!(identity.method, Method::Jwt | Method::Webhook) {
+        // The token was mqttgate's to check, the webhook has judged the method and data;
+        // the broker would refuse a method it does not know (and must never see the
+        // token). The list parsed when the method was read; were it not to, no
+        // properties at all beat forwarding the token.
         c.properties = properties::without(
             &c.properties,
             &[id::AUTHENTICATION_METHOD, id::AUTHENTICATION_DATA],
@@ -71,7 +73,8 @@ mod tests {
             source: IdentitySource::Username,
             valid_until: i64::MAX,
             method: crate::auth::Method::Certificate,
-            attributes: Vec::new(),
+            attributes: vec![],
+            jti: None,
         }
     }
 
@@ -114,6 +117,38 @@ mod tests {
     }
 
     #[test]
+    fn a_jwt_client_s_authentication_properties_never_reach_the_broker() {
+        let mut c = connect();
+        c.version = Version::V5;
+        let mut props = vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60];
+        props.extend_from_slice(&[id::AUTHENTICATION_METHOD, 0, 10]);
+        props.extend_from_slice(b"CUSTOM-JWT");
+        props.extend_from_slice(&[id::AUTHENTICATION_DATA, 0, 3, b'a', b'.', b'b']);
+        c.properties = props;
+        let mut jwt = identity("sensor-17");
+        jwt.method = Method::Jwt;
+        let up = upstream_connect(
+            &c,
+            &jwt,
+            UsernameMode::Rewrite,
+            ClientIdMode::AuthenticationName,
+        );
+        assert_eq!(
+            up.properties,
+            vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60]
+        );
+        assert_eq!(up.authentication_method(), Ok(None));
+        // A certificate client's properties are its own business, as before JWT.
+        let cert = upstream_connect(
+            &c,
+            &identity("sensor-17"),
+            UsernameMode::Rewrite,
+            ClientIdMode::AuthenticationName,
+        );
+        assert_eq!(cert.properties, c.properties);
+    }
+
+    #[test]
     fn a_webhook_client_s_authentication_properties_never_reach_the_broker() {
         let mut c = connect();
         c.version = Version::V5;
@@ -134,13 +169,6 @@ mod tests {
             up.properties,
             vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60]
         );
-        let cert = upstream_connect(
-            &c,
-            &identity("dev-1"),
-            UsernameMode::Rewrite,
-            ClientIdMode::AuthenticationName,
-        );
-        assert_eq!(cert.properties, c.properties);
     }
 
     #[test]

@@ -286,6 +286,7 @@ pub fn decide(answer: &Answer, now: i64) -> Result<Identity, Denial> {
                 valid_until,
                 method: Method::Webhook,
                 attributes: attributes.clone(),
+                jti: None,
             })
         }
     }

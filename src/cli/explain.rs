@@ -1,6 +1,6 @@
 //! `mqttgate explain`: prints every step of the decision mqttgate would make for a client
 //! certificate (and optionally a CONNECT username), one line per step, and the CONNACK an
-//! MQTT 3.1.1 and an MQTT 5 client would get.
+//! MQTT 3.1.1 and an MQTT 5 client would get. `--jwt` explains a token instead (jwt.rs).
 //!
 //! This module only reports; it decides nothing. The handshake's admission is `admit`
 //! (the function the TLS verifier calls), the name, client and scheme steps are `auth.rs`'s
@@ -275,7 +275,7 @@ pub fn explain_loaded(
                     id.authentication_name,
                     id.client_name,
                     id.scheme
-                        .map_or_else(|| "no registry scheme".to_string(), |s| s.to_string()),
+                        .map_or("registry not consulted".to_string(), |s| s.to_string()),
                     id.source.label(),
                     format_time(id.valid_until)
                 ));
@@ -474,3 +474,6 @@ fn validity_now(cert: &CertInfo, now: i64) -> String {
 mod tests;
 #[cfg(all(test, feature = "demo"))]
 mod upstream_tests;
+
+mod jwt;
+pub use self::jwt::{explain_jwt, explain_jwt_loaded};

@@ -12,6 +12,8 @@ use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
 
+mod jwt;
+pub use self::jwt::JwtConfig;
 mod webhook;
 pub use self::webhook::{Decides, WebhookConfig, WebhookUrl};
 
@@ -59,6 +61,8 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// "enforce" (default) or "audit": decide and log everything, refuse nothing (SPEC §12).
+    mode: Option<String>,
     #[serde(default = "default_listen")]
     listen: String,
     /// "required": every connection starts with a PROXY v2 header from `trusted_proxies`.
@@ -84,7 +88,25 @@ struct RawConfig {
     #[serde(default)]
     reload: RawReload,
     #[serde(default)]
-    auth: webhook::RawAuth,
+    sessions: RawSessions,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+/// `[auth]`: the authentication methods besides certificates (SPEC §9).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwt: Option<jwt::RawJwt>,
+    webhook: Option<webhook::RawWebhook>,
+}
+
+/// SPEC §10: sessions per authentication name and the per-session connect rate.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    max_per_authentication_name: Option<usize>,
+    connects_per_second: Option<f64>,
 }
 
 fn default_listen() -> String {
@@ -245,6 +267,9 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub file: PathBuf,
+    /// `mode = "audit"` (SPEC §12): every decision made, logged and counted, denials as
+    /// `would_deny`, and every client let through as itself (its own username and ClientId).
+    pub audit_only: bool,
     pub listen: SocketAddr,
     /// With `proxy_protocol = "required"`: the networks a PROXY v2 header is taken from.
     /// Every connection must start with one; from anywhere else it is closed (SPEC §8).
@@ -276,8 +301,20 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    pub sessions: SessionLimits,
+    /// `[auth.jwt]`: JWT clients are accepted and a client certificate becomes optional.
+    pub jwt: Option<JwtConfig>,
     /// `[auth.webhook]`: an HTTPS service decides some clients (SPEC §9).
     pub webhook: Option<WebhookConfig>,
+}
+
+/// `[sessions]` (SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionLimits {
+    /// Sessions one authentication name may hold at once on this instance (Azure: 1).
+    pub max_per_authentication_name: usize,
+    /// Admitted connects per second per session; 0 turns the limit off (Azure: 1).
+    pub connects_per_second: f64,
 }
 
 impl Config {
@@ -290,6 +327,9 @@ impl Config {
         files.extend([self.server_cert.clone(), self.server_key.clone()]);
         files.extend(self.ca_files.iter().cloned());
         files.extend(self.crl_files.iter().cloned());
+        if let Some(jwt) = &self.jwt {
+            files.extend(crate::trust::jwt_keys::key_files(&jwt.keys));
+        }
         if let Some(webhook) = &self.webhook {
             files.extend(webhook.files());
         }
@@ -383,9 +423,10 @@ impl Config {
             }
         };
         let client_id_mode = match raw.upstream.client_id.as_deref() {
-            None | Some("authentication-name") => ClientIdMode::AuthenticationName,
+            Some("authentication-name") => ClientIdMode::AuthenticationName,
             Some("passthrough") => ClientIdMode::Passthrough,
-            Some("per-identity") => ClientIdMode::PerIdentity,
+            // Azure's model (SPEC §10): the ClientId names one of the identity's sessions.
+            None | Some("per-identity") => ClientIdMode::PerIdentity,
             Some(other) => {
                 return Err(field_err(
                     "upstream.client_id",
@@ -535,7 +576,26 @@ impl Config {
             Some(w) => Some(w.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
             None => None,
         };
+        let jwt = match raw.auth.jwt {
+            None => None,
+            Some(j) => Some(
+                j.validate(resolve)
+                    .map_err(|(field, message)| field_err(field, message))?,
+            ),
+        };
+        let audit_only = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("audit") => true,
+            Some(other) => {
+                return Err(field_err(
+                    "mode",
+                    format!("{other:?} is not \"enforce\" or \"audit\""),
+                ))
+            }
+        };
         Ok(Config {
+            jwt,
+            audit_only,
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
             inbound_proxy,
@@ -577,6 +637,33 @@ impl Config {
             {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
+            },
+            sessions: SessionLimits {
+                max_per_authentication_name: match raw
+                    .sessions
+                    .max_per_authentication_name
+                    .unwrap_or(1)
+                {
+                    // 0 turns the limit off (beyond Azure: one identity shared by a whole
+                    // test fleet, or load generators).
+                    0 => usize::MAX,
+                    n @ 1..=100 => n,
+                    n => {
+                        return Err(field_err(
+                            "sessions.max_per_authentication_name",
+                            format!("{n} is outside 1..=100 (Azure's range), or 0 for no limit"),
+                        ))
+                    }
+                },
+                connects_per_second: match raw.sessions.connects_per_second.unwrap_or(1.0) {
+                    r if r.is_finite() && r >= 0.0 => r,
+                    r => {
+                        return Err(field_err(
+                            "sessions.connects_per_second",
+                            format!("{r} is not a number >= 0 (0 turns the limit off)"),
+                        ))
+                    }
+                },
             },
             upstream_check_interval: Duration::from_millis(positive(
                 "admin.upstream_check_interval_ms",
@@ -638,7 +725,14 @@ clients = "clients.json"
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.upstream, "127.0.0.1:1883");
         assert_eq!(c.username_mode, UsernameMode::Rewrite);
-        assert_eq!(c.client_id_mode, ClientIdMode::AuthenticationName);
+        assert_eq!(c.client_id_mode, ClientIdMode::PerIdentity);
+        assert_eq!(
+            c.sessions,
+            SessionLimits {
+                max_per_authentication_name: 1,
+                connects_per_second: 1.0
+            }
+        );
         assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.dial_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.max_connect_bytes, 65536);
@@ -730,6 +824,71 @@ clients = "clients.json"
             .unwrap_err()
             .to_string()
             .contains("listed twice"));
+    }
+
+    const JWT: &str = r#"
+[auth.jwt]
+issuer = "https://issuer.example.com"
+audiences = ["mqttgate"]
+keys = ["jwt/"]
+"#;
+
+    #[test]
+    fn jwt_section_gets_documented_defaults() {
+        let c = parse(&format!("{MINIMAL}{JWT}")).unwrap();
+        let jwt = c.jwt.unwrap();
+        assert_eq!(jwt.policy.algorithms, vec![jsonwebtoken::Algorithm::RS256]);
+        assert_eq!(jwt.policy.skew_seconds, 60);
+        assert_eq!(
+            jwt.policy.methods,
+            vec![crate::auth::jwt::JwtMethod::Custom]
+        );
+        assert!(!jwt.policy.require_registered);
+        assert_eq!(jwt.keys, vec![PathBuf::from("/etc/mqttgate/jwt/")]);
+        assert!(parse(MINIMAL).unwrap().jwt.is_none());
+    }
+
+    #[test]
+    fn none_and_hmac_algorithms_are_refused_at_load_naming_the_field() {
+        for alg in ["none", "HS256", "HS512", "RS1"] {
+            let text = format!("{MINIMAL}{JWT}algorithms = [\"{alg}\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("/etc/mqttgate/mqttgate.toml: auth.jwt.algorithms:"),
+                "{err}"
+            );
+        }
+        let text = format!("{MINIMAL}{JWT}algorithms = [\"RS256\", \"ES256\"]\n");
+        assert_eq!(
+            parse(&text).unwrap().jwt.unwrap().policy.algorithms.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn bad_jwt_values_name_their_field() {
+        let cases = [
+            ("methods = [\"PLAIN\"]\n", "auth.jwt.methods:"),
+            ("skew_seconds = -1\n", "auth.jwt.skew_seconds:"),
+            ("skew_seconds = 7200\n", "auth.jwt.skew_seconds:"),
+            ("issuers = \"x\"\n", "issuers"),
+        ];
+        for (extra, field) in cases {
+            let err = parse(&format!("{MINIMAL}{JWT}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let err = parse(&format!("{MINIMAL}{}", JWT.replace("[\"mqttgate\"]", "[]")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.jwt.audiences:"), "{err}");
+        let text = format!(
+            "{MINIMAL}{JWT}methods = [\"CUSTOM-JWT\", \"OAUTH2-JWT\"]\nrequire_registered = true\n"
+        );
+        let jwt = parse(&text).unwrap().jwt.unwrap();
+        assert_eq!(jwt.policy.methods.len(), 2);
+        assert!(jwt.policy.require_registered);
     }
 
     #[test]

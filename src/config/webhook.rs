@@ -15,12 +15,6 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 /// bounds the whole CONNECT phase).
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAuth {
-    pub(super) webhook: Option<RawWebhook>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawWebhook {

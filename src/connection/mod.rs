@@ -9,6 +9,7 @@
 //!   ask_webhook    the clients the webhook decides (SPEC §9): its answer          webhook.rs
 //! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
 //!                  └ refused → outcome::refuse: CONNACK, close
+//!   claim_session  sessions per authentication name, connect rate (SPEC §10)     (here)
 //! 4 dial           the broker, under its own deadline; decide again on a reload    upstream.rs
 //! 5 open_upstream  the rewritten CONNECT (auth::rewrite) + pipelined bytes, then
 //!                  the broker's CONNACK passed on                                   upstream.rs
@@ -39,10 +40,11 @@ use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::rewrite::upstream_connect;
 use crate::auth::webhook::{self as hook, Answer, Route};
-use crate::auth::{Denial, Identity, Method};
+use crate::auth::{self, Denial, Identity, Method};
 use crate::config::{ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Version};
+use crate::server::sessions::{SessionClaim, Sessions};
 use crate::server::slots::{Pending, Slots};
 use crate::transport::packet_io::{self, ReadError};
 use crate::transport::relay::Relay;
@@ -80,6 +82,10 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub denial_log: audit::DenialLimiter,
     pub slots: Arc<Slots>,
+    /// SPEC §10: the sessions each authentication name holds, and their connect rate.
+    pub sessions: Arc<Sessions>,
+    /// SPEC §12: decisions are recorded, never enforced (`mode = "audit"`).
+    pub audit_only: bool,
     /// `[auth.webhook]`: the client that asks it, shared by every connection.
     pub webhook: Option<Webhook>,
 }
@@ -91,6 +97,9 @@ struct Session {
     version: Version,
     /// The CONNECT username, needed to re-decide on reload.
     username: Option<String>,
+    /// A JWT client's method and token, needed to re-decide on reload and to answer with
+    /// its method in the CONNACK; boxed, so certificate sessions pay one pointer.
+    jwt: Option<Box<JwtSession>>,
     /// A webhook client's answer, to re-decide it on reload.
     webhook: Option<Arc<Answer>>,
     identity: Identity,
@@ -99,6 +108,40 @@ struct Session {
     first_bytes: Vec<u8>,
     /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
     proxy_len: usize,
+    /// The (authentication name, session name) this connection holds (SPEC §10); None
+    /// when audit-only mode let it through past a limit.
+    _claim: Option<SessionClaim>,
+}
+
+/// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
+struct JwtSession {
+    method: String,
+    token: Vec<u8>,
+}
+
+impl Session {
+    /// What the session authenticated with, for a re-decision; None when a certificate
+    /// session's chain is gone (never, for a TLS client).
+    fn credentials<'a>(&'a self, client: &'a ClientStream) -> Option<Credentials<'a>> {
+        let chain = client.peer_certificates();
+        Some(match (&self.jwt, &self.webhook) {
+            (Some(j), _) => Credentials::Jwt {
+                method: &j.method,
+                token: &j.token,
+            },
+            // A webhook client is re-decided on the answer it was admitted with: a reload
+            // changes files, not the webhook's word (its certificate, if any, is admitted
+            // again).
+            (None, Some(answer)) => Credentials::Webhook {
+                answer,
+                chain: chain.filter(|c| !c.is_empty()),
+            },
+            (None, None) => Credentials::Certificate {
+                chain: chain?,
+                username: self.username.as_deref(),
+            },
+        })
+    }
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
@@ -349,17 +392,30 @@ async fn admit_and_dial(
     // Busy before the decision: a client past the limit learns nothing about the registry.
     let slot = ctx.slots.session().ok_or(Refused::Busy(version))?;
     let trust = trust_rx.borrow_and_update().clone();
-    let answer = ask_webhook(ctx, &trust, client, &connect, peer, deadline).await?;
-    let mut identity = decide(
-        ctx,
-        &trust,
-        client,
-        &connect,
-        answer.as_deref(),
-        peer,
-        false,
-    )?;
+    let (answer, mut identity) =
+        match ask_webhook(ctx, &trust, client, &connect, peer, deadline).await {
+            Ok(answer) => {
+                let identity = decide(
+                    ctx,
+                    &trust,
+                    client,
+                    &connect,
+                    answer.as_deref(),
+                    peer,
+                    false,
+                )?;
+                (answer, identity)
+            }
+            // SPEC §12: let through as itself, the webhook's failure counted as would_deny.
+            Err(Refused::Webhook(_, failure)) if ctx.audit_only => {
+                let identity = Identity::unverified(connect.username.as_deref(), Method::Webhook);
+                record_would_deny(ctx, failure.refusal_label(), &identity);
+                (None, identity)
+            }
+            Err(refused) => return Err(refused),
+        };
     drop(trust);
+    let claim = claim_session(ctx, &identity, &connect)?;
     let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
     // No await from here until the first byte is written upstream.
     if trust_rx.has_changed().unwrap_or(false) {
@@ -390,18 +446,80 @@ async fn admit_and_dial(
     })?;
     first_bytes.extend_from_slice(&encoded);
     first_bytes.extend_from_slice(&pipelined);
+    let jwt = match (identity.method, connect.authentication_method()) {
+        (Method::Jwt, Ok(Some(method))) => Some(Box::new(JwtSession {
+            method: method.to_string(),
+            token: connect
+                .authentication_data()
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .to_vec(),
+        })),
+        _ => None,
+    };
     Ok((
         Session {
             version,
             username: connect.username,
+            jwt,
             webhook: answer,
             identity,
             first_bytes,
             proxy_len,
+            _claim: claim,
         },
         upstream,
         slot,
     ))
+}
+
+/// Phase 3b (SPEC §10): the session the client names, among its identity's: a takeover of
+/// one it holds, or a new one within `max_per_authentication_name`; and not connecting
+/// more often than the session's connect rate.
+fn claim_session(
+    ctx: &Ctx,
+    identity: &Identity,
+    connect: &Connect,
+) -> Result<Option<SessionClaim>, Refused> {
+    // Under "authentication-name" the broker sees one session per identity, whatever the
+    // ClientId: every connection is that session.
+    let session = match ctx.client_id_mode {
+        ClientIdMode::AuthenticationName => "-",
+        ClientIdMode::PerIdentity | ClientIdMode::Passthrough => connect.client_id.as_str(),
+    };
+    match ctx
+        .sessions
+        .claim(&identity.authentication_name, session, Instant::now())
+    {
+        Ok(claim) => Ok(Some(claim)),
+        Err(r) if ctx.audit_only => {
+            let refused = Refused::Session(r, connect.version);
+            record_would_deny(ctx, refused.label(), identity);
+            Ok(None)
+        }
+        Err(r) => Err(Refused::Session(r, connect.version)),
+    }
+}
+
+/// SPEC §12: a refusal audit-only mode did not enforce, counted and logged as `would_deny`.
+fn record_would_deny(ctx: &Ctx, reason: &'static str, identity: &Identity) {
+    ctx.metrics
+        .decisions
+        .get_or_create(&metrics::Decision {
+            result: "would_deny",
+            reason,
+            scheme: identity.scheme.map(|s| s.label()).unwrap_or(""),
+            source: identity.source.label(),
+            method: identity.method.label(),
+        })
+        .inc();
+    audit::would_deny(reason, &identity.authentication_name);
+}
+
+/// A live session's re-decision or expiry that audit-only mode did not enforce.
+fn would_deny(ctx: &Ctx, reason: &'static str, session: &Session) {
+    record_would_deny(ctx, reason, &session.identity);
 }
 
 /// Phase 3a, SPEC §9: the webhook's answer for a client it decides; None for a client the
@@ -418,6 +536,14 @@ async fn ask_webhook(
     let (Some(webhook), Some(settings)) = (&ctx.webhook, &trust.webhook) else {
         return Ok(None);
     };
+    // SPEC §9: a v5 CONNECT with an Authentication Method is JWT's when JWT is configured
+    // (`auth::credentials`, which also refuses a property list that does not parse).
+    if trust.jwt.is_some()
+        && connect.version == Version::V5
+        && connect.authentication_method() != Ok(None)
+    {
+        return Ok(None);
+    }
     let chain = client.peer_certificates().filter(|c| !c.is_empty());
     let username = connect.username.as_deref();
     let route = hook::route(Some(settings.decides), chain.is_some(), || {
@@ -472,20 +598,33 @@ fn decide(
     peer: Peer,
     again: bool,
 ) -> Result<Identity, Refused> {
-    let chain = client.peer_certificates().filter(|c| !c.is_empty());
     let (credentials, method) = match answer {
-        Some(answer) => (Credentials::Webhook { answer, chain }, Method::Webhook),
-        None => (
-            Credentials::Certificate {
-                chain: chain.ok_or(Refused::Certificate(HandshakeFailure::NoCertificate))?,
-                username: connect.username.as_deref(),
-            },
-            Method::Certificate,
-        ),
+        Some(answer) => {
+            let chain = client.peer_certificates().filter(|c| !c.is_empty());
+            (Ok(Credentials::Webhook { answer, chain }), Method::Webhook)
+        }
+        None => {
+            let credentials =
+                auth::credentials(client.peer_certificates(), connect, trust.jwt.is_some());
+            let method = credentials
+                .as_ref()
+                .map_or(Method::Certificate, Credentials::method);
+            (credentials, method)
+        }
     };
-    let (admitted, decision) = trust
-        .decide(&credentials, UnixTime::now())
-        .map_err(|f| Refused::Certificate(f.0))?;
+    let (admitted, decision) = match credentials {
+        Ok(c) => match trust.decide(&c, UnixTime::now()) {
+            Ok(decided) => decided,
+            // SPEC §12: a certificate refused at admission is a decision like the others.
+            Err(f) if ctx.audit_only => {
+                let identity = Identity::unverified(connect.username.as_deref(), method);
+                record_would_deny(ctx, f.0.label(), &identity);
+                return Ok(identity);
+            }
+            Err(f) => return Err(Refused::Certificate(f.0)),
+        },
+        Err(denial) => (None, Err(denial)),
+    };
     let info = admitted.as_ref().map(|a| &a.leaf);
     if let (Some(info), false) = (info, again) {
         ctx.metrics
@@ -495,7 +634,12 @@ fn decide(
     let (version, cipher) = client.tls_facts();
     let facts = audit::TlsFacts { version, cipher };
     record_decision(ctx, &decision, info, method, connect, peer, &facts);
-    decision.map_err(|denial| Refused::Denied(denial, connect.version))
+    match decision {
+        Ok(identity) => Ok(identity),
+        // Let through as itself: its own username and ClientId go upstream.
+        Err(_) if ctx.audit_only => Ok(Identity::unverified(connect.username.as_deref(), method)),
+        Err(denial) => Err(Refused::Denied(denial, connect.version)),
+    }
 }
 
 fn record_decision(
@@ -515,7 +659,11 @@ fn record_decision(
             id.source.label(),
         ),
         Err(d) => (
-            "denied",
+            if ctx.audit_only {
+                "would_deny"
+            } else {
+                "denied"
+            },
             d.reason.label(),
             d.scheme.map(|s| s.label()).unwrap_or(""),
             d.source.map(|s| s.label()).unwrap_or(""),

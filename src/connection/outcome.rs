@@ -10,9 +10,10 @@ use tracing::debug;
 use super::webhook::WebhookFailure;
 use super::Ctx;
 use crate::audit;
-use crate::auth::Denial;
+use crate::auth::{Denial, Denied};
 use crate::metrics;
 use crate::mqtt::{self, ParseError, Refusal, Version};
+use crate::server::sessions::SessionRefusal;
 use crate::server::slots::AtAccept;
 use crate::transport::ws::UpgradeRefusal;
 use crate::transport::{ClientStream, Peer};
@@ -49,6 +50,9 @@ pub enum Refused {
     /// Closed before TLS on a listener that requires a PROXY v2 header.
     #[error("proxy protocol: {0:?}")]
     Proxy(ProxyRefusal),
+    /// SPEC §10: over the sessions of its authentication name, or connecting too often.
+    #[error("session refused: {0:?}")]
+    Session(SessionRefusal, Version),
     /// The WebSocket upgrade was refused (answered with an HTTP status) or abandoned.
     #[error("websocket upgrade refused: {}", .0.label())]
     Upgrade(UpgradeRefusal),
@@ -86,6 +90,8 @@ impl Refused {
             Refused::Proxy(ProxyRefusal::Malformed) => "proxy_malformed",
             Refused::Proxy(ProxyRefusal::Timeout) => "proxy_timeout",
             Refused::Upgrade(r) => r.label(),
+            Refused::Session(SessionRefusal::QuotaExceeded, _) => "session_quota",
+            Refused::Session(SessionRefusal::RateExceeded, _) => "connect_rate",
         }
     }
 
@@ -93,8 +99,13 @@ impl Refused {
     /// learns nothing about why it was denied (no registry enumeration).
     fn client_text(&self) -> &'static str {
         match self {
+            Refused::Denied(d, _) if d.reason == Denied::BadAuthenticationMethod => {
+                "bad authentication method"
+            }
             Refused::Denied(..) => "not authorized",
             Refused::Busy(_) => "server busy",
+            Refused::Session(SessionRefusal::QuotaExceeded, _) => "quota exceeded",
+            Refused::Session(SessionRefusal::RateExceeded, _) => "connection rate exceeded",
             Refused::Upstream(..) | Refused::Webhook(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
@@ -112,8 +123,17 @@ impl Refused {
         match self {
             Refused::ConnectTimeout { version } => (Some(Refusal::Malformed), *version),
             Refused::Parse(e) => (Some(e.refusal()), e.version()),
+            Refused::Denied(d, v) if d.reason == Denied::BadAuthenticationMethod => {
+                (Some(Refusal::BadAuthenticationMethod), Some(*v))
+            }
             Refused::Denied(_, v) => (Some(Refusal::NotAuthorized), Some(*v)),
             Refused::Busy(v) => (Some(Refusal::ServerBusy), Some(*v)),
+            Refused::Session(SessionRefusal::QuotaExceeded, v) => {
+                (Some(Refusal::QuotaExceeded), Some(*v))
+            }
+            Refused::Session(SessionRefusal::RateExceeded, v) => {
+                (Some(Refusal::ConnectionRateExceeded), Some(*v))
+            }
             Refused::Upstream(v, _) | Refused::Webhook(v, _) => {
                 (Some(Refusal::ServerUnavailable), Some(*v))
             }
@@ -134,6 +154,8 @@ pub enum Closed {
     Upstream,
     Revoked,
     CertificateExpired,
+    /// A JWT session reached its token's `exp` (plus the skew).
+    TokenExpired,
     /// The webhook's `expiration` (or the default validity of its allow) passed.
     WebhookExpired,
     Shutdown,
@@ -147,6 +169,7 @@ impl Closed {
             Closed::Upstream => "upstream",
             Closed::Revoked => "revoked",
             Closed::CertificateExpired => "certificate_expired",
+            Closed::TokenExpired => "token_expired",
             Closed::WebhookExpired => "webhook_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",

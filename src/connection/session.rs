@@ -15,7 +15,7 @@ use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::relay::{Ended, Relay};
 use crate::transport::ClientStream;
-use crate::trust::{unix_now, Credentials, Trust};
+use crate::trust::{unix_now, Trust};
 
 /// How long a stopping session may take to reach a broker packet boundary before it is
 /// closed without a DISCONNECT.
@@ -68,6 +68,10 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                         valid_until = expiry_instant(until);
                         timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
                     }
+                    // SPEC §12: counted and logged, the session goes on.
+                    None if ctx.audit_only => {
+                        super::would_deny(ctx, "revoked", session);
+                    }
                     None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
                 }
             }
@@ -79,10 +83,18 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
                     return if client_first { Closed::Client } else { Closed::Upstream };
                 }
+                // The same DISCONNECT whichever method's validity ended (0x98).
                 let closed = match session.identity.method {
                     auth::Method::Certificate => Closed::CertificateExpired,
+                    auth::Method::Jwt => Closed::TokenExpired,
                     auth::Method::Webhook => Closed::WebhookExpired,
                 };
+                if ctx.audit_only {
+                    super::would_deny(ctx, closed.label(), session);
+                    valid_until = expiry_instant(i64::MAX);
+                    timer.as_mut().reset(linger_until.unwrap_or(valid_until));
+                    continue;
+                }
                 break (closed, mqtt::code::V5_ADMINISTRATIVE_ACTION);
             }
             changed = lifecycle.changed() => {
@@ -102,9 +114,12 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
 
 /// The first instant past `valid_until` (unix seconds): validity ends after that second.
 fn expiry_instant(valid_until: i64) -> tokio::time::Instant {
-    let left = valid_until.saturating_sub(unix_now()).max(0) as u64;
+    // Capped at a century: an Instant far enough out overflows (and "never" needs no more).
+    let left = valid_until.saturating_sub(unix_now()).clamp(0, CENTURY) as u64;
     tokio::time::Instant::now() + Duration::from_secs(left + 1)
 }
+
+const CENTURY: i64 = 100 * 365 * 86_400;
 
 /// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an
 /// MQTT 5 client why, close both sides.
@@ -133,19 +148,7 @@ async fn end_session(
 /// SPEC §5: is this session still allowed under the new trust state, as the same
 /// identity? Its new validity end when it is.
 fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Option<i64> {
-    let chain = client.peer_certificates();
-    // A webhook client is re-decided on the answer it was admitted with: a reload
-    // changes files, not the webhook's word (its certificate, if any, is admitted again).
-    let credentials = match &session.webhook {
-        Some(answer) => Credentials::Webhook {
-            answer,
-            chain: chain.filter(|c| !c.is_empty()),
-        },
-        None => Credentials::Certificate {
-            chain: chain?,
-            username: session.username.as_deref(),
-        },
-    };
+    let credentials = session.credentials(client)?;
     let (_, decision) = trust.decide(&credentials, UnixTime::now()).ok()?;
     let id = decision.ok()?;
     auth::same_name(

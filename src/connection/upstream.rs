@@ -58,7 +58,8 @@ pub(super) async fn open_upstream(
     }
     relay.forwarded_up(&first[session.proxy_len..]);
     drop(first);
-    relay_connack(ctx, client, upstream, session.version, relay).await
+    let method = session.jwt.as_ref().map(|j| j.method.as_str());
+    relay_connack(ctx, client, upstream, session.version, method, relay).await
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
@@ -68,11 +69,13 @@ const MAX_CONNACK: usize = 4096;
 /// Phase 5b: wait for the broker's CONNACK, forward it (with anything the broker sent right
 /// after it) and count its code. A broker that closes or stalls before answering is an
 /// unavailable upstream: the client has heard nothing yet, so it gets a proper CONNACK.
+/// A JWT client's CONNACK gains the Authentication Method it sent (`auth_method`).
 async fn relay_connack(
     ctx: &Ctx,
     client: &mut ClientStream,
     upstream: &mut TcpStream,
     version: Version,
+    auth_method: Option<&str>,
     relay: &mut Relay,
 ) -> Result<(), Refused> {
     let deadline = tokio::time::Instant::now() + ctx.limits.dial_timeout;
@@ -113,8 +116,15 @@ async fn relay_connack(
             })
             .inc();
     }
+    // Counted as relayed as the broker sent it; the client gets the method added.
+    let to_client = match auth_method {
+        Some(m) => mqtt::connack_with_authentication_method(&buf, m),
+        None => None,
+    };
     let write = async {
-        client.write_all(&buf).await?;
+        client
+            .write_all(to_client.as_deref().unwrap_or(&buf))
+            .await?;
         client.flush().await
     };
     // A client that is gone or stalled here is noticed by the relay, which ends the session.

@@ -6,6 +6,7 @@
 //! The parser accepts exactly the minimally encoded CONNECTs, so for every packet it
 //! accepts, `encode` gives back the same bytes; a rewrite changes only the fields it sets.
 
+pub mod auth;
 pub mod properties;
 
 use thiserror::Error;
@@ -44,8 +45,11 @@ pub mod code {
     pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
     pub const V5_SERVER_BUSY: u8 = 0x89;
     pub const V5_SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub const V5_BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
     pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
+    pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
     pub const V5_ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub const V5_CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -593,11 +597,17 @@ impl Connect {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     NotAuthorized,
+    /// v5's 0x8C: an Authentication Method mqttgate does not take (v3.x: not authorized).
+    BadAuthenticationMethod,
     ServerUnavailable,
     ServerBusy,
     PacketTooLarge,
     UnsupportedProtocol,
     Malformed,
+    /// SPEC §10: the authentication name holds its maximum of sessions.
+    QuotaExceeded,
+    /// SPEC §10: the session connected too recently.
+    ConnectionRateExceeded,
 }
 
 impl Refusal {
@@ -615,13 +625,22 @@ impl Refusal {
             (_, None) => return None,
             (Refusal::NotAuthorized, Some(V5)) => (V5, V5_NOT_AUTHORIZED),
             (Refusal::NotAuthorized, Some(v)) => (v, V3_NOT_AUTHORIZED),
+            (Refusal::BadAuthenticationMethod, Some(V5)) => (V5, V5_BAD_AUTHENTICATION_METHOD),
+            (Refusal::BadAuthenticationMethod, Some(v)) => (v, V3_NOT_AUTHORIZED),
             (Refusal::ServerUnavailable, Some(V5)) => (V5, V5_SERVER_UNAVAILABLE),
             (Refusal::ServerUnavailable, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
             (Refusal::ServerBusy, Some(V5)) => (V5, V5_SERVER_BUSY),
             (Refusal::ServerBusy, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
             (Refusal::PacketTooLarge, Some(V5)) => (V5, V5_PACKET_TOO_LARGE),
             (Refusal::Malformed, Some(V5)) => (V5, V5_MALFORMED),
-            (Refusal::PacketTooLarge | Refusal::Malformed, Some(_)) => return None,
+            (Refusal::QuotaExceeded, Some(V5)) => (V5, V5_QUOTA_EXCEEDED),
+            (Refusal::QuotaExceeded, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
+            (Refusal::ConnectionRateExceeded, Some(V5)) => (V5, V5_CONNECTION_RATE_EXCEEDED),
+            // 3.x has no code for it: closed, as Azure does.
+            (
+                Refusal::PacketTooLarge | Refusal::Malformed | Refusal::ConnectionRateExceeded,
+                Some(_),
+            ) => return None,
         };
         Some(connack(version, code, reason_string))
     }
@@ -648,6 +667,42 @@ pub fn connack(version: Version, code: u8, reason_string: Option<&str>) -> Vec<u
     out.extend_from_slice(&[0x00, code]);
     put_properties(&mut out, &properties);
     out
+}
+
+/// The broker's v5 CONNACK at the start of `buf` with an Authentication Method property
+/// added, followed by the rest of `buf` as it was: a JWT client is told the method it
+/// authenticated with (MQTT-4.12.0-5), which the broker never saw. None when `buf` does
+/// not start with a whole v5 CONNACK; unchanged when it already names a method.
+pub fn connack_with_authentication_method(buf: &[u8], method: &str) -> Option<Vec<u8>> {
+    let (&first, rest) = buf.split_first()?;
+    if first != CONNACK || method.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let (remaining, header) = read_varint(rest).ok()??;
+    let body = rest.get(header..header.checked_add(remaining)?)?;
+    let after = &rest[header + remaining..];
+    let (flags_and_code, props) = (body.get(..2)?, &body[2..]);
+    let list = match read_varint(props).ok()? {
+        Some((len, n)) if n + len == props.len() => &props[n..],
+        _ => return None,
+    };
+    if properties::find(list, properties::id::AUTHENTICATION_METHOD)
+        .ok()?
+        .is_some()
+    {
+        return Some(buf.to_vec());
+    }
+    let mut list = list.to_vec();
+    list.push(properties::id::AUTHENTICATION_METHOD);
+    put_binary(&mut list, method.as_bytes());
+    let remaining = 2 + properties_len(&list);
+    let mut out = Vec::with_capacity(1 + varint_len(remaining) + remaining + after.len());
+    out.push(CONNACK);
+    put_varint(&mut out, remaining);
+    out.extend_from_slice(flags_and_code);
+    put_properties(&mut out, &list);
+    out.extend_from_slice(after);
+    Some(out)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -747,7 +802,7 @@ mod tests {
     ];
 
     fn hex(s: &str) -> Vec<u8> {
-        assert!(s.len() % 2 == 0, "odd hex length");
+        assert!(s.len().is_multiple_of(2), "odd hex length");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -1367,6 +1422,48 @@ mod tests {
         let own = connack(V5, code::V5_SERVER_BUSY, Some(&"busy ".repeat(40)));
         assert!(own[1] & 0x80 != 0);
         assert_eq!(connack_code(&own), Some(code::V5_SERVER_BUSY));
+    }
+
+    #[test]
+    fn a_jwt_client_s_connack_gains_its_authentication_method_and_keeps_the_rest() {
+        // A v5 success CONNACK with topic alias maximum 16, then a PUBLISH.
+        let connack = hex("2006000003220010");
+        let mut buf = connack.clone();
+        buf.extend_from_slice(&hex("300400017878"));
+        let out = connack_with_authentication_method(&buf, "CUSTOM-JWT").unwrap();
+        // Remaining length 19: flags, code, property length 16, the alias, the method.
+        let mut want = hex("20130000102200101500");
+        want.push(10);
+        want.extend_from_slice(b"CUSTOM-JWT");
+        want.extend_from_slice(&hex("300400017878"));
+        assert_eq!(out, want);
+        assert_eq!(connack_code(&out), Some(0x00));
+        // Already there: unchanged. Not a whole v5 CONNACK: None.
+        assert_eq!(
+            connack_with_authentication_method(&out, "CUSTOM-JWT").as_deref(),
+            Some(&out[..])
+        );
+        assert_eq!(
+            connack_with_authentication_method(&hex("20020000"), "X"),
+            None
+        );
+        assert_eq!(connack_with_authentication_method(&connack[..5], "X"), None);
+        assert_eq!(
+            connack_with_authentication_method(&hex("300400017878"), "X"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_authentication_method_is_0x8c_for_v5_and_not_authorized_for_v3() {
+        assert_eq!(
+            Refusal::BadAuthenticationMethod.connack(Some(Version::V5), None),
+            Some(hex("2003008c00"))
+        );
+        assert_eq!(
+            Refusal::BadAuthenticationMethod.connack(Some(Version::V311), None),
+            Some(hex("20020005"))
+        );
     }
 
     #[test]

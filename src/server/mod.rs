@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod os_limits;
+pub mod sessions;
 pub mod slots;
 
 use std::net::SocketAddr;
@@ -101,8 +102,15 @@ impl Server {
         let ctx = Arc::new(Ctx {
             limits: config.limits.clone(),
             upstream: config.upstream.clone(),
-            username_mode: config.username_mode,
-            client_id_mode: config.client_id_mode,
+            // SPEC §12: in audit-only mode the broker sees every client as itself.
+            username_mode: match config.audit_only {
+                true => crate::config::UsernameMode::Passthrough,
+                false => config.username_mode,
+            },
+            client_id_mode: match config.audit_only {
+                true => crate::config::ClientIdMode::Passthrough,
+                false => config.client_id_mode,
+            },
             reason_strings: config.reason_strings,
             upstream_proxy: config.upstream_proxy,
             websocket: config.websocket.as_ref().map(|ws| ws.rules.clone()),
@@ -111,6 +119,11 @@ impl Server {
             metrics: metrics.clone(),
             denial_log: Default::default(),
             slots: slots.clone(),
+            sessions: sessions::Sessions::new(
+                config.sessions.max_per_authentication_name,
+                config.sessions.connects_per_second,
+            ),
+            audit_only: config.audit_only,
             webhook: config.webhook.clone().map(crate::connection::Webhook::new),
         });
         let server = Arc::new(Server {

@@ -245,7 +245,7 @@ fn attr_string(value: &Any<'_>) -> Option<String> {
         // T61 has no exact mapping to Unicode; read it as Latin-1 as OpenSSL does.
         Tag::TeletexString => Some(data.iter().map(|b| char::from(*b)).collect()),
         Tag::BmpString => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return None;
             }
             let units = data
@@ -256,7 +256,7 @@ fn attr_string(value: &Any<'_>) -> Option<String> {
                 .ok()
         }
         Tag::UniversalString => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 return None;
             }
             data.chunks_exact(4)

@@ -6,6 +6,7 @@
 pub mod admit;
 pub mod anchors;
 pub mod cert;
+pub mod jwt_keys;
 pub mod memory;
 pub mod registry;
 pub mod verifier;
@@ -28,9 +29,10 @@ use self::registry::Scheme;
 use self::registry::{Registry, RegistryError};
 use self::verifier::{ClientVerifier, TlsError};
 use self::webhook::{WebhookFileError, WebhookTrust};
+use crate::auth::jwt::{JwtKey, JwtMethod, JwtPolicy};
 pub use crate::auth::Credentials;
 use crate::auth::Policy;
-use crate::auth::{self, Denial, Denied, Identity, Peer};
+use crate::auth::{self, Denial, Denied, Identity, IdentitySource, Peer};
 use crate::config::Config;
 use crate::transport::proxy;
 use rustls::pki_types::UnixTime;
@@ -45,6 +47,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
+    #[error(transparent)]
+    JwtKeys(#[from] jwt_keys::KeyError),
     #[error(transparent)]
     Webhook(#[from] WebhookFileError),
     #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
@@ -64,6 +68,7 @@ impl LoadError {
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
+            LoadError::JwtKeys(_) => "jwt_keys",
             LoadError::Webhook(_) => "webhook",
         }
     }
@@ -80,8 +85,17 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// `[auth.jwt]`: what a token must satisfy and the issuer keys it may be signed with.
+    pub jwt: Option<JwtTrust>,
     /// `[auth.webhook]`: its TLS settings and bearer token (SPEC §9).
     pub webhook: Option<WebhookTrust>,
+}
+
+/// The JWT side of the trust state (SPEC §9).
+#[derive(Debug)]
+pub struct JwtTrust {
+    pub policy: JwtPolicy,
+    pub keys: Vec<JwtKey>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -138,6 +152,13 @@ impl Trust {
             .into_iter()
             .flatten()
             .collect();
+        let jwt = match &config.jwt {
+            Some(j) => Some(JwtTrust {
+                policy: j.policy.clone(),
+                keys: jwt_keys::load(&j.keys)?,
+            }),
+            None => None,
+        };
         let provider = verifier::provider();
         let certs = Arc::new(
             CertTrust::new(
@@ -156,10 +177,11 @@ impl Trust {
             Some(w) => Some(WebhookTrust::load(w)?),
             None => None,
         };
-        // Every `decides` mode includes the clients without a certificate.
-        let verifier = match webhook {
-            Some(_) => ClientVerifier::new(certs.clone()).certificate_optional(),
-            None => ClientVerifier::new(certs.clone()),
+        // Every webhook `decides` mode includes the clients without a certificate.
+        let verifier = match (config.audit_only, jwt.is_some() || webhook.is_some()) {
+            (true, _) => ClientVerifier::new(certs.clone()).audit_only(),
+            (false, true) => ClientVerifier::new(certs.clone()).certificate_optional(),
+            (false, false) => ClientVerifier::new(certs.clone()),
         };
         let verifier = Arc::new(verifier);
         let (chain, key) = verifier::load_server_identity(&config.server_cert, &config.server_key)?;
@@ -179,6 +201,7 @@ impl Trust {
                 subject_match: config.subject_match,
             },
             server_cert,
+            jwt,
             webhook,
         })
     }
@@ -187,9 +210,11 @@ impl Trust {
 impl Trust {
     /// SPEC §2, §7 and §9, the whole decision for one client. A certificate: its chain
     /// admitted (`admit`, whose result is returned), then the registry (`auth::decide`).
-    /// A webhook's answer: the chain, if any, admitted the same way, then what the answer
-    /// says at `now` (`auth::webhook::decide`). The post-handshake check, the
-    /// re-decision of live sessions and `explain` all call this, with the newest state.
+    /// A token: its method, then `auth::jwt::verify` against the keys of this state, then
+    /// `auth::decide_jwt`. A webhook's answer: the chain, if any, admitted as a
+    /// certificate's, then what the answer says at `now` (`auth::webhook::decide`). The
+    /// post-handshake check, the re-decision of live sessions and `explain` all call this,
+    /// with the newest state.
     pub fn decide(
         &self,
         credentials: &Credentials<'_>,
@@ -214,6 +239,10 @@ impl Trust {
                 });
                 Ok((Some(admitted), decision))
             }
+            Credentials::Jwt { method, token } => {
+                let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                Ok((None, self.decide_jwt(method, token, now)))
+            }
             Credentials::Webhook { answer, chain } => {
                 let admitted = match chain {
                     Some(chain) if !chain.is_empty() => Some(admit(chain, &self.certs, now)?),
@@ -235,6 +264,26 @@ impl Trust {
                 Ok((admitted, decision))
             }
         }
+    }
+
+    fn decide_jwt(&self, method: &str, token: &[u8], now: i64) -> Result<Identity, Denial> {
+        let refuse = |reason| Denial {
+            reason,
+            name: None,
+            source: None,
+            scheme: None,
+        };
+        let jwt = self
+            .jwt
+            .as_ref()
+            .filter(|j| JwtMethod::from_name(method).is_some_and(|m| j.policy.methods.contains(&m)))
+            .ok_or(refuse(Denied::BadAuthenticationMethod))?;
+        // A refused token's claims are not trusted, not even its `sub` for the log.
+        let claims = auth::jwt::verify(token, &jwt.keys, &jwt.policy, now).map_err(|f| Denial {
+            source: Some(IdentitySource::TokenSubject),
+            ..refuse(Denied::Jwt(f))
+        })?;
+        auth::decide_jwt(claims, &self.registry, &jwt.policy)
     }
 }
 

@@ -15,7 +15,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::TlsVersion;
-use crate::trust::admit::{admit, CertFailure, CertTrust};
+use crate::trust::admit::{admit, CertTrust};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -72,9 +72,12 @@ pub fn load_server_identity(
 #[derive(Debug)]
 pub struct ClientVerifier {
     trust: Arc<CertTrust>,
-    /// False when another method (the webhook) can authenticate a client without a
-    /// certificate.
+    /// False when another method (JWT, the webhook) can authenticate a client without a certificate.
     mandatory: bool,
+    /// Audit-only mode (SPEC §12): a certificate that fails admission still completes the
+    /// handshake (its possession is still proven); the decision after CONNECT records it
+    /// as `would_deny`.
+    audit: bool,
 }
 
 impl ClientVerifier {
@@ -82,12 +85,23 @@ impl ClientVerifier {
         ClientVerifier {
             trust,
             mandatory: true,
+            audit: false,
         }
     }
 
-    /// SPEC §9: with the webhook enabled a client may present no certificate (and is then
-    /// decided by the webhook); one it presents is still verified exactly as before, so a
-    /// bad certificate still fails the handshake.
+    /// SPEC §12: nothing is refused at the handshake; the client may present any
+    /// certificate or none.
+    pub fn audit_only(self) -> ClientVerifier {
+        ClientVerifier {
+            mandatory: false,
+            audit: true,
+            ..self
+        }
+    }
+
+    /// SPEC §9: with JWT or the webhook enabled a client may present no certificate (and
+    /// must then send a token, or is decided by the webhook); one it presents is still
+    /// verified exactly as before, so a bad certificate still fails the handshake.
     pub fn certificate_optional(self) -> ClientVerifier {
         ClientVerifier {
             mandatory: false,
@@ -150,9 +164,11 @@ impl ClientCertVerifier for ClientVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        admit(&chain, &self.trust, now)
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(CertFailure::to_rustls)
+        match admit(&chain, &self.trust, now) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(_) if self.audit => Ok(ClientCertVerified::assertion()),
+            Err(f) => Err(f.to_rustls()),
+        }
     }
 
     fn verify_tls12_signature(

@@ -55,11 +55,17 @@ pub struct Setup {
     pub sources: Vec<&'static str>,
     /// Extra TOML appended to the generated config (whole sections).
     pub extra: String,
+    /// Top-level keys put before every section (`mode = "audit"`).
+    pub top: String,
     pub upstream: Option<String>,
     /// `upstream.client_id`; the default (one session per identity) when None.
     pub client_id: Option<&'static str>,
     /// `upstream.username`; `rewrite` when None.
     pub username: Option<&'static str>,
+    /// The `[sessions]` section. By default both limits are off: tests reconnect one
+    /// identity many times a second and hold several of its sessions; tests/sessions.rs
+    /// sets its own.
+    pub sessions: String,
 }
 
 impl Setup {
@@ -69,9 +75,12 @@ impl Setup {
             ca_pems: Vec::new(),
             sources: Vec::new(),
             extra: String::new(),
+            top: String::new(),
             upstream: None,
             client_id: None,
             username: None,
+            sessions: "[sessions]\nconnects_per_second = 0\nmax_per_authentication_name = 0\n"
+                .to_string(),
         }
     }
 }
@@ -214,11 +223,13 @@ pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> P
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n{}\n",
+        "{}listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n\n{}\n{}\n",
+        setup.top,
         sources.join(", "),
         cas.join(", "),
         setup.client_id.unwrap_or("authentication-name"),
         setup.username.unwrap_or("rewrite"),
+        setup.sessions,
         setup.extra
     );
     write(dir, "mqttgate.toml", &text)

@@ -22,6 +22,7 @@ fn explain_shows_what_the_broker_sees_under_each_upstream_mode() {
         "[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [\"ca.pem\"]\n[registry]\nclients = \"clients.json\"\n",
     );
     let mut config = Config::load(&dir.path().join("mqttgate.toml")).unwrap();
+    config.client_id_mode = ClientIdMode::AuthenticationName;
     let trust = Trust::load(&config, 0).unwrap();
     let leaf = root.issue(&LeafSpec::client("sensor-1")).unwrap();
     let chain = [CertificateDer::from(leaf.der.clone())];

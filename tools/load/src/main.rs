@@ -62,6 +62,10 @@ struct Cli {
     /// Server name to send and verify.
     #[arg(long, default_value = "localhost", global = true)]
     sni: String,
+    /// Authenticate with this JWT (MQTT 5 Authentication Method CUSTOM-JWT) instead of a
+    /// client certificate; implies --mqtt 5.
+    #[arg(long, global = true)]
+    jwt: Option<PathBuf>,
     /// MQTT over WebSockets on this path (after TLS when --tls): `--ws /mqtt`.
     #[arg(long, global = true)]
     ws: Option<String>,

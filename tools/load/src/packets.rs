@@ -23,16 +23,34 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     }
 }
 
+/// `--jwt`: the Authentication Method and Data properties, read once.
+fn jwt_properties(cli: &Cli) -> &'static [u8] {
+    static PROPS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PROPS.get_or_init(|| {
+        let Some(file) = &cli.jwt else {
+            return Vec::new();
+        };
+        let token = std::fs::read_to_string(file).expect("--jwt file is readable");
+        let mut p = vec![0x15];
+        p.extend_from_slice(&10u16.to_be_bytes());
+        p.extend_from_slice(b"CUSTOM-JWT");
+        p.push(0x16);
+        p.extend_from_slice(&(token.trim().len() as u16).to_be_bytes());
+        p.extend_from_slice(token.trim().as_bytes());
+        p
+    })
+}
+
 pub(crate) fn connect_packet(cli: &Cli, client_id: String) -> Vec<u8> {
     Connect {
-        version: if cli.mqtt == 5 {
+        version: if cli.mqtt == 5 || cli.jwt.is_some() {
             Version::V5
         } else {
             Version::V311
         },
         clean_start: true,
         keep_alive: 600,
-        properties: Vec::new(),
+        properties: jwt_properties(cli).to_vec(),
         client_id,
         will: None,
         username: cli.username.clone(),

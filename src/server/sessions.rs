@@ -1,0 +1,235 @@
+//! SPEC §10, Azure's session model: how many sessions one authentication name may hold on
+//! this instance, and how often one session may connect.
+//!
+//! A session is (authentication name, session name); the session name is the MQTT ClientId
+//! (under `client_id = "authentication-name"` every connection of a name is the one
+//! session the broker sees, so they all share the session name ""). A connection with a
+//! session name its identity already holds takes that session over, as the broker will;
+//! one with a new name needs a free place under `max_per_authentication_name`. The connect
+//! rate is kept per session, so no identity can slow another down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a connection's session was refused; each is one metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The authentication name holds `max_per_authentication_name` other sessions.
+    QuotaExceeded,
+    /// This session connected less than one interval ago.
+    RateExceeded,
+}
+
+/// The session names each authentication name holds, and each session's last admitted
+/// connect.
+pub struct Sessions {
+    inner: Mutex<Inner>,
+    max_per_name: usize,
+    /// None: no connect rate.
+    interval: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per authentication name: (session name, the claim that holds it).
+    live: HashMap<String, Vec<(String, u64)>>,
+    next_claim: u64,
+    /// Per session: when it was last admitted. Entries older than one interval are
+    /// forgotten, so the map holds at most the sessions admitted in the last interval plus
+    /// what accumulated since the last sweep, which is bounded by doubling.
+    admitted: HashMap<(String, String), Instant>,
+    sweep_at: usize,
+}
+
+/// Client ids are UTF-8 strings without U+0000 (MQTT-1.5.4-2), so no client's own id can
+/// look like this: an empty ClientId is a session of its own each time.
+const UNNAMED: char = '\0';
+
+impl Sessions {
+    pub fn new(max_per_name: usize, connects_per_second: f64) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            inner: Mutex::new(Inner {
+                sweep_at: 1024,
+                ..Inner::default()
+            }),
+            max_per_name,
+            interval: (connects_per_second > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / connects_per_second)),
+        })
+    }
+
+    /// Admits a connection of `session` for `name`, or says why not. The claim holds the
+    /// session until it is dropped (or taken over by a newer connection of the same session).
+    pub fn claim(
+        self: &Arc<Self>,
+        name: &str,
+        session: &str,
+        now: Instant,
+    ) -> Result<SessionClaim, SessionRefusal> {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let inner = &mut *inner;
+        inner.next_claim += 1;
+        let id = inner.next_claim;
+        let session = match session.is_empty() {
+            true => format!("{UNNAMED}{id}"),
+            false => session.to_string(),
+        };
+        if let Some(interval) = self.interval {
+            // Unnamed sessions share one rate per identity.
+            let rate_key = (
+                name.to_string(),
+                if session.starts_with(UNNAMED) {
+                    String::new()
+                } else {
+                    session.clone()
+                },
+            );
+            if let Some(last) = inner.admitted.get(&rate_key) {
+                if now.saturating_duration_since(*last) < interval {
+                    return Err(SessionRefusal::RateExceeded);
+                }
+            }
+            if inner.admitted.len() >= inner.sweep_at {
+                inner
+                    .admitted
+                    .retain(|_, t| now.saturating_duration_since(*t) < interval);
+                inner.sweep_at = (inner.admitted.len() * 2).max(1024);
+            }
+            inner.admitted.insert(rate_key, now);
+        }
+        let held = inner.live.entry(name.to_string()).or_default();
+        let takeover = match held.iter().position(|(s, _)| *s == session) {
+            Some(i) => {
+                held[i].1 = id;
+                true
+            }
+            None if held.len() >= self.max_per_name => {
+                if held.is_empty() {
+                    inner.live.remove(name);
+                }
+                return Err(SessionRefusal::QuotaExceeded);
+            }
+            None => {
+                held.push((session.clone(), id));
+                false
+            }
+        };
+        Ok(SessionClaim {
+            sessions: self.clone(),
+            name: name.to_string(),
+            session,
+            id,
+            takeover,
+        })
+    }
+
+    /// Live sessions of `name` (for tests and `explain`).
+    pub fn held(&self, name: &str) -> usize {
+        let inner = self.inner.lock().expect("not poisoned");
+        inner.live.get(name).map_or(0, Vec::len)
+    }
+
+    fn release(&self, name: &str, session: &str, id: u64) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if let Some(held) = inner.live.get_mut(name) {
+            // A newer connection of the same session holds it now: leave it.
+            held.retain(|(s, i)| !(s == session && *i == id));
+            if held.is_empty() {
+                inner.live.remove(name);
+            }
+        }
+    }
+}
+
+/// A session held by one connection; released when dropped.
+pub struct SessionClaim {
+    sessions: Arc<Sessions>,
+    name: String,
+    session: String,
+    id: u64,
+    /// The connection took over a session its identity already held.
+    pub takeover: bool,
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        self.sessions.release(&self.name, &self.session, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_counts_session_names_and_the_same_name_takes_over() {
+        let s = Sessions::new(2, 0.0);
+        let now = Instant::now();
+        let a = s.claim("dev", "one", now).unwrap();
+        let _b = s.claim("dev", "two", now).unwrap();
+        assert_eq!(
+            s.claim("dev", "three", now).err(),
+            Some(SessionRefusal::QuotaExceeded)
+        );
+        // Another identity is unaffected by dev's sessions.
+        let _c = s.claim("other", "one", now).unwrap();
+        // "one" again: a takeover, not a third session.
+        let a2 = s.claim("dev", "one", now).unwrap();
+        assert!(a2.takeover && !a.takeover);
+        assert_eq!(s.held("dev"), 2);
+        // The old connection ending does not free the session the new one holds.
+        drop(a);
+        assert_eq!(s.held("dev"), 2);
+        drop(a2);
+        assert_eq!(s.held("dev"), 1);
+        assert!(s.claim("dev", "three", now).is_ok());
+    }
+
+    #[test]
+    fn empty_client_ids_are_separate_sessions() {
+        let s = Sessions::new(1, 0.0);
+        let now = Instant::now();
+        let _a = s.claim("dev", "", now).unwrap();
+        assert_eq!(
+            s.claim("dev", "", now).err(),
+            Some(SessionRefusal::QuotaExceeded)
+        );
+    }
+
+    #[test]
+    fn the_rate_is_per_session_and_refusals_do_not_extend_it() {
+        let s = Sessions::new(10, 1.0);
+        let t0 = Instant::now();
+        drop(s.claim("dev", "one", t0).unwrap());
+        assert_eq!(
+            s.claim("dev", "one", t0 + Duration::from_millis(500)).err(),
+            Some(SessionRefusal::RateExceeded)
+        );
+        // Other sessions, of this identity or another, are not slowed down.
+        assert!(s.claim("dev", "two", t0).is_ok());
+        assert!(s.claim("other", "one", t0).is_ok());
+        // One interval after the last admitted attempt (not the refused one).
+        assert!(s
+            .claim("dev", "one", t0 + Duration::from_millis(1000))
+            .is_ok());
+    }
+
+    #[test]
+    fn forgotten_rates_keep_the_map_bounded() {
+        let s = Sessions::new(1, 1.0);
+        let t0 = Instant::now();
+        for i in 0..5000 {
+            let at = t0 + Duration::from_millis(i * 10);
+            drop(s.claim(&format!("dev-{i}"), "x", at).unwrap());
+        }
+        let len = s.inner.lock().unwrap().admitted.len();
+        // Only the last second's (100) plus what accumulated since the last sweep.
+        assert!(len <= 2048, "{len}");
+        assert_eq!(
+            s.inner.lock().unwrap().live.len(),
+            0,
+            "released claims leave no entry"
+        );
+    }
+}
