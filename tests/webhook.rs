@@ -219,6 +219,13 @@ async fn allowed_client_without_a_certificate_is_the_webhooks_name_upstream() {
     v5.properties = props;
     let (connack, _v5) = hook_connect(&env, &v5).await;
     assert!(accepted(&connack), "{connack:02x?}");
+    // MQTT-4.12.0-5: the CONNACK names the method the client sent.
+    assert!(
+        connack
+            .windows(7)
+            .any(|w| w == [0x15, 0, 4, b'H', b'O', b'O', b'K']),
+        "{connack:02x?}"
+    );
     let body = &hook.requests_for("allow-2")[0]["body"];
     assert_eq!(body["authenticationMethod"], "HOOK");
     assert_eq!(body["authenticationData"], b64(&[0, 0xff, 7]));

@@ -100,8 +100,9 @@ struct Session {
     /// A JWT client's method and token, needed to re-decide on reload and to answer with
     /// its method in the CONNACK; boxed, so certificate sessions pay one pointer.
     jwt: Option<Box<JwtSession>>,
-    /// A webhook client's answer, to re-decide it on reload.
-    webhook: Option<Arc<Answer>>,
+    /// A webhook client's answer, to re-decide it on reload, and the Authentication
+    /// Method it sent, to answer with in the CONNACK.
+    webhook: Option<Box<WebhookSession>>,
     identity: Identity,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order, after the PROXY header when one is sent; emptied once sent.
@@ -111,6 +112,14 @@ struct Session {
     /// The (authentication name, session name) this connection holds (SPEC §10); None
     /// when audit-only mode let it through past a limit.
     _claim: Option<SessionClaim>,
+}
+
+/// What a webhook session keeps (SPEC §9).
+struct WebhookSession {
+    answer: Arc<Answer>,
+    /// MQTT-4.12.0-5: a v5 client that sent an Authentication Method hears it in the
+    /// CONNACK, which the broker (never told of it) would leave out.
+    method: Option<String>,
 }
 
 /// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
@@ -132,8 +141,8 @@ impl Session {
             // A webhook client is re-decided on the answer it was admitted with: a reload
             // changes files, not the webhook's word (its certificate, if any, is admitted
             // again).
-            (None, Some(answer)) => Credentials::Webhook {
-                answer,
+            (None, Some(w)) => Credentials::Webhook {
+                answer: &w.answer,
                 chain: chain.filter(|c| !c.is_empty()),
             },
             (None, None) => Credentials::Certificate {
@@ -458,12 +467,22 @@ async fn admit_and_dial(
         })),
         _ => None,
     };
+    let webhook = answer.map(|answer| {
+        Box::new(WebhookSession {
+            answer,
+            method: connect
+                .authentication_method()
+                .ok()
+                .flatten()
+                .map(str::to_string),
+        })
+    });
     Ok((
         Session {
             version,
             username: connect.username,
             jwt,
-            webhook: answer,
+            webhook,
             identity,
             first_bytes,
             proxy_len,

@@ -58,7 +58,11 @@ pub(super) async fn open_upstream(
     }
     relay.forwarded_up(&first[session.proxy_len..]);
     drop(first);
-    let method = session.jwt.as_ref().map(|j| j.method.as_str());
+    let method = match (&session.jwt, &session.webhook) {
+        (Some(j), _) => Some(j.method.as_str()),
+        (None, Some(w)) => w.method.as_deref(),
+        (None, None) => None,
+    };
     relay_connack(ctx, client, upstream, session.version, method, relay).await
 }
 
