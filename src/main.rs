@@ -47,13 +47,14 @@ enum Command {
     },
     /// Explain, step by step, what mqttgate decides for a client certificate: TLS admission,
     /// authentication name, client, scheme check, and the CONNACK the client would get; or,
-    /// with --jwt, for a token sent as a v5 CONNECT's Authentication Data.
+    /// with --jwt, for a token sent as a v5 CONNECT's Authentication Data; or, with
+    /// --webhook-answer, for what the authentication webhook answered.
     /// Exit status: 0 allowed, 1 denied, 2 error.
     Explain {
         #[arg(long, short)]
         config: PathBuf,
         /// The client's certificate (PEM): the leaf first, then any intermediates it sends.
-        #[arg(long, required_unless_present = "jwt")]
+        #[arg(long, required_unless_present_any = ["jwt", "webhook_answer"])]
         cert: Option<PathBuf>,
         /// The CONNECT Username the client sends (omit for none).
         #[arg(long, short)]
@@ -65,6 +66,10 @@ enum Command {
         /// The Authentication Method sent with the token.
         #[arg(long, default_value = "CUSTOM-JWT", requires = "jwt")]
         method: String,
+        /// A file holding the JSON body the webhook answers (SPEC §9); shows what that
+        /// answer decides (no webhook is called).
+        #[arg(long, conflicts_with_all = ["jwt", "cert"])]
+        webhook_answer: Option<PathBuf>,
     },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
@@ -116,13 +121,17 @@ fn main() -> ExitCode {
         username,
         jwt,
         method,
+        webhook_answer,
     } = &cli.command
     {
-        use mqttgate::cli::explain::{explain, explain_jwt};
-        let explained = match (jwt, cert) {
-            (Some(token), _) => explain_jwt(config, token, method),
-            (None, Some(cert)) => explain(config, cert, username.as_deref()),
-            (None, None) => unreachable!("clap requires --cert without --jwt"),
+        use mqttgate::cli::explain::{explain, explain_jwt, explain_webhook};
+        let explained = match (jwt, cert, webhook_answer) {
+            (_, _, Some(answer)) => explain_webhook(config, answer),
+            (Some(token), _, None) => explain_jwt(config, token, method),
+            (None, Some(cert), None) => explain(config, cert, username.as_deref()),
+            (None, None, None) => {
+                unreachable!("clap requires --cert without --jwt or --webhook-answer")
+            }
         };
         return match explained {
             Ok(e) => {

@@ -476,4 +476,6 @@ mod tests;
 mod upstream_tests;
 
 mod jwt;
+mod webhook;
 pub use self::jwt::{explain_jwt, explain_jwt_loaded};
+pub use self::webhook::{explain_webhook, explain_webhook_loaded};

@@ -184,7 +184,7 @@ fn stated(token: &[u8]) -> String {
     fields.join(", ")
 }
 
-fn attribute(v: &AttributeValue) -> String {
+pub(super) fn attribute(v: &AttributeValue) -> String {
     match v {
         AttributeValue::Int(i) => i.to_string(),
         AttributeValue::Bool(b) => b.to_string(),
