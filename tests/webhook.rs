@@ -269,6 +269,54 @@ async fn a_new_bearer_token_is_sent_after_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_client_is_jwts_whatever_decides_says() {
+    let pki = Pki::new();
+    let hook = Hook::start(&pki.root);
+    // An RSA issuer certificate, so [auth.jwt] loads; no token here is valid.
+    let keys = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=issuer", "-keyout"])
+        .arg(keys.path().join("k1.key"))
+        .arg("-out")
+        .arg(keys.path().join("k1.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_file(keys.path().join("k1.key")).unwrap();
+    let section = format!(
+        "{}\n[auth.jwt]\nissuer = \"https://issuer.example\"\naudiences = [\"mqttgate\"]\nkeys = [\"{}\"]\n",
+        hook.section("decides = \"all\""),
+        keys.path().display()
+    );
+    let env = start_on(pki, section).await;
+    let with_method = |method: &str| {
+        let mut c = connect(Version::V5, "j", Some("allow-jwt"), b"x");
+        let mut props = vec![0x15, 0, method.len() as u8];
+        props.extend_from_slice(method.as_bytes());
+        props.extend_from_slice(&[0x16, 0, 3, b'a', b'.', b'b']);
+        c.properties = props;
+        c
+    };
+    // A bad token is JWT's refusal, a method JWT does not take its 0x8C: never the webhook's.
+    assert_eq!(
+        hook_connect(&env, &with_method("CUSTOM-JWT")).await.0,
+        NOT_AUTHORIZED_V5
+    );
+    assert_eq!(
+        hook_connect(&env, &with_method("HOOK")).await.0,
+        [0x20, 0x03, 0x00, 0x8c, 0x00]
+    );
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+    // Without an Authentication Method, the webhook decides.
+    let plain = connect(Version::V5, "j", Some("allow-jwt"), b"x");
+    assert!(accepted(&hook_connect(&env, &plain).await.0));
+    assert_eq!(hook.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_with_username_password_and_no_certificate() {
     let pki = Pki::new();
     let hook = Hook::start(&pki.root);

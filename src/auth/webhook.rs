@@ -295,24 +295,37 @@ pub fn decide(answer: &Answer, now: i64) -> Result<Identity, Denial> {
 /// Who decides a client (SPEC §9, last paragraph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// The registry, as SPEC §1–§2 say; the webhook is never asked.
-    Registry,
+    /// JWT (a v5 Authentication Method with `[auth.jwt]`) or the registry, as SPEC §1–§2
+    /// say; the webhook is never asked.
+    Elsewhere,
     Webhook,
 }
 
-/// Which of the registry and the webhook decides a client, before anything is asked.
-/// `registered` is only called in `unregistered` mode for a certificate client: a
-/// registry client (enabled or not) never waits on the webhook.
+/// Who the client is, as far as choosing its method goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Presented {
+    pub certificate: bool,
+    /// A v5 CONNECT with an Authentication Method (or a property list that does not
+    /// parse), with `[auth.jwt]` configured: JWT's, whatever `decides` says.
+    pub jwt: bool,
+}
+
+/// Which method decides a client, before anything is asked. `registered` is only called
+/// in `unregistered` mode for a certificate client: a registry client (enabled or not)
+/// never waits on the webhook.
 pub fn route(
     decides: Option<Decides>,
-    has_certificate: bool,
+    presented: Presented,
     registered: impl FnOnce() -> bool,
 ) -> Route {
-    match (decides, has_certificate) {
-        (None, _) | (Some(Decides::NoCertificate), true) => Route::Registry,
+    if presented.jwt {
+        return Route::Elsewhere;
+    }
+    match (decides, presented.certificate) {
+        (None, _) | (Some(Decides::NoCertificate), true) => Route::Elsewhere,
         (Some(_), false) | (Some(Decides::All), true) => Route::Webhook,
         (Some(Decides::Unregistered), true) => match registered() {
-            true => Route::Registry,
+            true => Route::Elsewhere,
             false => Route::Webhook,
         },
     }

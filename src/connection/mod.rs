@@ -555,20 +555,19 @@ async fn ask_webhook(
     let (Some(webhook), Some(settings)) = (&ctx.webhook, &trust.webhook) else {
         return Ok(None);
     };
-    // SPEC §9: a v5 CONNECT with an Authentication Method is JWT's when JWT is configured
-    // (`auth::credentials`, which also refuses a property list that does not parse).
-    if trust.jwt.is_some()
-        && connect.version == Version::V5
-        && connect.authentication_method() != Ok(None)
-    {
-        return Ok(None);
-    }
     let chain = client.peer_certificates().filter(|c| !c.is_empty());
     let username = connect.username.as_deref();
-    let route = hook::route(Some(settings.decides), chain.is_some(), || {
+    let presented = hook::Presented {
+        certificate: chain.is_some(),
+        // As `auth::credentials` reads it (which refuses a list that does not parse).
+        jwt: trust.jwt.is_some()
+            && connect.version == Version::V5
+            && connect.authentication_method() != Ok(None),
+    };
+    let route = hook::route(Some(settings.decides), presented, || {
         chain.is_some_and(|c| hook::registered(&c[0], username, &trust.registry, &trust.policy))
     });
-    if route == Route::Registry {
+    if route == Route::Elsewhere {
         return Ok(None);
     }
     // v5 only; a property list that does not parse sends neither field.

@@ -219,22 +219,38 @@ fn full_cache_drops_expired_then_soonest_expiring() {
 #[test]
 fn route_follows_spec_9_and_the_decides_setting() {
     let never = || -> bool { panic!("the registry is only asked in unregistered mode") };
-    assert_eq!(route(None, true, never), Route::Registry);
-    assert_eq!(route(None, false, never), Route::Registry);
+    let cert = Presented {
+        certificate: true,
+        jwt: false,
+    };
+    let bare = Presented {
+        certificate: false,
+        jwt: false,
+    };
+    assert_eq!(route(None, cert, never), Route::Elsewhere);
+    assert_eq!(route(None, bare, never), Route::Elsewhere);
     for d in [Decides::NoCertificate, Decides::Unregistered, Decides::All] {
-        assert_eq!(route(Some(d), false, never), Route::Webhook, "{d:?}");
+        assert_eq!(route(Some(d), bare, never), Route::Webhook, "{d:?}");
+        // JWT's, with or without a certificate, whatever `decides` says.
+        for certificate in [true, false] {
+            let jwt = Presented {
+                certificate,
+                jwt: true,
+            };
+            assert_eq!(route(Some(d), jwt, never), Route::Elsewhere, "{d:?}");
+        }
     }
     assert_eq!(
-        route(Some(Decides::NoCertificate), true, never),
-        Route::Registry
+        route(Some(Decides::NoCertificate), cert, never),
+        Route::Elsewhere
     );
-    assert_eq!(route(Some(Decides::All), true, never), Route::Webhook);
+    assert_eq!(route(Some(Decides::All), cert, never), Route::Webhook);
     assert_eq!(
-        route(Some(Decides::Unregistered), true, || true),
-        Route::Registry
+        route(Some(Decides::Unregistered), cert, || true),
+        Route::Elsewhere
     );
     assert_eq!(
-        route(Some(Decides::Unregistered), true, || false),
+        route(Some(Decides::Unregistered), cert, || false),
         Route::Webhook
     );
 }
