@@ -317,6 +317,31 @@ async fn a_jwt_client_is_jwts_whatever_decides_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_only_mode_lets_webhook_clients_through_and_counts_would_deny() {
+    let pki = Pki::new();
+    let hook = Hook::start(&pki.root);
+    let mut setup = Setup::new("[]");
+    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    setup.top = "mode = \"audit\"\n".to_string();
+    setup.extra = hook.section("timeout_ms = 1000");
+    let env = Env::start(pki, setup).await;
+    // Denied, and given no answer at all: both let through as themselves (SPEC §12).
+    // A deny names the webhook as the source; no answer leaves only the username.
+    for (user, reason, source) in [
+        ("deny-audit", "webhook_deny", "webhook"),
+        ("error500-audit", "webhook_status_5xx", "username"),
+    ] {
+        let (connack, _) = hook_connect(&env, &connect(Version::V311, "a", Some(user), b"x")).await;
+        assert_eq!(connack, [0x20, 2, 0, 0], "{user}");
+        env.await_metric(
+            &format!("mqttgate_auth_decisions_total{{result=\"would_deny\",reason=\"{reason}\",scheme=\"\",source=\"{source}\",method=\"webhook\"}}"),
+            1.0,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_with_username_password_and_no_certificate() {
     let pki = Pki::new();
     let hook = Hook::start(&pki.root);
