@@ -342,6 +342,28 @@ async fn audit_only_mode_lets_webhook_clients_through_and_counts_would_deny() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_webhook_ca_applies_to_the_next_request_not_to_a_pooled_connection() {
+    let pki = Pki::new();
+    let hook = Hook::start(&pki.root);
+    let env = start_on(pki, hook.section("cache = false")).await;
+    let c = connect(Version::V311, "ca", Some("allow-ca"), b"x");
+    assert!(accepted(&hook_connect(&env, &c).await.0));
+    // A CA that did not issue the webhook's certificate: the idle pooled connection (made
+    // under the old CA) is not reused, and the new one fails verification.
+    let good = std::fs::read_to_string(hook.dir.path().join("hook-ca.pem")).unwrap();
+    let other = Ca::root("Other CA").unwrap();
+    write(hook.dir.path(), "hook-ca.pem", &other.cert.cert_pem);
+    env.gate.reload().expect("reload with another webhook CA");
+    assert_eq!(hook_connect(&env, &c).await.0, SERVER_UNAVAILABLE_V311);
+    env.await_metric("mqttgate_webhook_requests_total{result=\"error\"}", 1.0)
+        .await;
+    write(hook.dir.path(), "hook-ca.pem", &good);
+    env.gate.reload().expect("reload with the webhook's CA");
+    assert!(accepted(&hook_connect(&env, &c).await.0));
+    assert_eq!(hook.requests_for("allow-ca").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_with_username_password_and_no_certificate() {
     let pki = Pki::new();
     let hook = Hook::start(&pki.root);
