@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod authz;
+
+pub use self::authz::{Authorization, AuthzMode};
 use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
@@ -80,6 +83,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    /// Topic-space authorization (SPEC §11); off without the section.
+    authorization: Option<authz::RawAuthorization>,
 }
 
 fn default_listen() -> String {
@@ -271,6 +276,8 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    /// `[authorization]`: topic-space authorization, when configured.
+    pub authorization: Option<Authorization>,
 }
 
 impl Config {
@@ -283,6 +290,9 @@ impl Config {
         files.extend([self.server_cert.clone(), self.server_key.clone()]);
         files.extend(self.ca_files.iter().cloned());
         files.extend(self.crl_files.iter().cloned());
+        if let Some(a) = &self.authorization {
+            files.extend(a.paths());
+        }
         files
     }
 }
@@ -521,6 +531,10 @@ impl Config {
                 ))
             }
         };
+        let authorization = match raw.authorization {
+            None => None,
+            Some(a) => Some(a.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
+        };
         Ok(Config {
             file: file.to_path_buf(),
             listen: addr("listen", &raw.listen)?,
@@ -570,6 +584,7 @@ impl Config {
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
+            authorization,
         })
     }
 }

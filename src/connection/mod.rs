@@ -36,7 +36,7 @@ use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::rewrite::upstream_connect;
 use crate::auth::{Denial, Identity};
-use crate::config::{ClientIdMode, Limits, UsernameMode};
+use crate::config::{AuthzMode, ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Connect, ParseError, Version};
 use crate::server::slots::{Pending, Slots};
@@ -76,6 +76,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub denial_log: audit::DenialLimiter,
     pub slots: Arc<Slots>,
+    /// `[authorization] mode`, when topic-space authorization is configured.
+    pub authz_mode: Option<AuthzMode>,
 }
 
 /// What was decided about an admitted client, kept for the life of the session. The

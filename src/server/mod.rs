@@ -111,6 +111,7 @@ impl Server {
             metrics: metrics.clone(),
             denial_log: Default::default(),
             slots: slots.clone(),
+            authz_mode: config.authorization.as_ref().map(|a| a.mode),
         });
         let server = Arc::new(Server {
             local_addr,

@@ -41,6 +41,8 @@ pub enum LoadError {
     Anchors(#[from] AnchorError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Authorization(#[from] Box<crate::authz::AuthzError>),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
     #[error("{file}: client {name:?}: its authentication name ({bytes} bytes) makes the PROXY v2 header longer than Mosquitto's {limit}-byte limit ([upstream] proxy_protocol = \"v2\")")]
@@ -60,6 +62,7 @@ impl LoadError {
             LoadError::Anchors(_) => "ca_certificates",
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
+            LoadError::Authorization(_) => "authorization",
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// The topic-space model (`[authorization]`), when configured; reloaded with the rest.
+    pub authz: Option<Arc<crate::authz::Authz>>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -152,6 +157,12 @@ impl Trust {
             message: e.to_string(),
         })?;
         let server = verifier::server_config(chain, key, verifier, config.min_tls, provider)?;
+        let authz = match &config.authorization {
+            Some(a) => Some(Arc::new(
+                crate::authz::Authz::load(&a.files()).map_err(Box::new)?,
+            )),
+            None => None,
+        };
         Ok(Trust {
             generation,
             registry,
@@ -163,6 +174,7 @@ impl Trust {
                 subject_match: config.subject_match,
             },
             server_cert,
+            authz,
         })
     }
 }
