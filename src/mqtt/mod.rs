@@ -6,6 +6,7 @@
 //! The parser accepts exactly the minimally encoded CONNECTs, so for every packet it
 //! accepts, `encode` gives back the same bytes; a rewrite changes only the fields it sets.
 
+pub mod client_packets;
 pub mod properties;
 
 use thiserror::Error;
