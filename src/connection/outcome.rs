@@ -129,6 +129,14 @@ pub enum Closed {
     CertificateExpired,
     Shutdown,
     Error,
+    /// A v3.1.1 client's PUBLISH was denied by authorization (SPEC §11).
+    NotAuthorized,
+    /// A reload changed what the client may publish or subscribe to (Azure's
+    /// `ClientAuthorizationError`).
+    AuthorizationChanged,
+    /// Under authorization, a packet that could not be decided (a bad topic alias, a
+    /// malformed PUBLISH or SUBSCRIBE).
+    ProtocolError,
 }
 
 impl Closed {
@@ -140,6 +148,9 @@ impl Closed {
             Closed::CertificateExpired => "certificate_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
+            Closed::NotAuthorized => "not_authorized",
+            Closed::AuthorizationChanged => "authorization_changed",
+            Closed::ProtocolError => "protocol_error",
         }
     }
 }

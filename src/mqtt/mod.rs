@@ -434,7 +434,7 @@ fn varint_len(value: usize) -> usize {
 
 /// # Panics
 /// When `value` does not fit in four bytes.
-fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     assert!(
         value <= VARINT_MAX,
         "mqtt length {value} does not fit a variable byte integer"
