@@ -57,6 +57,14 @@ enum Command {
         /// The CONNECT Username the client sends (omit for none).
         #[arg(long, short)]
         username: Option<String>,
+        /// With --publish or --subscribe: may the client publish to, or subscribe to,
+        /// this topic (filter)? Prints its client groups and the binding that allows it.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, requires = "topic", conflicts_with = "subscribe")]
+        publish: bool,
+        #[arg(long, requires = "topic")]
+        subscribe: bool,
     },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
@@ -106,9 +114,22 @@ fn main() -> ExitCode {
         config,
         cert,
         username,
+        topic,
+        publish,
+        subscribe,
     } = &cli.command
     {
-        return match mqttgate::cli::explain::explain(config, cert, username.as_deref()) {
+        let action = match (publish, subscribe) {
+            (_, true) => mqttgate::authz::Action::Subscribe,
+            _ => mqttgate::authz::Action::Publish,
+        };
+        if topic.is_some() && !publish && !subscribe {
+            eprintln!("mqttgate: --topic needs --publish or --subscribe");
+            return ExitCode::from(2);
+        }
+        let topic = topic.as_deref().map(|t| (action, t));
+        return match mqttgate::cli::explain::explain_topic(config, cert, username.as_deref(), topic)
+        {
             Ok(e) => {
                 print!("{}", e.text());
                 ExitCode::from(if e.allowed { 0 } else { 1 })

@@ -500,3 +500,46 @@ async fn paho_v5_and_v311_see_per_filter_codes_and_denied_publishes() {
     assert_eq!(r["received"], "allowed", "{r}");
     assert_eq!(r["disconnected_after_denied"], true, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_groups_and_the_binding_that_allows_or_none() {
+    use mqttgate::authz::Action;
+    use mqttgate::cli::explain::explain_topic;
+    let env = start("enforce").await;
+    let cert = env.pki.root.issue(&leaf("sensor-1")).unwrap();
+    let (cert, _) = env.client_files("explain-sensor-1", &cert, &[]);
+    let run = |action, topic| {
+        explain_topic(
+            &env.config_file,
+            &cert,
+            Some("sensor-1"),
+            Some((action, topic)),
+        )
+        .unwrap()
+    };
+    let e = run(Action::Publish, "devices/sensor-1/fleet-north/status");
+    let text = e.text();
+    assert!(e.allowed, "{text}");
+    assert!(
+        text.contains("authorization: client groups: $all, new-sensors\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ALLOWED by binding \"sensors-publish-status\""),
+        "{text}"
+    );
+    let e = run(Action::Subscribe, "devices/sensor-2/telemetry/#");
+    assert!(!e.allowed);
+    assert!(
+        e.text().contains("DENIED: no permission binding allows it"),
+        "{}",
+        e.text()
+    );
+    let e = run(Action::Subscribe, "devices/sensor-1/cmd/+");
+    assert!(
+        e.text()
+            .contains("ALLOWED by binding \"everyone-reads-commands\""),
+        "{}",
+        e.text()
+    );
+}
