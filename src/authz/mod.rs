@@ -114,7 +114,7 @@ pub use load::{AuthzError, EntryAt, Kind, Problem, MAX_FILE_BYTES};
 
 use crate::trust::registry::AttributeValue;
 use query::Query;
-use topics::{publish_allowed, subscribe_allowed, Template};
+use topics::{publish_allowed, subscribe_allowed, topic_in, valid_topic, Template};
 
 /// The built-in client group every client is in.
 pub const ALL_CLIENTS: &str = "$all";
@@ -333,7 +333,9 @@ impl ClientPermissions {
     /// The binding that allows the action, or `None`: denied. Allocates nothing.
     pub fn decide(&self, action: Action, topic: &str) -> Option<&str> {
         let (grants, allowed): (_, fn(&str, &str) -> bool) = match action {
-            Action::Publish => (&self.publish, publish_allowed),
+            // Per packet: the topic is checked once, not once per grant.
+            Action::Publish if !valid_topic(topic) => return None,
+            Action::Publish => (&self.publish, topic_in),
             Action::Subscribe => (&self.subscribe, subscribe_allowed),
         };
         grants

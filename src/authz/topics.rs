@@ -244,9 +244,17 @@ fn check_text(
 /// Whether a PUBLISH to `topic` is inside `filter` (a substituted template). A topic name
 /// with wildcards, NUL or no characters is never allowed.
 pub fn publish_allowed(filter: &str, topic: &str) -> bool {
-    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-        return false;
-    }
+    valid_topic(topic) && topic_in(filter, topic)
+}
+
+/// Whether `topic` can be published to at all: not empty, no wildcards, no NUL.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
+}
+
+/// [`publish_allowed`] for a topic already known to be valid: per packet, the topic is
+/// checked once and then matched against each grant.
+pub fn topic_in(filter: &str, topic: &str) -> bool {
     let dollar = topic.starts_with('$');
     let mut topic_levels = topic.split('/');
     for (index, level) in filter.split('/').enumerate() {

@@ -110,6 +110,10 @@ pub struct Authorizer {
     /// for a filter the broker answers.
     merges: Vec<(u16, Vec<Option<u8>>)>,
     counters: Counters,
+    /// Decisions not yet added to `counters`: publish allowed, publish denied, subscribe
+    /// allowed, subscribe denied. Added once per batch of packets ([`Self::flush_counts`]),
+    /// so the relay's threads do not contend on the shared counters per message.
+    tally: [u64; 4],
     /// For the log: who this is.
     name: String,
     log: LogLimit,
@@ -132,6 +136,7 @@ impl Authorizer {
             alias_max,
             merges: Vec::new(),
             counters,
+            tally: [0; 4],
             name,
             log: LogLimit::default(),
         }
@@ -147,6 +152,22 @@ impl Authorizer {
         same
     }
 
+    /// Adds the decisions made since the last call to the shared counters.
+    pub fn flush_counts(&mut self) {
+        let c = &self.counters;
+        let counters = [
+            &c.publish_allowed,
+            &c.publish_denied,
+            &c.subscribe_allowed,
+            &c.subscribe_denied,
+        ];
+        for (n, counter) in self.tally.iter_mut().zip(counters) {
+            if *n > 0 {
+                counter.inc_by(std::mem::take(n));
+            }
+        }
+    }
+
     pub fn mode(&self) -> AuthzMode {
         self.mode
     }
@@ -155,10 +176,10 @@ impl Authorizer {
     pub fn publish(&mut self, head: &PublishHead<'_>) -> Result<Publish, Stop> {
         let topic = resolve(&mut self.aliases, self.alias_max, head)?;
         if self.permissions.decide(Action::Publish, topic).is_some() {
-            self.counters.publish_allowed.inc();
+            self.tally[0] += 1;
             return Ok(Publish::Forward);
         }
-        self.counters.publish_denied.inc();
+        self.tally[1] += 1;
         let topic = topic.to_string();
         self.log_denial(Action::Publish, &topic);
         if self.mode == AuthzMode::Audit {
@@ -189,10 +210,10 @@ impl Authorizer {
         let mut codes = Vec::with_capacity(sub.filters.len());
         for (filter, _) in &sub.filters {
             if self.permissions.decide(Action::Subscribe, filter).is_some() {
-                self.counters.subscribe_allowed.inc();
+                self.tally[2] += 1;
                 codes.push(None);
             } else {
-                self.counters.subscribe_denied.inc();
+                self.tally[3] += 1;
                 self.log_denial(Action::Subscribe, filter);
                 codes.push(Some(denial));
             }
@@ -377,6 +398,7 @@ mod tests {
             Ok(Publish::Drop(Some([0x50, 0x03, 0x00, 0x05, 0x87])))
         );
         assert_eq!(a.publish(&head("d/d2/t", 0, None)), Ok(Publish::Drop(None)));
+        a.flush_counts();
         assert_eq!(count(&m, "publish", "allowed"), 1);
         assert_eq!(count(&m, "publish", "denied"), 3);
         let (mut v3, _) = authorizer(Version::V311, AuthzMode::Enforce, 0);
@@ -429,6 +451,7 @@ mod tests {
             [0x90, 0x06, 0, 9, 0, 1, 0x87, 2]
         );
         assert!(!a.awaits_suback());
+        a.flush_counts();
         assert_eq!(count(&m, "subscribe", "allowed"), 2);
         assert_eq!(count(&m, "subscribe", "denied"), 1);
         let all_denied = Subscribe {
@@ -462,6 +485,7 @@ mod tests {
             filters: vec![("x", 0), ("cmd/1", 0)],
         };
         assert_eq!(a.subscribe(&sub), Ok(Subscribed::Forward));
+        a.flush_counts();
         assert_eq!(count(&m, "publish", "would_deny"), 1);
         assert_eq!(count(&m, "subscribe", "would_deny"), 1);
         assert_eq!(count(&m, "subscribe", "allowed"), 1);

@@ -388,6 +388,7 @@ impl Up {
                 if let Err(stop) = self.process(auth, version, to_client) {
                     self.stop = Some(stop);
                 }
+                auth.flush_counts();
                 if self.ready > 0 || self.scan > 0 || self.stop.is_some() {
                     continue;
                 }
