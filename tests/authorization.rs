@@ -367,6 +367,7 @@ async fn topic_aliases_cannot_bypass_a_denial() {
         .unwrap();
     let (rest, closed) = read_until_close(&mut tls, WAIT).await;
     assert!(closed, "{rest:02x?}");
+    assert!(eventually(WAIT, || backend.lines().len() >= 2).await);
     assert_eq!(backend.finish(), ["a3", "a4"]);
 }
 
