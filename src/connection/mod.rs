@@ -12,6 +12,8 @@
 //! 5 open_upstream  the rewritten CONNECT (auth::rewrite) + pipelined bytes, then
 //!                  the broker's CONNACK passed on                                   upstream.rs
 //! 6 relay_session  both ways; re-decided on reload; expiry, linger, drain          session.rs
+//!                  under [authorization]: client packets decided (SPEC §11)   authorize.rs,
+//!                                                                         authorized_relay.rs
 //! 7 record         one outcome per connection: one metric, one audit line          outcome.rs
 //! ```
 
