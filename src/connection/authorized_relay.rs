@@ -866,4 +866,99 @@ mod tests {
             .unwrap();
         assert!(matches!(ended, Ended::ProtocolError), "{ended:?}");
     }
+
+    /// The relay code's own cost per 64-byte QoS 0 PUBLISH (v3.1.1, batches of 16, one
+    /// pooled buffer per read), plain vs authorized, over in-memory streams: the added
+    /// nanoseconds per message without TLS or the machine's noise around them.
+    /// `cargo test --release --lib relay_cost -- --ignored --nocapture`
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "a measurement, not a check"]
+    async fn relay_cost_per_small_publish() {
+        const MESSAGES: usize = 400_000;
+        let v3 = Version::V311;
+        let one = publish(v3, "bench/12345/t3", 0, &[7u8; 64]);
+        let batch: Vec<u8> = one.repeat(16);
+        let spaces = r#"[{"name":"own","topicTemplates":["devices/${client.authenticationName}/telemetry/#","devices/${client.authenticationName}/status","fleets/+/vehicles/${client.authenticationName}/#"]},{"name":"bench","topicTemplates":["bench/#"]}]"#;
+        let bindings = r#"[{"name":"a-own","clientGroupName":"$all","topicSpaceName":"own","permission":"Publisher"},{"name":"b-bench","clientGroupName":"$all","topicSpaceName":"bench","permission":"Publisher"}]"#;
+        let p = Path::new("x.json");
+        let files = Files {
+            client_groups: p,
+            topic_spaces: p,
+            permission_bindings: p,
+        };
+        let model = Authz::parse(&files, "[]", spaces, bindings).unwrap();
+        let perms = model.permissions(&Facts::new("c", &[]));
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            let mut topics = 0;
+            for _ in 0..MESSAGES {
+                let one = std::hint::black_box(&one);
+                let h = packets::fixed_header(one).unwrap().unwrap();
+                let head = packets::publish_head(v3, h.first, &one[h.header_len..], h.body_len);
+                topics += head.unwrap().unwrap().topic.len();
+            }
+            let parse = t.elapsed().as_nanos() as f64 / MESSAGES as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..MESSAGES {
+                let topic = std::hint::black_box("bench/12345/t3");
+                topics += perms.decide(crate::authz::Action::Publish, topic).is_some() as usize;
+            }
+            let decide = t.elapsed().as_nanos() as f64 / MESSAGES as f64;
+            assert!(topics > MESSAGES);
+            println!("parse: {parse:.0} ns, decide: {decide:.0} ns per message");
+        }
+        for authorized in [false, true, false, true] {
+            let (mut client_app, mut client) = duplex(1 << 16);
+            let (mut upstream, mut broker) = duplex(1 << 16);
+            let metrics = Metrics::new();
+            let drain = tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0;
+                while let Ok(n) = broker.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            });
+            let batch = batch.clone();
+            let writer = tokio::spawn(async move {
+                for _ in 0..MESSAGES / 16 {
+                    client_app.write_all(&batch).await.unwrap();
+                }
+                client_app.shutdown().await.unwrap();
+                client_app
+            });
+            let started = std::time::Instant::now();
+            if authorized {
+                let perms = model.permissions(&Facts::new("c", &[]));
+                let counters = Counters::new(&metrics, AuthzMode::Enforce);
+                let auth = Authorizer::new(perms, AuthzMode::Enforce, v3, 0, counters, "c".into());
+                let mut r = AuthorizedRelay::new(
+                    auth,
+                    v3,
+                    Vec::new(),
+                    PacketBoundary::default(),
+                    (metrics.up_bytes(), metrics.down_bytes()),
+                );
+                let _ = r.run(&mut client, &mut upstream).await;
+            } else {
+                let mut r = crate::transport::relay::Relay::with_counters(
+                    metrics.up_bytes(),
+                    metrics.down_bytes(),
+                );
+                let _ = r.run(&mut client, &mut upstream).await;
+            }
+            let elapsed = started.elapsed();
+            drop(upstream);
+            let _app = writer.await.unwrap();
+            assert_eq!(drain.await.unwrap(), MESSAGES * one.len());
+            println!(
+                "{}: {:.0} ns per message",
+                if authorized { "authorized" } else { "plain" },
+                elapsed.as_nanos() as f64 / MESSAGES as f64
+            );
+        }
+    }
 }
