@@ -544,3 +544,38 @@ async fn explain_names_the_groups_and_the_binding_that_allows_or_none() {
         e.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_reload_that_changes_a_clients_attributes_ends_its_session() {
+    let env = start("enforce").await;
+    let (mut sensor, _) = session_as(&env, "sensor-1", 5).await;
+    let (mut other, _) = session_as(&env, "sensor-2", 4).await;
+    // sensor-1 moves fleet: its fleet-status grant names another topic now.
+    let registry = std::fs::read_to_string(&env.registry_file)
+        .unwrap()
+        .replace("\"fleet\":\"north\"", "\"fleet\":\"west\"");
+    std::fs::write(&env.registry_file, registry).unwrap();
+    env.gate.reload().unwrap();
+    let got = read_packet(&mut sensor, WAIT).await;
+    assert_eq!(got.as_deref(), Some(&[0xe0, 0x02, 0x87, 0x00][..]));
+    other.write_all(&[0xc0, 0x00]).await.unwrap();
+    assert_eq!(
+        read_packet(&mut other, WAIT).await.as_deref(),
+        Some(&[0xd0, 0x00][..])
+    );
+    // Reconnected, it is decided with its new attributes.
+    let (mut sensor, _) = session_as(&env, "sensor-1", 5).await;
+    sensor
+        .write_all(&publish_v5(
+            "devices/sensor-1/fleet-west/status",
+            1,
+            1,
+            None,
+            b"w",
+        ))
+        .await
+        .unwrap();
+    let ack = read_packet(&mut sensor, WAIT).await.unwrap();
+    // Mosquitto says 0x10 (no matching subscribers): a success code all the same.
+    assert!(ack_reason(&ack) < 0x80, "{ack:02x?}");
+}

@@ -155,7 +155,8 @@ fn same_permissions(
     false
 }
 
-/// How a session mqttgate ends is ended.
+/// What ending a session takes: its relay (of either kind), the client's version, the
+/// DISCONNECT reason and the linger.
 struct EndWith<'a> {
     relay: &'a mut Relay,
     authorized: &'a mut Option<Box<AuthorizedRelay>>,
