@@ -579,3 +579,36 @@ async fn a_registry_reload_that_changes_a_clients_attributes_ends_its_session() 
     // Mosquitto says 0x10 (no matching subscribers): a success code all the same.
     assert!(ack_reason(&ack) < 0x80, "{ack:02x?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mib_allowed_publish_streams_through_byte_for_byte() {
+    let env = start("enforce").await;
+    let (mut tls, _) = session_as(&env, "sensor-1", 4).await;
+    subscribe(&mut tls, 1, "devices/sensor-1/telemetry/#", 1).await;
+    let big = random_bytes(1 << 20);
+    tls.write_all(&publish_qos1(
+        "devices/sensor-1/telemetry/big",
+        2,
+        &big,
+        false,
+        false,
+    ))
+    .await
+    .unwrap();
+    let mut got_ack = false;
+    let mut got_message = None;
+    while !(got_ack && got_message.is_some()) {
+        let p = read_packet(&mut tls, Duration::from_secs(10))
+            .await
+            .expect("a packet");
+        let (first, body) = split_packet(&p);
+        match first >> 4 {
+            4 => got_ack = true,
+            3 => got_message = Some(parse_publish(first, body)),
+            _ => panic!("unexpected {first:02x}"),
+        }
+    }
+    let (topic, _, payload) = got_message.unwrap();
+    assert_eq!(topic, "devices/sensor-1/telemetry/big");
+    assert!(payload == big, "the payload changed on its way");
+}
