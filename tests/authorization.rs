@@ -437,14 +437,23 @@ async fn audit_mode_lets_a_would_be_denied_publish_through_and_counts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_list_refuses_the_start_naming_the_file() {
+async fn check_reports_the_lists_and_a_bad_one_refuses_check_and_start_naming_the_file() {
     let env = start("enforce").await;
     let dir = lists_dir(&env);
+    let report = mqttgate::cli::check(&env.config_file).unwrap();
+    assert!(
+        report.contains("authorization (enforce): 3 client groups ($all included), 3 topic spaces, 4 permission bindings"),
+        "{report}"
+    );
     std::fs::write(
         dir.join("client-groups.json"),
         r#"[{"name":"broken","query":"attributes.type = "}]"#,
     )
     .unwrap();
+    let err = mqttgate::cli::check(&env.config_file)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("client-groups.json"), "{err}");
     let config = mqttgate::config::Config::load(&env.config_file).unwrap();
     let err = mqttgate::server::Server::start(config)
         .await

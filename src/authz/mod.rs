@@ -240,6 +240,12 @@ impl Authz {
         load::parse(files, client_groups, topic_spaces, permission_bindings)
     }
 
+    /// How many client groups (`$all` included), topic spaces and permission bindings
+    /// were loaded, for `check`.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.groups.len(), self.spaces.len(), self.bindings.len())
+    }
+
     /// The names of the client groups the client is in, `$all` first, in file order.
     pub fn client_groups(&self, facts: &Facts<'_>) -> Vec<&str> {
         self.groups
