@@ -65,6 +65,14 @@ enum Command {
         /// The Authentication Method sent with the token.
         #[arg(long, default_value = "CUSTOM-JWT", requires = "jwt")]
         method: String,
+        /// With --publish or --subscribe: may the client publish to, or subscribe to,
+        /// this topic (filter)? Prints its client groups and the binding that allows it.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, requires = "topic", conflicts_with = "subscribe")]
+        publish: bool,
+        #[arg(long, requires = "topic")]
+        subscribe: bool,
     },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
     Thumbprint {
@@ -116,12 +124,24 @@ fn main() -> ExitCode {
         username,
         jwt,
         method,
+        topic,
+        publish,
+        subscribe,
     } = &cli.command
     {
-        use mqttgate::cli::explain::{explain, explain_jwt};
+        use mqttgate::cli::explain::{explain_jwt, explain_topic};
+        let action = match (publish, subscribe) {
+            (_, true) => mqttgate::authz::Action::Subscribe,
+            _ => mqttgate::authz::Action::Publish,
+        };
+        if topic.is_some() && !publish && !subscribe {
+            eprintln!("mqttgate: --topic needs --publish or --subscribe");
+            return ExitCode::from(2);
+        }
+        let topic = topic.as_deref().map(|t| (action, t));
         let explained = match (jwt, cert) {
             (Some(token), _) => explain_jwt(config, token, method),
-            (None, Some(cert)) => explain(config, cert, username.as_deref()),
+            (None, Some(cert)) => explain_topic(config, cert, username.as_deref(), topic),
             (None, None) => unreachable!("clap requires --cert without --jwt"),
         };
         return match explained {

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod authz;
+
+pub use self::authz::{Authorization, AuthzMode};
 use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
@@ -85,6 +88,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    /// Topic-space authorization (SPEC §11); off without the section.
+    authorization: Option<authz::RawAuthorization>,
     #[serde(default)]
     sessions: RawSessions,
     #[serde(default)]
@@ -291,6 +296,8 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    /// `[authorization]`: topic-space authorization, when configured.
+    pub authorization: Option<Authorization>,
     pub sessions: SessionLimits,
     /// `[auth.jwt]`: JWT clients are accepted and a client certificate becomes optional.
     pub jwt: Option<JwtConfig>,
@@ -317,6 +324,9 @@ impl Config {
         files.extend(self.crl_files.iter().cloned());
         if let Some(jwt) = &self.jwt {
             files.extend(crate::trust::jwt_keys::key_files(&jwt.keys));
+        }
+        if let Some(a) = &self.authorization {
+            files.extend(a.paths());
         }
         files
     }
@@ -574,6 +584,10 @@ impl Config {
                 ))
             }
         };
+        let authorization = match raw.authorization {
+            None => None,
+            Some(a) => Some(a.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
+        };
         Ok(Config {
             jwt,
             audit_only,
@@ -652,6 +666,7 @@ impl Config {
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
+            authorization,
         })
     }
 }

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use super::outcome::{hex_label, Refused};
-use super::{Ctx, Session};
+use super::{Ctx, Session, SessionAuthz};
 use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::packet_io::{self, ReadError};
@@ -59,7 +59,8 @@ pub(super) async fn open_upstream(
     relay.forwarded_up(&first[session.proxy_len..]);
     drop(first);
     let method = session.jwt.as_ref().map(|j| j.method.as_str());
-    relay_connack(ctx, client, upstream, session.version, method, relay).await
+    let authz = session.authz.as_deref_mut();
+    relay_connack(ctx, client, upstream, session.version, method, relay, authz).await
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
@@ -77,6 +78,7 @@ async fn relay_connack(
     version: Version,
     auth_method: Option<&str>,
     relay: &mut Relay,
+    authz: Option<&mut SessionAuthz>,
 ) -> Result<(), Refused> {
     let deadline = tokio::time::Instant::now() + ctx.limits.dial_timeout;
     let mut buf = Vec::with_capacity(64);
@@ -130,5 +132,11 @@ async fn relay_connack(
     // A client that is gone or stalled here is noticed by the relay, which ends the session.
     let _ = timeout_at(deadline, write).await;
     relay.forwarded_down(&buf);
+    if let Some(a) = authz {
+        // SPEC §11: the client may set as many topic aliases as the broker allows it;
+        // the authorized relay tracks them so none can name an undecided topic.
+        a.topic_alias_max = mqtt::client_packets::connack_topic_alias_max(&buf);
+        a.down.feed(&buf);
+    }
     Ok(())
 }

@@ -142,6 +142,9 @@ mod tests {
         let bad = client_auth(REAUTHENTICATE, "CUSTOM-JWT", b"t");
         let mut bad = bad;
         bad[8] = 0xff;
-        assert_eq!(parse(&bad), Err(AuthError::Malformed("authentication method")));
+        assert_eq!(
+            parse(&bad),
+            Err(AuthError::Malformed("authentication method"))
+        );
     }
 }
