@@ -32,6 +32,16 @@ if [ "${1:-}" = watch ]; then
   exec python3 scripts/watch-idle.py target/release/mqttgate "${2:-100000}"
 fi
 
+# `scripts/bench.sh authz`: the small-message relay with topic-space authorization off
+# and on (two mqttgates in front of one Mosquitto, interleaved): mqttgate's CPU per
+# message for both and the ratio (budget 1.15). Needs only Mosquitto and Python.
+if [ "${1:-}" = authz ]; then
+  export PATH="$PATH:/usr/sbin"
+  cargo build --release --quiet --locked -p mqttgate -p mqttgate-load
+  echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exec timeout 600 python3 scripts/bench_authz.py
+fi
+
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)

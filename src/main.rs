@@ -66,9 +66,17 @@ enum Command {
         /// The Authentication Method sent with the token.
         #[arg(long, default_value = "CUSTOM-JWT", requires = "jwt")]
         method: String,
+        /// With --publish or --subscribe: may the client publish to, or subscribe to,
+        /// this topic (filter)? Prints its client groups and the binding that allows it.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, requires = "topic", conflicts_with = "subscribe")]
+        publish: bool,
+        #[arg(long, requires = "topic")]
+        subscribe: bool,
         /// A file holding the JSON body the webhook answers (SPEC §9); shows what that
         /// answer decides (no webhook is called).
-        #[arg(long, conflicts_with_all = ["jwt", "cert"])]
+        #[arg(long, conflicts_with_all = ["jwt", "cert", "topic"])]
         webhook_answer: Option<PathBuf>,
     },
     /// Print a certificate's SHA-256 thumbprint as the registry's allowedThumbprints wants it.
@@ -121,14 +129,26 @@ fn main() -> ExitCode {
         username,
         jwt,
         method,
+        topic,
+        publish,
+        subscribe,
         webhook_answer,
     } = &cli.command
     {
-        use mqttgate::cli::explain::{explain, explain_jwt, explain_webhook};
+        use mqttgate::cli::explain::{explain_jwt, explain_topic, explain_webhook};
+        let action = match (publish, subscribe) {
+            (_, true) => mqttgate::authz::Action::Subscribe,
+            _ => mqttgate::authz::Action::Publish,
+        };
+        if topic.is_some() && !publish && !subscribe {
+            eprintln!("mqttgate: --topic needs --publish or --subscribe");
+            return ExitCode::from(2);
+        }
+        let topic = topic.as_deref().map(|t| (action, t));
         let explained = match (jwt, cert, webhook_answer) {
             (_, _, Some(answer)) => explain_webhook(config, answer),
             (Some(token), _, None) => explain_jwt(config, token, method),
-            (None, Some(cert), None) => explain(config, cert, username.as_deref()),
+            (None, Some(cert), None) => explain_topic(config, cert, username.as_deref(), topic),
             (None, None, None) => {
                 unreachable!("clap requires --cert without --jwt or --webhook-answer")
             }

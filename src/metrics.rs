@@ -51,6 +51,13 @@ pub struct Close {
     pub transport: &'static str,
 }
 
+/// An authorization decision: `action` publish|subscribe, `result` allowed|denied|would_deny.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzDecision {
+    pub action: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Result_ {
     pub result: &'static str,
@@ -123,6 +130,7 @@ pub struct Metrics {
     pub ca_skipped: Family<Reason, Gauge>,
     pub upstream_up: Gauge,
     pub ready: Gauge,
+    pub authorization_decisions: Family<AuthzDecision, Counter>,
     pub webhook_requests: Family<Result_, Counter>,
     pub webhook_request_seconds: Histogram,
 }
@@ -307,7 +315,14 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "mqttgate's version", build);
+        let authorization_decisions = Family::<AuthzDecision, Counter>::default();
+        registry.register(
+            "authorization_decisions",
+            "Topic-space authorization decisions by action (publish, subscribe: one per filter) and result (allowed, denied, or would_deny in audit mode)",
+            authorization_decisions.clone(),
+        );
         Metrics {
+            authorization_decisions,
             registry,
             reloads,
             last_reload,

@@ -114,7 +114,7 @@ pub use load::{AuthzError, EntryAt, Kind, Problem, MAX_FILE_BYTES};
 
 use crate::trust::registry::AttributeValue;
 use query::Query;
-use topics::{publish_allowed, subscribe_allowed, Template};
+use topics::{publish_allowed, subscribe_allowed, topic_in, valid_topic, Template};
 
 /// The built-in client group every client is in.
 pub const ALL_CLIENTS: &str = "$all";
@@ -240,6 +240,12 @@ impl Authz {
         load::parse(files, client_groups, topic_spaces, permission_bindings)
     }
 
+    /// How many client groups (`$all` included), topic spaces and permission bindings
+    /// were loaded, for `check`.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.groups.len(), self.spaces.len(), self.bindings.len())
+    }
+
     /// The names of the client groups the client is in, `$all` first, in file order.
     pub fn client_groups(&self, facts: &Facts<'_>) -> Vec<&str> {
         self.groups
@@ -333,7 +339,9 @@ impl ClientPermissions {
     /// The binding that allows the action, or `None`: denied. Allocates nothing.
     pub fn decide(&self, action: Action, topic: &str) -> Option<&str> {
         let (grants, allowed): (_, fn(&str, &str) -> bool) = match action {
-            Action::Publish => (&self.publish, publish_allowed),
+            // Per packet: the topic is checked once, not once per grant.
+            Action::Publish if !valid_topic(topic) => return None,
+            Action::Publish => (&self.publish, topic_in),
             Action::Subscribe => (&self.subscribe, subscribe_allowed),
         };
         grants

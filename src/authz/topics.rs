@@ -244,21 +244,49 @@ fn check_text(
 /// Whether a PUBLISH to `topic` is inside `filter` (a substituted template). A topic name
 /// with wildcards, NUL or no characters is never allowed.
 pub fn publish_allowed(filter: &str, topic: &str) -> bool {
-    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-        return false;
-    }
-    let dollar = topic.starts_with('$');
-    let mut topic_levels = topic.split('/');
-    for (index, level) in filter.split('/').enumerate() {
-        match (level, topic_levels.next()) {
-            ("#", _) => return !(index == 0 && dollar),
-            ("+", Some(_)) if index == 0 && dollar => return false,
-            ("+", Some(_)) => {}
-            (literal, Some(t)) if literal == t => {}
+    valid_topic(topic) && topic_in(filter, topic)
+}
+
+/// Whether `topic` can be published to at all: not empty, no wildcards, no NUL.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty() && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+}
+
+/// [`publish_allowed`] for a topic already known to be valid: per packet, the topic is
+/// checked once and then matched against each grant. Walks bytes (`/` is ASCII, so a level
+/// boundary is never inside a character): this runs for every grant of every PUBLISH.
+pub fn topic_in(filter: &str, topic: &str) -> bool {
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    let dollar = t.first() == Some(&b'$');
+    let level_end = |s: &[u8], from: usize| {
+        s[from..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(s.len(), |p| from + p)
+    };
+    // The start of the current level in each; `j` past the end: the topic has no more.
+    let (mut i, mut j, mut index) = (0, 0, 0);
+    loop {
+        let fe = level_end(f, i);
+        let level = &f[i..fe];
+        if level == b"#" {
+            return !(index == 0 && dollar);
+        }
+        if j > t.len() {
+            return false;
+        }
+        let te = level_end(t, j);
+        match level {
+            b"+" if index == 0 && dollar => return false,
+            b"+" => {}
+            literal if literal == &t[j..te] => {}
             _ => return false,
         }
+        if fe == f.len() {
+            return te == t.len();
+        }
+        (i, j, index) = (fe + 1, te + 1, index + 1);
     }
-    topic_levels.next().is_none()
 }
 
 /// Whether every topic the requested subscription filter can match is inside `filter` (a

@@ -19,6 +19,7 @@ use rustls::CertificateError;
 
 use crate::auth::rewrite::upstream_connect;
 use crate::auth::{self, Identity, IdentitySource, Peer, SubjectMatch};
+use crate::authz::Action;
 use crate::cli::CliError;
 use crate::config::Config;
 use crate::mqtt::code;
@@ -55,10 +56,44 @@ pub fn explain(
     cert_file: &Path,
     username: Option<&str>,
 ) -> Result<Explanation, CliError> {
+    explain_topic(config_file, cert_file, username, None)
+}
+
+/// `explain`, and with `topic`, the authorization step for that action on that topic
+/// (SPEC §11): the client's groups and the binding that allows it, or none.
+pub fn explain_topic(
+    config_file: &Path,
+    cert_file: &Path,
+    username: Option<&str>,
+    topic: Option<(Action, &str)>,
+) -> Result<Explanation, CliError> {
     let config = Config::load(config_file)?;
     let trust = Trust::load(&config, 0)?;
     let chain = read_chain(cert_file)?;
-    explain_loaded(&config, &trust, &chain, username, unix_now())
+    let now = unix_now();
+    let mut explanation = explain_loaded(&config, &trust, &chain, username, now)?;
+    let Some((action, topic)) = topic else {
+        return Ok(explanation);
+    };
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
+    let decided = trust.decide(
+        &Credentials::Certificate {
+            chain: &chain,
+            username,
+        },
+        at,
+    );
+    match decided {
+        Ok((_, Ok(id))) if explanation.allowed => {
+            let (lines, allowed) = authz::lines(&config, &trust, &id, action, topic);
+            explanation.lines.extend(lines);
+            explanation.allowed = allowed;
+        }
+        _ => explanation
+            .lines
+            .push("authorization: not reached: the client is denied".to_string()),
+    }
+    Ok(explanation)
 }
 
 /// Reads a client's certificate file: PEM with the leaf first and its intermediates after
@@ -469,6 +504,8 @@ fn validity_now(cert: &CertInfo, now: i64) -> String {
         )
     }
 }
+
+mod authz;
 
 #[cfg(all(test, feature = "demo"))]
 mod tests;

@@ -137,6 +137,20 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             config.upstream
         )?;
     }
+    if let (Some(a), Some(model)) = (&config.authorization, trust.authz.as_deref()) {
+        let (groups, spaces, bindings) = model.sizes();
+        writeln!(
+            out,
+            "authorization ({}): {groups} client groups ($all included), {spaces} topic spaces, {bindings} permission bindings, from {}, {}, {}",
+            match a.mode {
+                crate::config::AuthzMode::Enforce => "enforce",
+                crate::config::AuthzMode::Audit => "audit: denials are counted and relayed",
+            },
+            a.client_groups.display(),
+            a.topic_spaces.display(),
+            a.permission_bindings.display()
+        )?;
+    }
     let backlog = config.limits.listen_backlog;
     let somaxconn = os_limits::somaxconn();
     let effective = os_limits::effective_backlog(backlog, somaxconn);

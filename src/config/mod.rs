@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod authz;
+
+pub use self::authz::{Authorization, AuthzMode};
 use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
 use crate::transport::ws::UpgradeRules;
@@ -87,6 +90,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    /// Topic-space authorization (SPEC §11); off without the section.
+    authorization: Option<authz::RawAuthorization>,
     #[serde(default)]
     sessions: RawSessions,
     #[serde(default)]
@@ -301,6 +306,8 @@ pub struct Config {
     /// How often files are checked for changes; None: only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
     pub upstream_check_interval: Duration,
+    /// `[authorization]`: topic-space authorization, when configured.
+    pub authorization: Option<Authorization>,
     pub sessions: SessionLimits,
     /// `[auth.jwt]`: JWT clients are accepted and a client certificate becomes optional.
     pub jwt: Option<JwtConfig>,
@@ -329,6 +336,9 @@ impl Config {
         files.extend(self.crl_files.iter().cloned());
         if let Some(jwt) = &self.jwt {
             files.extend(crate::trust::jwt_keys::key_files(&jwt.keys));
+        }
+        if let Some(a) = &self.authorization {
+            files.extend(a.paths());
         }
         if let Some(webhook) = &self.webhook {
             files.extend(webhook.files());
@@ -593,6 +603,10 @@ impl Config {
                 ))
             }
         };
+        let authorization = match raw.authorization {
+            None => None,
+            Some(a) => Some(a.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
+        };
         Ok(Config {
             jwt,
             audit_only,
@@ -671,6 +685,7 @@ impl Config {
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
+            authorization,
             webhook,
         })
     }

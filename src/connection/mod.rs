@@ -14,9 +14,13 @@
 //! 5 open_upstream  the rewritten CONNECT (auth::rewrite) + pipelined bytes, then
 //!                  the broker's CONNACK passed on                                   upstream.rs
 //! 6 relay_session  both ways; re-decided on reload; expiry, linger, drain          session.rs
+//!                  under [authorization]: client packets decided (SPEC §11)   authorize.rs,
+//!                                                                         authorized_relay.rs
 //! 7 record         one outcome per connection: one metric, one audit line          outcome.rs
 //! ```
 
+mod authorize;
+mod authorized_relay;
 mod outcome;
 mod session;
 mod upstream;
@@ -34,6 +38,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::timeout_at;
 use tracing::debug;
 
+use self::authorize::{Authorizer, Counters};
+use self::authorized_relay::AuthorizedRelay;
 use self::outcome::refuse;
 use self::session::relay_session;
 use self::upstream::{dial, open_upstream};
@@ -41,9 +47,10 @@ use crate::audit;
 use crate::auth::rewrite::upstream_connect;
 use crate::auth::webhook::{self as hook, Answer, Route};
 use crate::auth::{self, Denial, Identity, Method};
-use crate::config::{ClientIdMode, Limits, UsernameMode};
+use crate::authz::{Authz, ClientPermissions, Facts};
+use crate::config::{AuthzMode, ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
-use crate::mqtt::{self, Connect, ParseError, Version};
+use crate::mqtt::{self, Connect, PacketBoundary, ParseError, Version};
 use crate::server::sessions::{SessionClaim, Sessions};
 use crate::server::slots::{Pending, Slots};
 use crate::transport::packet_io::{self, ReadError};
@@ -86,6 +93,8 @@ pub struct Ctx {
     pub sessions: Arc<Sessions>,
     /// SPEC §12: decisions are recorded, never enforced (`mode = "audit"`).
     pub audit_only: bool,
+    /// `[authorization] mode`, when topic-space authorization is configured.
+    pub authz_mode: Option<AuthzMode>,
     /// `[auth.webhook]`: the client that asks it, shared by every connection.
     pub webhook: Option<Webhook>,
 }
@@ -109,6 +118,8 @@ struct Session {
     first_bytes: Vec<u8>,
     /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
     proxy_len: usize,
+    /// Under `[authorization]`: what the session's authorized relay starts from.
+    authz: Option<Box<SessionAuthz>>,
     /// The (authentication name, session name) this connection holds (SPEC §10); None
     /// when audit-only mode let it through past a limit.
     _claim: Option<SessionClaim>,
@@ -153,6 +164,19 @@ impl Session {
     }
 }
 
+/// What an authorized session starts its relay with (SPEC §11).
+struct SessionAuthz {
+    /// Computed once, at CONNECT, from the decided identity.
+    permissions: ClientPermissions,
+    /// What the client pipelined after its CONNECT: decided like every later packet, so
+    /// it is not in `first_bytes`.
+    pipelined: Vec<u8>,
+    /// The broker's CONNACK Topic Alias Maximum: the aliases the client may set.
+    topic_alias_max: u16,
+    /// The broker stream's packet boundary after the CONNACK was passed on.
+    down: PacketBoundary,
+}
+
 /// Serves one accepted TCP connection to its end and records how it ended.
 pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending, accepted: Instant) {
     let _active = Active::enter(&ctx.metrics);
@@ -174,10 +198,17 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: Peer, pending: Pending, 
     // The session holds a session slot from here on; its pending slot is free again.
     drop(pending);
     let closed = relay_session(&ctx, &mut open).await;
+    let bytes = match &open.authorized {
+        None => open.relay.bytes(),
+        Some(a) => {
+            let ((u0, d0), (u1, d1)) = (open.relay.bytes(), a.bytes());
+            (u0 + u1, d0 + d1)
+        }
+    };
     let outcome = Outcome::Session {
         closed,
         name: std::mem::take(&mut open.session.identity.authentication_name),
-        bytes: open.relay.bytes(),
+        bytes,
     };
     record(&ctx, peer, accepted, &outcome);
 }
@@ -274,6 +305,9 @@ struct Opened {
     client: ClientStream,
     upstream: TcpStream,
     relay: Relay,
+    /// Under `[authorization]`, the relay the session runs instead of `relay` (which then
+    /// only counted the CONNECT and CONNACK).
+    authorized: Option<Box<AuthorizedRelay>>,
     session: Session,
     /// The trust state this session was last decided against is the one marked seen.
     trust_rx: TrustWatch,
@@ -305,6 +339,7 @@ async fn open_session(
                 client,
                 upstream,
                 relay: Relay::with_counters(ctx.metrics.up_bytes(), ctx.metrics.down_bytes()),
+                authorized: None,
                 session,
                 trust_rx,
                 _slot: slot,
@@ -328,6 +363,11 @@ async fn open_session(
                     outcome: "connack_forwarded",
                 })
                 .observe(accepted.elapsed().as_secs_f64());
+            opened.authorized = opened
+                .session
+                .authz
+                .take()
+                .map(|a| authorized_relay(ctx, &opened.session, *a));
             Ok(opened)
         }
         Err(refused) => {
@@ -454,7 +494,23 @@ async fn admit_and_dial(
         })
     })?;
     first_bytes.extend_from_slice(&encoded);
-    first_bytes.extend_from_slice(&pipelined);
+    let authz = trust_rx
+        .borrow()
+        .authz
+        .as_ref()
+        .map(|model| permissions(model, &identity));
+    let authz = match authz {
+        None => {
+            first_bytes.extend_from_slice(&pipelined);
+            None
+        }
+        Some(permissions) => Some(Box::new(SessionAuthz {
+            permissions,
+            pipelined,
+            topic_alias_max: 0,
+            down: PacketBoundary::default(),
+        })),
+    };
     let jwt = match (identity.method, connect.authentication_method()) {
         (Method::Jwt, Ok(Some(method))) => Some(Box::new(JwtSession {
             method: method.to_string(),
@@ -487,9 +543,39 @@ async fn admit_and_dial(
             first_bytes,
             proxy_len,
             _claim: claim,
+            authz,
         },
         upstream,
         slot,
+    ))
+}
+
+/// What the identity may publish and subscribe to, under the model of the state it was
+/// decided against (SPEC §11).
+fn permissions(model: &Authz, identity: &Identity) -> ClientPermissions {
+    model.permissions(&Facts::new(
+        &identity.authentication_name,
+        &identity.attributes,
+    ))
+}
+
+/// The relay of an authorized session, from what its CONNECT and CONNACK left.
+fn authorized_relay(ctx: &Ctx, session: &Session, a: SessionAuthz) -> Box<AuthorizedRelay> {
+    let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
+    let auth = Authorizer::new(
+        a.permissions,
+        mode,
+        session.version,
+        a.topic_alias_max,
+        Counters::new(&ctx.metrics, mode),
+        session.identity.authentication_name.clone(),
+    );
+    Box::new(AuthorizedRelay::new(
+        auth,
+        session.version,
+        a.pipelined,
+        a.down,
+        (ctx.metrics.up_bytes(), ctx.metrics.down_bytes()),
     ))
 }
 

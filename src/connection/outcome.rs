@@ -160,6 +160,14 @@ pub enum Closed {
     WebhookExpired,
     Shutdown,
     Error,
+    /// A v3.1.1 client's PUBLISH was denied by authorization (SPEC §11).
+    NotAuthorized,
+    /// A reload changed what the client may publish or subscribe to (Azure's
+    /// `ClientAuthorizationError`).
+    AuthorizationChanged,
+    /// Under authorization, a packet that could not be decided (a bad topic alias, a
+    /// malformed PUBLISH or SUBSCRIBE).
+    ProtocolError,
 }
 
 impl Closed {
@@ -173,6 +181,9 @@ impl Closed {
             Closed::WebhookExpired => "webhook_expired",
             Closed::Shutdown => "shutdown",
             Closed::Error => "error",
+            Closed::NotAuthorized => "not_authorized",
+            Closed::AuthorizationChanged => "authorization_changed",
+            Closed::ProtocolError => "protocol_error",
         }
     }
 }

@@ -8,9 +8,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use tracing::info;
+
+use super::authorized_relay::AuthorizedRelay;
 use super::outcome::Closed;
 use super::{Ctx, Lifecycle, Opened, Session};
 use crate::auth;
+use crate::config::AuthzMode;
 use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::relay::{Ended, Relay};
@@ -29,6 +33,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
         client,
         upstream,
         relay,
+        authorized,
         session,
         trust_rx,
         ..
@@ -45,18 +50,21 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
 
     let stop = loop {
         tokio::select! {
-            ended = relay.run(&mut *client, &mut *upstream) => {
-                return match ended {
+            ended = run_relay(relay, authorized, &mut *client, &mut *upstream) => {
+                match ended {
                     Ended::HalfClosed => {
                         let at = tokio::time::Instant::now() + ctx.limits.linger;
                         linger_until = Some(at);
                         timer.as_mut().reset(at.min(valid_until));
                         continue;
                     }
-                    Ended::Client => Closed::Client,
-                    Ended::Upstream => Closed::Upstream,
-                    Ended::Error(_) => Closed::Error,
-                };
+                    Ended::Client => return Closed::Client,
+                    Ended::Upstream => return Closed::Upstream,
+                    Ended::Error(_) => return Closed::Error,
+                    // SPEC §11: v3.1.1 has no negative PUBACK.
+                    Ended::NotAuthorized => break (Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
+                    Ended::ProtocolError => break (Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
+                }
             }
             changed = trust_rx.changed() => {
                 if changed.is_err() {
@@ -64,8 +72,11 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                 }
                 let trust = trust_rx.borrow_and_update().clone();
                 match still_allowed(&trust, client, session) {
-                    Some(until) => {
-                        valid_until = expiry_instant(until);
+                    Some(id) => {
+                        if !same_permissions(&trust, authorized, &id) {
+                            break (Closed::AuthorizationChanged, mqtt::code::V5_NOT_AUTHORIZED);
+                        }
+                        valid_until = expiry_instant(id.valid_until);
                         timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
                     }
                     // SPEC §12: counted and logged, the session goes on.
@@ -78,7 +89,11 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
             () = &mut timer => {
                 if linger_until.is_some_and(|l| l <= tokio::time::Instant::now()) {
                     // The side still open is closed when the session's sockets are dropped.
-                    let client_first = relay.first_to_close() == Some(true);
+                    let first = match authorized {
+                        Some(a) => a.first_to_close(),
+                        None => relay.first_to_close(),
+                    };
+                    let client_first = first == Some(true);
                     let side = if client_first { "upstream" } else { "client" };
                     ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
                     return if client_first { Closed::Client } else { Closed::Upstream };
@@ -108,8 +123,62 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
         }
     };
     let (closed, reason) = stop;
-    end_session(relay, client, upstream, version, reason, ctx.limits.linger).await;
+    let finish = EndWith {
+        relay,
+        authorized,
+        version,
+        reason,
+        linger: ctx.limits.linger,
+    };
+    end_session(finish, client, upstream).await;
     closed
+}
+
+/// The session's relay: the authorized one when `[authorization]` is configured (chosen
+/// once, at CONNACK), else the plain byte relay.
+async fn run_relay(
+    relay: &mut Relay,
+    authorized: &mut Option<Box<AuthorizedRelay>>,
+    client: &mut ClientStream,
+    upstream: &mut TcpStream,
+) -> Ended {
+    match authorized {
+        Some(a) => a.run(client, upstream).await,
+        None => relay.run(client, upstream).await,
+    }
+}
+
+/// SPEC §11 after a reload: does the re-decided identity have the permissions the
+/// session started with? Changed permissions end an enforcing session (Azure:
+/// `ClientAuthorizationError`); in audit mode the change is logged and the session goes
+/// on with the new ones.
+fn same_permissions(
+    trust: &Trust,
+    authorized: &mut Option<Box<AuthorizedRelay>>,
+    id: &auth::Identity,
+) -> bool {
+    let (Some(a), Some(model)) = (authorized.as_deref_mut(), trust.authz.as_deref()) else {
+        return true;
+    };
+    let auth = a.authorizer();
+    if auth.replace(super::permissions(model, id)) {
+        return true;
+    }
+    if auth.mode() == AuthzMode::Audit {
+        info!(target: "mqttgate::audit", event = "authorization_changed", result = "would_deny", authentication_name = id.authentication_name.as_str(), "a reload changed this session's permissions");
+        return true;
+    }
+    false
+}
+
+/// What ending a session takes: its relay (of either kind), the client's version, the
+/// DISCONNECT reason and the linger.
+struct EndWith<'a> {
+    relay: &'a mut Relay,
+    authorized: &'a mut Option<Box<AuthorizedRelay>>,
+    version: Version,
+    reason: u8,
+    linger: Duration,
 }
 
 /// The first instant past `valid_until` (unix seconds): validity ends after that second.
@@ -123,18 +192,19 @@ const CENTURY: i64 = 100 * 365 * 86_400;
 
 /// Ends a session mqttgate decided to end: finish the broker packet in flight, tell an
 /// MQTT 5 client why, close both sides.
-async fn end_session(
-    relay: &mut Relay,
-    client: &mut ClientStream,
-    upstream: &mut TcpStream,
-    version: Version,
-    reason: u8,
-    linger: Duration,
-) {
-    let at_boundary = matches!(
-        timeout(BOUNDARY_GRACE, relay.finish_at_boundary(client, upstream)).await,
-        Ok(Ok(()))
-    );
+async fn end_session(end: EndWith<'_>, client: &mut ClientStream, upstream: &mut TcpStream) {
+    let EndWith {
+        relay,
+        authorized,
+        version,
+        reason,
+        linger,
+    } = end;
+    let finished = match authorized {
+        Some(a) => timeout(BOUNDARY_GRACE, a.finish_at_boundary(client, upstream)).await,
+        None => timeout(BOUNDARY_GRACE, relay.finish_at_boundary(client, upstream)).await,
+    };
+    let at_boundary = matches!(finished, Ok(Ok(())));
     let _ = timeout(linger, async {
         if at_boundary && version == Version::V5 {
             client.write_all(&mqtt::disconnect_v5(reason)).await?;
@@ -146,8 +216,12 @@ async fn end_session(
 }
 
 /// SPEC §5: is this session still allowed under the new trust state, as the same
-/// identity? Its new validity end when it is.
-fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Option<i64> {
+/// identity? Its new identity (validity end, attributes) when it is.
+fn still_allowed(
+    trust: &Trust,
+    client: &ClientStream,
+    session: &Session,
+) -> Option<auth::Identity> {
     let credentials = session.credentials(client)?;
     let (_, decision) = trust.decide(&credentials, UnixTime::now()).ok()?;
     let id = decision.ok()?;
@@ -155,5 +229,5 @@ fn still_allowed(trust: &Trust, client: &ClientStream, session: &Session) -> Opt
         &id.authentication_name,
         &session.identity.authentication_name,
     )
-    .then_some(id.valid_until)
+    .then_some(id)
 }

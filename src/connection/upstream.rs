@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use super::outcome::{hex_label, Refused};
-use super::{Ctx, Session};
+use super::{Ctx, Session, SessionAuthz};
 use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::packet_io::{self, ReadError};
@@ -63,7 +63,8 @@ pub(super) async fn open_upstream(
         (None, Some(w)) => w.method.as_deref(),
         (None, None) => None,
     };
-    relay_connack(ctx, client, upstream, session.version, method, relay).await
+    let authz = session.authz.as_deref_mut();
+    relay_connack(ctx, client, upstream, session.version, method, relay, authz).await
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
@@ -81,6 +82,7 @@ async fn relay_connack(
     version: Version,
     auth_method: Option<&str>,
     relay: &mut Relay,
+    authz: Option<&mut SessionAuthz>,
 ) -> Result<(), Refused> {
     let deadline = tokio::time::Instant::now() + ctx.limits.dial_timeout;
     let mut buf = Vec::with_capacity(64);
@@ -134,5 +136,11 @@ async fn relay_connack(
     // A client that is gone or stalled here is noticed by the relay, which ends the session.
     let _ = timeout_at(deadline, write).await;
     relay.forwarded_down(&buf);
+    if let Some(a) = authz {
+        // SPEC §11: the client may set as many topic aliases as the broker allows it;
+        // the authorized relay tracks them so none can name an undecided topic.
+        a.topic_alias_max = mqtt::client_packets::connack_topic_alias_max(&buf);
+        a.down.feed(&buf);
+    }
     Ok(())
 }

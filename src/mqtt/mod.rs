@@ -7,6 +7,7 @@
 //! accepts, `encode` gives back the same bytes; a rewrite changes only the fields it sets.
 
 pub mod auth;
+pub mod client_packets;
 pub mod properties;
 
 use thiserror::Error;
@@ -437,7 +438,7 @@ fn varint_len(value: usize) -> usize {
 
 /// # Panics
 /// When `value` does not fit in four bytes.
-fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     assert!(
         value <= VARINT_MAX,
         "mqtt length {value} does not fit a variable byte integer"

@@ -14,6 +14,7 @@ pub mod id {
     pub const AUTHENTICATION_METHOD: u8 = 0x15;
     pub const AUTHENTICATION_DATA: u8 = 0x16;
     pub const REASON_STRING: u8 = 0x1F;
+    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
     pub const TOPIC_ALIAS: u8 = 0x23;
     pub const USER_PROPERTY: u8 = 0x26;
 }
@@ -154,6 +155,18 @@ pub fn find(bytes: &[u8], id: u8) -> Result<Option<Value<'_>>, PropertyError> {
         .into_iter()
         .find(|p| p.id == id)
         .map(|p| p.value))
+}
+
+/// The first property with `id`, without allocating (read per packet); properties after
+/// it are not checked.
+pub fn first(bytes: &[u8], id: u8) -> Result<Option<Value<'_>>, PropertyError> {
+    for span in spans(bytes) {
+        let (property, _) = span?;
+        if property.id == id {
+            return Ok(Some(property.value));
+        }
+    }
+    Ok(None)
 }
 
 /// The list with every property whose identifier is in `ids` removed, the others kept byte

@@ -124,6 +124,14 @@ impl Server {
                 config.sessions.connects_per_second,
             ),
             audit_only: config.audit_only,
+            // The top-level audit-only mode covers authorization too (SPEC §12).
+            authz_mode: config
+                .authorization
+                .as_ref()
+                .map(|a| match config.audit_only {
+                    true => crate::config::AuthzMode::Audit,
+                    false => a.mode,
+                }),
             webhook: config.webhook.clone().map(crate::connection::Webhook::new),
         });
         let server = Arc::new(Server {

@@ -140,6 +140,12 @@ pub enum Ended {
     /// The broker closed its side first.
     Upstream,
     Error(io::Error),
+    /// Authorization ended the session (only the authorized relay, SPEC §11): a v3.1.1
+    /// client's PUBLISH was denied.
+    NotAuthorized,
+    /// Authorization ended the session: the client broke the protocol in a way that could
+    /// hide a topic from the decision.
+    ProtocolError,
 }
 
 /// Both directions of one proxied connection.

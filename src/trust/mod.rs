@@ -45,6 +45,8 @@ pub enum LoadError {
     Anchors(#[from] AnchorError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Authorization(#[from] Box<crate::authz::AuthzError>),
     #[error("{file}: {message}")]
     Crl { file: String, message: String },
     #[error(transparent)]
@@ -69,6 +71,7 @@ impl LoadError {
             LoadError::Tls(_) => "server_certificate",
             LoadError::Crl { .. } => "crl",
             LoadError::JwtKeys(_) => "jwt_keys",
+            LoadError::Authorization(_) => "authorization",
             LoadError::Webhook(_) => "webhook",
         }
     }
@@ -85,6 +88,8 @@ pub struct Trust {
     pub server_config: Arc<rustls::ServerConfig>,
     pub policy: Policy,
     pub server_cert: CertInfo,
+    /// The topic-space model (`[authorization]`), when configured; reloaded with the rest.
+    pub authz: Option<Arc<crate::authz::Authz>>,
     /// `[auth.jwt]`: what a token must satisfy and the issuer keys it may be signed with.
     pub jwt: Option<JwtTrust>,
     /// `[auth.webhook]`: its TLS settings and bearer token (SPEC §9).
@@ -190,6 +195,12 @@ impl Trust {
             message: e.to_string(),
         })?;
         let server = verifier::server_config(chain, key, verifier, config.min_tls, provider)?;
+        let authz = match &config.authorization {
+            Some(a) => Some(Arc::new(
+                crate::authz::Authz::load(&a.files()).map_err(Box::new)?,
+            )),
+            None => None,
+        };
         Ok(Trust {
             generation,
             registry,
@@ -202,6 +213,7 @@ impl Trust {
             },
             server_cert,
             jwt,
+            authz,
             webhook,
         })
     }

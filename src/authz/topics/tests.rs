@@ -253,3 +253,36 @@ fn shared_subscriptions_are_judged_by_their_filter() {
     );
     assert!(!subscribe_allowed("a/#", "$share/g+/a"));
 }
+
+/// The matcher as first written, level by level with `split`: the byte walk must agree.
+fn publish_allowed_by_levels(filter: &str, topic: &str) -> bool {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        return false;
+    }
+    let dollar = topic.starts_with('$');
+    let mut topic_levels = topic.split('/');
+    for (index, level) in filter.split('/').enumerate() {
+        match (level, topic_levels.next()) {
+            ("#", _) => return !(index == 0 && dollar),
+            ("+", Some(_)) if index == 0 && dollar => return false,
+            ("+", Some(_)) => {}
+            (literal, Some(t)) if literal == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_byte_walk_agrees_with_the_level_split(
+        filter in "(\\$?[ab+#]{0,2}/){0,4}[ab+#]{0,2}",
+        topic in "(\\$?[ab+#]{0,2}/){0,4}[ab]{0,2}",
+    ) {
+        proptest::prop_assert_eq!(
+            publish_allowed(&filter, &topic),
+            publish_allowed_by_levels(&filter, &topic),
+            "filter {:?} topic {:?}", filter, topic
+        );
+    }
+}
