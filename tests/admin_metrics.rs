@@ -21,6 +21,26 @@ async fn start(extra: &str) -> Env {
     Env::start(pki, setup).await
 }
 
+/// Sends `request` as written; returns the whole answer (status line on).
+async fn raw_admin_text(admin: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered and closed in time");
+    String::from_utf8_lossy(&out).to_string()
+}
+
+async fn raw_admin(admin: std::net::SocketAddr, request: &str) -> u16 {
+    let text = raw_admin_text(admin, request).await;
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_nothing_else_is_served() {
     let mut env = start("").await;
@@ -35,6 +55,26 @@ async fn health_ready_and_nothing_else_is_served() {
     );
     assert_eq!(admin_get(admin, "/").await.0, 404);
     assert_eq!(admin_get(admin, "/debug/pprof").await.0, 404);
+    // Only GET (and HEAD); a request head past 8 KiB is refused, not buffered.
+    assert_eq!(
+        raw_admin(
+            admin,
+            "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+        )
+        .await,
+        405
+    );
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(raw_admin(admin, &big).await, 431);
+    let head = raw_admin_text(admin, "HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head:?}"
+    );
     // The broker goes away: not ready within the check interval, still alive.
     env.mosquitto.stop();
     let mut status = 0;

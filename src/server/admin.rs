@@ -1,22 +1,29 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is alive),
 //! `/readyz` (trust files loaded, upstream broker accepting TCP, not draining). Nothing
-//! else. It speaks just enough HTTP/1.1 for probes and scrapers: one GET per connection,
-//! headers bounded in size and time, then close. A full HTTP stack would be most of the
-//! binary for three fixed answers.
+//! else. HTTP/1.1 is hyper's server (in the tree for the webhook client): one request per
+//! connection, headers bounded by hyper's smallest buffer (8 KiB, answered 431 past it),
+//! the whole exchange bounded in time, the number of connections capped.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::server::Server;
 
+/// hyper's smallest read buffer, which bounds the request head.
 const MAX_REQUEST: usize = 8 * 1024;
-/// From accept to the answer written: the read deadline of an admin connection.
+/// From accept to the answer written: the deadline of an admin connection.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves at most `max_connections` at once. Past that the newest connection is closed on
@@ -38,10 +45,11 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, max_connections: 
         let slot = Slot::new(permit, server.metrics.admin_open.clone());
         let server = server.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &server, slot)).await
+            if tokio::time::timeout(REQUEST_DEADLINE, answer(stream, server, slot))
+                .await
+                .is_err()
             {
-                debug!(error = %e, "admin request timed out");
+                debug!("admin request timed out");
             }
         });
     }
@@ -69,74 +77,57 @@ impl Drop for Slot {
     }
 }
 
-async fn answer(mut stream: TcpStream, server: &Server, slot: Slot) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() >= MAX_REQUEST {
-            return respond(&mut stream, slot, 431, "text/plain", "request too large\n").await;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// One connection, one request: hyper reads and writes, `route` answers.
+async fn answer(stream: TcpStream, server: Arc<Server>, slot: Slot) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(respond(&req, &server)) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    drop(slot);
+    if let Err(e) = served {
+        debug!(error = %e, "admin connection failed");
     }
-    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, slot, 405, "text/plain", "only GET\n").await;
-    }
-    let head_only = method == "HEAD";
-    let (status, content_type, body) = route(path.split('?').next().unwrap_or(""), server);
-    let body = if head_only { String::new() } else { body };
-    respond(&mut stream, slot, status, content_type, &body).await
 }
 
-fn route(path: &str, server: &Server) -> (u16, &'static str, String) {
+fn respond(req: &Request<Incoming>, server: &Server) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match *req.method() {
+        Method::GET | Method::HEAD => route(req.uri().path(), server),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
+    };
+    // hyper leaves a HEAD answer's body out itself, keeping its length.
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type.parse().expect("a valid header"));
+    headers.insert(CONNECTION, "close".parse().expect("a valid header"));
+    response
+}
+
+fn route(path: &str, server: &Server) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => (
-            200,
+            StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             server.metrics.render(),
         ),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let (ready, why) = server.readiness();
-            (
-                if ready { 200 } else { 503 },
-                "text/plain",
-                format!("{why}\n"),
-            )
+            let status = match ready {
+                true => StatusCode::OK,
+                false => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, "text/plain", format!("{why}\n"))
         }
-        _ => (404, "text/plain", "not found\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
-}
-
-/// Writes the answer and closes. The slot is given back first: a client holding its
-/// answer can count on its place being free again.
-async fn respond(
-    stream: &mut TcpStream,
-    slot: Slot,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    drop(slot);
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
