@@ -47,7 +47,7 @@ MOSQUITTO_21 = os.environ.get("BENCH_MOSQUITTO_21") or (
     if (ROOT / "target" / "mosquitto-2.1" / "mosquitto").exists()
     else None
 )
-PATH_TARGETS = ["mqttgate-ws"] + (["mqttgate-proxy"] if MOSQUITTO_21 else [])
+PATH_TARGETS = ["mqttgate-ws"] + (["mqttgate-proxy", "mosquitto21-ws"] if MOSQUITTO_21 else [])
 # JWT clients (no client certificate, a CUSTOM-JWT token in the CONNECT) on mqttgate's TLS
 # listener, against certificate clients: storm CPU per connection.
 STORM_ONLY = ["mqttgate-jwt"]
@@ -102,7 +102,7 @@ class Setups:
         )
         (work / "haproxy.pem").write_text((pki / "server.pem").read_text() + (pki / "server.key").read_text())
         self.make_jwt()
-        self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + ["mosquitto21"]}
+        self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + ["mosquitto21", "mosquitto21-ws"]}
 
     def make_jwt(self):
         """An RS256 issuer key (its certificate is mqttgate's key file, kid = file stem) and
@@ -191,6 +191,16 @@ enable_proxy_protocol 2
 require_certificate true
 use_identity_as_username true
 allow_anonymous true
+# Mosquitto 2.1's own WebSocket listener with TLS, to compare mqttgate's with.
+listener {self.port['mosquitto21-ws']} 127.0.0.1
+protocol websockets
+cafile {self.pki}/root-ca.pem
+certfile {self.pki}/server.pem
+keyfile {self.pki}/server.key
+require_certificate true
+use_identity_as_username true
+allow_anonymous true
+ciphers_tls1.3 {SUITE_OPENSSL}
 """
         )
         self._spawn("mosquitto21", [MOSQUITTO_21, "-c", str(conf)], self.port["mosquitto21"])
@@ -291,10 +301,10 @@ socket = r:TCP_NODELAY=1
 
     def terminator(self, target):
         return {"plain": "mosquitto", "mosquitto-tls": "mosquitto", "mqttgate-ws": "mqttgate",
-                "mqttgate-jwt": "mqttgate"}.get(target, target)
+                "mqttgate-jwt": "mqttgate", "mosquitto21-ws": "mosquitto21"}.get(target, target)
 
     def broker(self, target):
-        return "mosquitto21" if target == "mqttgate-proxy" else "mosquitto"
+        return "mosquitto21" if target in ("mqttgate-proxy", "mosquitto21-ws") else "mosquitto"
 
     def client_args(self, target, thumbprint=False):
         if target == "mqttgate-jwt":
@@ -302,7 +312,7 @@ socket = r:TCP_NODELAY=1
                     "--jwt", str(self.work / "token"), "--pid", f"term={self.pid('mqttgate')}",
                     "--pid", f"broker={self.pid('mosquitto')}"]
         args = ["--addr", f"127.0.0.1:{self.port[target]}"]
-        if target == "mqttgate-ws":
+        if target in ("mqttgate-ws", "mosquitto21-ws"):
             args += ["--ws", "/mqtt"]
         if target != "plain":
             cert, key = (
@@ -415,7 +425,7 @@ def main():
             if time_left() < 60:
                 errors.append(f"idle: stopped after {rnd} rounds to stay within the time limit")
                 break
-            for t in TARGETS + ["mqttgate-ws"]:
+            for t in TARGETS + ["mqttgate-ws"] + (["mosquitto21-ws"] if MOSQUITTO_21 else []):
                 s.restart("mosquitto")
                 if t not in ("plain", "mosquitto-tls"):
                     s.restart(s.terminator(t))
@@ -463,12 +473,12 @@ def summarize(results):
     def per(scn, t, f):
         return med([f(r) for r in results.get((scn, t), []) if "error" not in r])
 
-    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy", "mqttgate-jwt"]:
+    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy", "mqttgate-jwt", "mosquitto21-ws"]:
         g[("storm_rate", t)] = per("storm", t, lambda r: r["conn_per_s"])
         g[("storm_cpu_per_1k", t)] = per(
             "storm", t, lambda r: r["cpu_s"]["term"] / r["connections"] * 1000 if r["connections"] else None
         )
-    for t in TARGETS + ["mqttgate-ws", "mqttgate-proxy"]:
+    for t in TARGETS + ["mqttgate-ws", "mqttgate-proxy", "mosquitto21-ws"]:
         g[("relay_rate", t)] = per("relay", t, lambda r: r["msgs_per_s"])
         g[("relay_loss", t)] = per("relay", t, lambda r: r["lost"] / r["sent"] if r["sent"] else None)
         g[("relay_term_us_per_msg", t)] = per(
@@ -690,21 +700,28 @@ work; for mqttgate, HAProxy and stunnel it is the proxy process alone.
 def paths_table(g):
     """mqttgate's transports side by side: its TLS listener, its WebSocket listener (same
     process), and PROXY v2 towards Mosquitto 2.1 (when measured)."""
-    cols = ["mqttgate", "mqttgate-ws", "mqttgate-proxy"]
+    cols = ["mqttgate", "mqttgate-ws", "mqttgate-proxy", "mosquitto21-ws"]
     rows = [
         ("connect storm: connections/s", "storm_rate", 0),
         ("connect storm: mqttgate CPU-s per 1,000 connections", "storm_cpu_per_1k", 3),
         ("small messages: mqttgate CPU µs per message", "relay_term_us_per_msg", 2),
         ("idle: mqttgate RSS KiB per connection", "idle_kib", 1),
     ]
-    out = ["| mqttgate's paths | TLS listener | WebSocket listener | PROXY v2 to Mosquitto 2.1 |", "|---|---|---|---|"]
+    out = ["| mqttgate's paths | TLS listener | WebSocket listener | PROXY v2 to Mosquitto 2.1 | Mosquitto 2.1's own WebSocket+TLS listener |", "|---|---|---|---|---|"]
     for label, key, d in rows:
         out.append(f"| {label} | " + " | ".join(fmt(g.get((key, c)), d) for c in cols) + " |")
     ws, tls = g.get(("storm_cpu_per_1k", "mqttgate-ws")), g.get(("storm_cpu_per_1k", "mqttgate"))
     out.append(
         f"| ratios to the TLS listener (storm CPU, idle KiB) | 1 | {fmt(ratio(ws, tls), 2)}, "
         f"{fmt(ratio(g.get(('idle_kib', 'mqttgate-ws')), g.get(('idle_kib', 'mqttgate'))), 2)} | "
-        f"{fmt(ratio(g.get(('storm_cpu_per_1k', 'mqttgate-proxy')), tls), 2)}, n/a |"
+        f"{fmt(ratio(g.get(('storm_cpu_per_1k', 'mqttgate-proxy')), tls), 2)}, n/a | "
+        f"{fmt(ratio(g.get(('storm_cpu_per_1k', 'mosquitto21-ws')), tls), 2)}, "
+        f"{fmt(ratio(g.get(('idle_kib', 'mosquitto21-ws')), g.get(('idle_kib', 'mqttgate'))), 2)} |"
+    )
+    out.append(
+        f"\nmqttgate's WebSocket listener vs Mosquitto 2.1's own (WebSocket + TLS, the broker doing "
+        f"both): storm CPU {fmt(ratio(ws, g.get(('storm_cpu_per_1k', 'mosquitto21-ws'))), 2)}x, "
+        f"idle KiB {fmt(ratio(g.get(('idle_kib', 'mqttgate-ws')), g.get(('idle_kib', 'mosquitto21-ws'))), 2)}x."
     )
     jwt = g.get(("storm_cpu_per_1k", "mqttgate-jwt"))
     out.append(
