@@ -162,6 +162,28 @@ async fn a_bad_token_or_another_sub_gets_disconnect_0x87_and_a_broken_auth_0x82(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_only_mode_answers_a_refused_token_as_allowed_and_counts_would_deny() {
+    let g = gate_with_top("", "mode = \"audit\"\n").await;
+    let own = mint(&g.k1, &claims("sensor-9"), "RS256", &kid("k1"));
+    let stranger = mint(&g.k1, &claims("sensor-8"), "RS256", &kid("k1"));
+    let mut tls = jwt_session(&g.env, "c", &own).await;
+    tls.write_all(&auth_packet(0x19, METHOD, stranger.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(read_packet(&mut tls, WAIT).await.unwrap(), AUTH_SUCCESS);
+    assert!(ping(&mut tls).await, "the session goes on");
+    g.env
+        .await_metric(&reauthentications("would_deny", "other_name"), 1.0)
+        .await;
+    // A broken protocol is not a decision: it ends the session in every mode.
+    tls.write_all(&auth_packet(0x18, METHOD, own.as_bytes()))
+        .await
+        .unwrap();
+    let (rest, gone) = read_until_close(&mut tls, WAIT).await;
+    assert_eq!((rest, gone), (vec![0xe0, 0x02, 0x82, 0x00], true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_never_sees_an_auth_packet() {
     let keys = tempfile::tempdir().unwrap();
     let k1 = issuer_key(keys.path(), "k1");

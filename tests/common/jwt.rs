@@ -111,6 +111,11 @@ pub struct Jwt {
 }
 
 pub async fn gate(extra: &str) -> Jwt {
+    gate_with_top(extra, "").await
+}
+
+/// As [`gate`], with top-level keys (`mode = "audit"`).
+pub async fn gate_with_top(extra: &str, top: &str) -> Jwt {
     let keys = tempfile::tempdir().unwrap();
     let k1 = issuer_key(keys.path(), "k1");
     // Only the certificates are key files; the private keys live beside them.
@@ -120,6 +125,7 @@ pub async fn gate(extra: &str) -> Jwt {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SENSOR)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    setup.top = top.to_string();
     setup.extra = format!(
         "[auth.jwt]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nkeys = [\"{}\"]\nskew_seconds = 0\n{extra}",
         certs.display()
