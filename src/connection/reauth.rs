@@ -98,7 +98,8 @@ pub fn decide(
     Ok((identity, token.to_vec()))
 }
 
-#[cfg(test)]
+// The fixture's server certificate and issuer key come from the demo PKI.
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use super::*;
     use crate::auth::jwt::JwtFailure;

@@ -177,7 +177,7 @@ fn same_permissions(
         return true;
     }
     if auth.mode() == AuthzMode::Audit {
-        info!(target: "mqttgate::audit", event = "authorization_changed", result = "would_deny", authentication_name = id.authentication_name.as_str(), "a reload changed this session's permissions");
+        info!(target: "mqttgate::audit", event = "authorization_changed", result = "would_deny", authentication_name = id.authentication_name.as_str(), "a reload or a re-authentication changed this session's permissions");
         return true;
     }
     false
