@@ -133,6 +133,9 @@ pub struct Metrics {
     pub authorization_decisions: Family<AuthzDecision, Counter>,
     pub webhook_requests: Family<Result_, Counter>,
     pub webhook_request_seconds: Histogram,
+    /// JWT re-authentications (SPEC §9): `result` ok, failed or would_deny; `reason` the
+    /// failure's label, empty when ok.
+    pub reauthentications: Family<ResultReason, Counter>,
 }
 
 impl Default for Metrics {
@@ -321,8 +324,15 @@ impl Metrics {
             "Topic-space authorization decisions by action (publish, subscribe: one per filter) and result (allowed, denied, or would_deny in audit mode)",
             authorization_decisions.clone(),
         );
+        let reauthentications = Family::<ResultReason, Counter>::default();
+        registry.register(
+            "reauthentications",
+            "JWT sessions' re-authentications with an MQTT 5 AUTH packet, by result (ok, failed, or would_deny in audit mode) and the failure's reason",
+            reauthentications.clone(),
+        );
         Metrics {
             authorization_decisions,
+            reauthentications,
             registry,
             reloads,
             last_reload,

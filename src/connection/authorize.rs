@@ -18,6 +18,10 @@
 //!
 //! In audit mode every decision is made, counted and logged the same way, with result
 //! `would_deny`, and the packet passes unchanged.
+//!
+//! A JWT session without `[authorization]` runs the same relay only so its AUTH packets
+//! are found (SPEC §9): its authorizer ([`Authorizer::allow_all`]) checks no topic and
+//! counts nothing.
 
 use std::time::{Duration, Instant};
 
@@ -99,7 +103,9 @@ impl Counters {
 /// One session's authorization state.
 #[derive(Debug)]
 pub struct Authorizer {
-    permissions: ClientPermissions,
+    /// None: no topic checks at all (no `[authorization]`); PUBLISH and SUBSCRIBE pass
+    /// without being parsed.
+    permissions: Option<ClientPermissions>,
     mode: AuthzMode,
     version: Version,
     /// The client's topic aliases (alias 1 at index 0), as many as the broker's CONNACK
@@ -109,7 +115,9 @@ pub struct Authorizer {
     /// Per cut-down SUBSCRIBE (by packet identifier), each filter's denial code or `None`
     /// for a filter the broker answers.
     merges: Vec<(u16, Vec<Option<u8>>)>,
-    counters: Counters,
+    /// None with `permissions`: nothing is decided, so nothing is counted (and no
+    /// authorization series appear in the metrics of a gate without authorization).
+    counters: Option<Counters>,
     /// Decisions not yet added to `counters`: publish allowed, publish denied, subscribe
     /// allowed, subscribe denied. Added once per batch of packets ([`Self::flush_counts`]),
     /// so the relay's threads do not contend on the shared counters per message.
@@ -129,17 +137,40 @@ impl Authorizer {
         name: String,
     ) -> Authorizer {
         Authorizer {
-            permissions,
+            permissions: Some(permissions),
             mode,
             version,
             aliases: Vec::new(),
             alias_max,
             merges: Vec::new(),
-            counters,
+            counters: Some(counters),
             tally: [0; 4],
             name,
             log: LogLimit::default(),
         }
+    }
+
+    /// A session with no topic checks: a JWT session without `[authorization]`, whose
+    /// relay only looks for AUTH packets.
+    pub fn allow_all(version: Version, name: String) -> Authorizer {
+        Authorizer {
+            permissions: None,
+            mode: AuthzMode::Enforce,
+            version,
+            aliases: Vec::new(),
+            alias_max: 0,
+            merges: Vec::new(),
+            counters: None,
+            tally: [0; 4],
+            name,
+            log: LogLimit::default(),
+        }
+    }
+
+    /// Whether PUBLISH and SUBSCRIBE are decided at all; without, the relay passes them
+    /// after one header check.
+    pub fn checks_topics(&self) -> bool {
+        self.permissions.is_some()
     }
 
     /// Takes the permissions a reload computed; whether they are the ones the session had.
@@ -147,14 +178,21 @@ impl Authorizer {
     /// `ClientAuthorizationError`); one whose did not goes on with the new grants, whose
     /// binding names may have changed.
     pub fn replace(&mut self, permissions: ClientPermissions) -> bool {
-        let same = permissions.fingerprint() == self.permissions.fingerprint();
-        self.permissions = permissions;
+        // A session that started without topic checks keeps none: `[authorization]` is
+        // read once, at start, so it has none to compare with.
+        let Some(current) = self.permissions.as_mut() else {
+            return true;
+        };
+        let same = permissions.fingerprint() == current.fingerprint();
+        *current = permissions;
         same
     }
 
     /// Adds the decisions made since the last call to the shared counters.
     pub fn flush_counts(&mut self) {
-        let c = &self.counters;
+        let Some(c) = &self.counters else {
+            return;
+        };
         let counters = [
             &c.publish_allowed,
             &c.publish_denied,
@@ -174,8 +212,11 @@ impl Authorizer {
 
     /// Decides a PUBLISH from its head.
     pub fn publish(&mut self, head: &PublishHead<'_>) -> Result<Publish, Stop> {
+        let Some(permissions) = &self.permissions else {
+            return Ok(Publish::Forward);
+        };
         let topic = resolve(&mut self.aliases, self.alias_max, head)?;
-        if self.permissions.decide(Action::Publish, topic).is_some() {
+        if permissions.decide(Action::Publish, topic).is_some() {
             self.tally[0] += 1;
             return Ok(Publish::Forward);
         }
@@ -203,13 +244,17 @@ impl Authorizer {
 
     /// Decides each filter of a SUBSCRIBE.
     pub fn subscribe(&mut self, sub: &Subscribe<'_>) -> Result<Subscribed, Stop> {
+        if self.permissions.is_none() {
+            return Ok(Subscribed::Forward);
+        }
         let denial = match self.version {
             Version::V5 => code::V5_NOT_AUTHORIZED,
             _ => V3_SUBACK_FAILURE,
         };
         let mut codes = Vec::with_capacity(sub.filters.len());
         for (filter, _) in &sub.filters {
-            if self.permissions.decide(Action::Subscribe, filter).is_some() {
+            let grants = self.permissions.as_ref();
+            if grants.is_some_and(|p| p.decide(Action::Subscribe, filter).is_some()) {
                 self.tally[2] += 1;
                 codes.push(None);
             } else {
@@ -490,6 +535,23 @@ mod tests {
         assert_eq!(count(&m, "subscribe", "would_deny"), 1);
         assert_eq!(count(&m, "subscribe", "allowed"), 1);
         assert_eq!(count(&m, "publish", "denied"), 0);
+    }
+
+    #[test]
+    fn allow_all_decides_nothing_and_counts_nothing() {
+        let metrics = Metrics::new();
+        let mut a = Authorizer::allow_all(Version::V5, "j".into());
+        assert!(!a.checks_topics());
+        // Not even an alias past any maximum: nothing is resolved.
+        assert_eq!(a.publish(&head("", 1, Some(9))), Ok(Publish::Forward));
+        let sub = Subscribe {
+            packet_id: 1,
+            properties: &[0],
+            filters: vec![("#", 0)],
+        };
+        assert_eq!(a.subscribe(&sub), Ok(Subscribed::Forward));
+        a.flush_counts();
+        assert!(!metrics.render().contains("authorization_decisions_total{"));
     }
 
     #[test]

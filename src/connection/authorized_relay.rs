@@ -1,11 +1,15 @@
 //! The relay of a session under topic-space authorization (SPEC §11), chosen once per
-//! session when `[authorization]` is configured; without it the plain
-//! [`crate::transport::relay::Relay`] runs, unchanged.
+//! session when `[authorization]` is configured, and of every JWT session, which may
+//! re-authenticate (SPEC §9; without `[authorization]` it checks no topic). Other
+//! sessions run the plain [`crate::transport::relay::Relay`], unchanged.
 //!
 //! Client -> broker, the relay reads packets at their boundaries: a PUBLISH is held only
 //! until its head (topic, packet identifier, properties) is in, decided, then its payload
 //! streams through (or is skipped) without being buffered; a SUBSCRIBE is held whole (it
-//! is small) and may be cut down; every other packet streams through. Decided bytes are
+//! is small) and may be cut down; an MQTT 5 AUTH is held whole, never forwarded, and
+//! handed up to the session ([`Ended::Reauthenticate`]), which decides it and may queue
+//! mqttgate's answer ([`AuthorizedRelay::answer`]); nothing after it is read until then.
+//! Every other packet streams through. Decided bytes are
 //! written from the same pooled buffer they were read into, moved down over dropped
 //! packets, so a message costs a header parse and a lookup, not a copy.
 //!
@@ -36,7 +40,11 @@ pub const MAX_INSPECTED: usize = 256 * 1024;
 /// until they are written: a client that floods denied PUBLISHes without reading its
 /// PUBACKs is held back, not buffered.
 const MAX_TO_CLIENT: usize = 64 * 1024;
+/// The largest AUTH held: room for a token well past the 8 KiB a token may have (a longer
+/// one is refused by the token check, as at CONNECT); a packet past this is not read.
+pub const MAX_AUTH: usize = 64 * 1024;
 const DISCONNECT: u8 = 14;
+const AUTH: u8 = 15;
 
 /// Where the client -> broker direction is in the packet stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +76,9 @@ struct Up {
     counter: Counter,
     /// Authorization ends the session once what was decided before is written.
     stop: Option<Stop>,
+    /// An AUTH packet (or its length, past `MAX_AUTH`), handed up once what was decided
+    /// before it is written.
+    auth: Option<Result<Vec<u8>, usize>>,
 }
 
 /// Broker -> client. `[pos, fed)` has been fed to `boundary` and is to be written;
@@ -139,6 +150,7 @@ impl AuthorizedRelay {
             bytes: 0,
             counter: up_counter,
             stop: None,
+            auth: None,
         };
         if !pipelined.is_empty() {
             let mut buf = pool::take();
@@ -174,6 +186,12 @@ impl AuthorizedRelay {
 
     pub fn authorizer(&mut self) -> &mut Authorizer {
         &mut self.auth
+    }
+
+    /// Queues a packet of mqttgate's own for the client (the answer to an AUTH), written
+    /// between broker packets.
+    pub fn answer(&mut self, packet: &[u8]) {
+        self.to_client.bytes.extend_from_slice(packet);
     }
 
     /// Bytes written to the broker and to the client by this relay.
@@ -227,6 +245,9 @@ impl AuthorizedRelay {
                 return Poll::Ready(ended(stop));
             }
             Poll::Ready(Err(UpError::Io(e))) => return Poll::Ready(self.error_or_client(e)),
+            Poll::Ready(Err(UpError::Auth(packet))) => {
+                return Poll::Ready(Ended::Reauthenticate(packet))
+            }
             Poll::Ready(Ok(())) => Poll::Ready(()),
             Poll::Pending => Poll::Pending,
         };
@@ -292,6 +313,7 @@ impl AuthorizedRelay {
         // Undecided bytes are dropped; a dropped packet's rest is not read.
         self.up.scan = self.up.end;
         self.up.cur = Cur::Boundary;
+        self.up.auth = None;
         self.down.shut = true; // the caller closes the client's side after its DISCONNECT
         poll_fn(|cx| {
             let up = match self.up.poll(
@@ -334,6 +356,7 @@ fn ended(stop: Stop) -> Ended {
 enum UpError {
     Io(io::Error),
     Stop(Stop),
+    Auth(Result<Vec<u8>, usize>),
 }
 
 impl From<io::Error> for UpError {
@@ -384,12 +407,20 @@ impl Up {
                 }
                 return Poll::Ready(Err(UpError::Stop(stop)));
             }
+            if let Some(packet) = self.auth.take() {
+                if self.need_flush {
+                    ready!(w.as_mut().poll_flush(cx))?;
+                    self.need_flush = false;
+                }
+                return Poll::Ready(Err(UpError::Auth(packet)));
+            }
             if self.end > 0 {
                 if let Err(stop) = self.process(auth, version, to_client) {
                     self.stop = Some(stop);
                 }
                 auth.flush_counts();
-                if self.ready > 0 || self.scan > 0 || self.stop.is_some() {
+                let halted = self.stop.is_some() || self.auth.is_some();
+                if self.ready > 0 || self.scan > 0 || halted {
                     continue;
                 }
             }
@@ -492,7 +523,7 @@ impl Up {
                     };
                     let total = h.total();
                     match h.kind() {
-                        PUBLISH => {
+                        PUBLISH if auth.checks_topics() => {
                             let body = &bytes[h.header_len..];
                             let head = packets::publish_head(version, h.first, body, h.body_len)
                                 .map_err(|_| Stop::ProtocolError)?;
@@ -509,7 +540,7 @@ impl Up {
                                 }
                             }
                         }
-                        SUBSCRIBE => {
+                        SUBSCRIBE if auth.checks_topics() => {
                             if total > MAX_INSPECTED {
                                 return Err(Stop::ProtocolError);
                             }
@@ -534,6 +565,21 @@ impl Up {
                                     self.last = h.first;
                                 }
                             }
+                        }
+                        // v3.1.1 has no AUTH: type 15 is the broker's to refuse there.
+                        AUTH if version == Version::V5 => {
+                            if total > MAX_AUTH {
+                                self.auth = Some(Err(total));
+                                return Ok(());
+                            }
+                            if avail < total {
+                                return Ok(());
+                            }
+                            self.auth = Some(Ok(bytes[..total].to_vec()));
+                            self.scan += total;
+                            // Nothing after it is forwarded before the session has decided
+                            // it: after a refused token, not a byte more reaches the broker.
+                            return Ok(());
                         }
                         _ => self.cur = Cur::Pass(total),
                     }
@@ -865,6 +911,86 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(ended, Ended::ProtocolError), "{ended:?}");
+    }
+
+    /// A JWT session's relay without `[authorization]`: topics pass unchecked, an AUTH
+    /// is handed up whole and nothing after it moves until the session has decided it.
+    #[tokio::test]
+    async fn an_auth_is_handed_up_whole_never_forwarded_and_answered_between_broker_packets() {
+        let v5 = Version::V5;
+        let metrics = Metrics::new();
+        let mut r = AuthorizedRelay::new(
+            Authorizer::allow_all(v5, "c".into()),
+            v5,
+            Vec::new(),
+            PacketBoundary::default(),
+            (metrics.up_bytes(), metrics.down_bytes()),
+        );
+        let (mut client_app, mut client) = duplex(1 << 20);
+        let (mut upstream, mut broker) = duplex(1 << 20);
+        let (handed, mut handed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (go, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                match r.run(&mut client, &mut upstream).await {
+                    Ended::HalfClosed => {}
+                    Ended::Reauthenticate(packet) => {
+                        handed.send(packet).unwrap();
+                        go_rx.recv().await.unwrap();
+                        r.answer(&[0xF0, 0x00]);
+                    }
+                    e => return e,
+                }
+            }
+        });
+        // Denied by `relay()`'s grants; no topic checks here.
+        let before = publish(v5, "no/1", 1, b"x");
+        let auth = [0xF0, 0x06, 0x19, 0x04, 0x16, 0x00, 0x01, b't'];
+        let after = publish(v5, "no/2", 0, b"after");
+        // A broker PUBLISH in progress: the answer waits for its end.
+        let down = publish(v5, "d", 0, b"0123456789");
+        broker.write_all(&down[..5]).await.unwrap();
+        assert_eq!(read_n(&mut client_app, 5).await, &down[..5]);
+        for chunk in [&before[..], &auth, &after].concat().chunks(3) {
+            client_app.write_all(chunk).await.unwrap();
+        }
+        assert_eq!(read_n(&mut broker, before.len()).await, before);
+        let got = tokio::time::timeout(Duration::from_secs(5), handed_rx.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), Ok(auth.to_vec()));
+        let early = tokio::time::timeout(Duration::from_millis(100), broker.read_u8()).await;
+        assert!(
+            early.is_err(),
+            "a byte after the AUTH moved before it was decided"
+        );
+        go.send(()).unwrap();
+        assert_eq!(read_n(&mut broker, after.len()).await, after);
+        broker.write_all(&down[5..]).await.unwrap();
+        let want = [&down[5..], &[0xF0, 0x00]].concat();
+        assert_eq!(read_n(&mut client_app, want.len()).await, want);
+    }
+
+    #[tokio::test]
+    async fn an_auth_past_the_bound_is_handed_up_as_its_length_unread() {
+        let v5 = Version::V5;
+        let mut header = vec![0xF0];
+        crate::mqtt::put_varint(&mut header, MAX_AUTH);
+        let total = header.len() + MAX_AUTH;
+        let (_client, _broker, task) = start(relay(v5, &header));
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ended, Ended::Reauthenticate(Err(n)) if n == total),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn type_15_is_not_ours_in_v311() {
+        let v3 = Version::V311;
+        let (_client, mut broker, _task) = start(relay(v3, &[0xF0, 0x00]));
+        assert_eq!(read_n(&mut broker, 2).await, [0xF0, 0x00]);
     }
 
     /// The relay code's own cost per 64-byte QoS 0 PUBLISH (v3.1.1, batches of 16, one

@@ -15,13 +15,15 @@
 //!                  the broker's CONNACK passed on                                   upstream.rs
 //! 6 relay_session  both ways; re-decided on reload; expiry, linger, drain          session.rs
 //!                  under [authorization]: client packets decided (SPEC §11)   authorize.rs,
-//!                                                                         authorized_relay.rs
+//!                  JWT sessions: AUTH re-authentication (SPEC §9)  authorized_relay.rs,
+//!                                                                             reauth.rs
 //! 7 record         one outcome per connection: one metric, one audit line          outcome.rs
 //! ```
 
 mod authorize;
 mod authorized_relay;
 mod outcome;
+mod reauth;
 mod session;
 mod upstream;
 mod webhook;
@@ -118,7 +120,8 @@ struct Session {
     first_bytes: Vec<u8>,
     /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
     proxy_len: usize,
-    /// Under `[authorization]`: what the session's authorized relay starts from.
+    /// Under `[authorization]`, and for a JWT session: what the session's authorized
+    /// relay starts from.
     authz: Option<Box<SessionAuthz>>,
     /// The (authentication name, session name) this connection holds (SPEC §10); None
     /// when audit-only mode let it through past a limit.
@@ -164,10 +167,12 @@ impl Session {
     }
 }
 
-/// What an authorized session starts its relay with (SPEC §11).
+/// What a session run by the authorized relay starts it with: under `[authorization]`
+/// (SPEC §11), or a JWT session's, whose AUTH packets the relay finds (SPEC §9).
 struct SessionAuthz {
-    /// Computed once, at CONNECT, from the decided identity.
-    permissions: ClientPermissions,
+    /// Computed once, at CONNECT, from the decided identity; None without
+    /// `[authorization]` (no topic checks).
+    permissions: Option<ClientPermissions>,
     /// What the client pipelined after its CONNECT: decided like every later packet, so
     /// it is not in `first_bytes`.
     pipelined: Vec<u8>,
@@ -494,23 +499,11 @@ async fn admit_and_dial(
         })
     })?;
     first_bytes.extend_from_slice(&encoded);
-    let authz = trust_rx
+    let permissions = trust_rx
         .borrow()
         .authz
         .as_ref()
         .map(|model| permissions(model, &identity));
-    let authz = match authz {
-        None => {
-            first_bytes.extend_from_slice(&pipelined);
-            None
-        }
-        Some(permissions) => Some(Box::new(SessionAuthz {
-            permissions,
-            pipelined,
-            topic_alias_max: 0,
-            down: PacketBoundary::default(),
-        })),
-    };
     let jwt = match (identity.method, connect.authentication_method()) {
         (Method::Jwt, Ok(Some(method))) => Some(Box::new(JwtSession {
             method: method.to_string(),
@@ -533,6 +526,21 @@ async fn admit_and_dial(
                 .map(str::to_string),
         })
     });
+    // A JWT session may re-authenticate: only the authorized relay reads client packets
+    // at their boundaries, so it runs one even with nothing to authorize. Certificate
+    // sessions without `[authorization]` keep the plain byte relay.
+    let authz = match (permissions, &jwt) {
+        (None, None) => {
+            first_bytes.extend_from_slice(&pipelined);
+            None
+        }
+        (permissions, _) => Some(Box::new(SessionAuthz {
+            permissions,
+            pipelined,
+            topic_alias_max: 0,
+            down: PacketBoundary::default(),
+        })),
+    };
     Ok((
         Session {
             version,
@@ -559,17 +567,21 @@ fn permissions(model: &Authz, identity: &Identity) -> ClientPermissions {
     ))
 }
 
-/// The relay of an authorized session, from what its CONNECT and CONNACK left.
+/// The relay of an authorized (or JWT) session, from what its CONNECT and CONNACK left.
 fn authorized_relay(ctx: &Ctx, session: &Session, a: SessionAuthz) -> Box<AuthorizedRelay> {
     let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
-    let auth = Authorizer::new(
-        a.permissions,
-        mode,
-        session.version,
-        a.topic_alias_max,
-        Counters::new(&ctx.metrics, mode),
-        session.identity.authentication_name.clone(),
-    );
+    let name = session.identity.authentication_name.clone();
+    let auth = match a.permissions {
+        Some(permissions) => Authorizer::new(
+            permissions,
+            mode,
+            session.version,
+            a.topic_alias_max,
+            Counters::new(&ctx.metrics, mode),
+            name,
+        ),
+        None => Authorizer::allow_all(session.version, name),
+    };
     Box::new(AuthorizedRelay::new(
         auth,
         session.version,

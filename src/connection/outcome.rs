@@ -168,6 +168,9 @@ pub enum Closed {
     /// Under authorization, a packet that could not be decided (a bad topic alias, a
     /// malformed PUBLISH or SUBSCRIBE).
     ProtocolError,
+    /// A client's AUTH packet was refused (SPEC §9): a bad token, another name, or not a
+    /// well-formed re-authentication; `mqttgate_reauthentications_total` says which.
+    ReauthenticationFailed,
 }
 
 impl Closed {
@@ -184,6 +187,7 @@ impl Closed {
             Closed::NotAuthorized => "not_authorized",
             Closed::AuthorizationChanged => "authorization_changed",
             Closed::ProtocolError => "protocol_error",
+            Closed::ReauthenticationFailed => "reauthentication_failed",
         }
     }
 }

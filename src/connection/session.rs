@@ -1,5 +1,6 @@
 //! A live session: the relay both ways, re-decided on every reload, ended at its
-//! identity's validity end, at shutdown, or when one side lingers past the other's close.
+//! identity's validity end (unless a JWT client re-authenticates first), at shutdown, or
+//! when one side lingers past the other's close.
 
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::authorized_relay::AuthorizedRelay;
 use super::outcome::Closed;
+use super::reauth;
 use super::{Ctx, Lifecycle, Opened, Session};
 use crate::auth;
 use crate::config::AuthzMode;
@@ -64,6 +66,17 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     // SPEC §11: v3.1.1 has no negative PUBACK.
                     Ended::NotAuthorized => break (Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
                     Ended::ProtocolError => break (Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
+                    Ended::Reauthenticate(packet) => {
+                        let trust = trust_rx.borrow().clone();
+                        match reauthenticate(ctx, &trust, session, authorized, packet) {
+                            Ok(true) => {
+                                valid_until = expiry_instant(session.identity.valid_until);
+                                timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
+                            }
+                            Ok(false) => {}
+                            Err(stop) => break stop,
+                        }
+                    }
                 }
             }
             changed = trust_rx.changed() => {
@@ -134,8 +147,8 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     closed
 }
 
-/// The session's relay: the authorized one when `[authorization]` is configured (chosen
-/// once, at CONNACK), else the plain byte relay.
+/// The session's relay: the authorized one when `[authorization]` is configured or the
+/// session is a JWT client's (chosen once, at CONNACK), else the plain byte relay.
 async fn run_relay(
     relay: &mut Relay,
     authorized: &mut Option<Box<AuthorizedRelay>>,
@@ -165,10 +178,77 @@ fn same_permissions(
         return true;
     }
     if auth.mode() == AuthzMode::Audit {
-        info!(target: "mqttgate::audit", event = "authorization_changed", result = "would_deny", authentication_name = id.authentication_name.as_str(), "a reload changed this session's permissions");
+        info!(target: "mqttgate::audit", event = "authorization_changed", result = "would_deny", authentication_name = id.authentication_name.as_str(), "a reload or a re-authentication changed this session's permissions");
         return true;
     }
     false
+}
+
+/// SPEC §9: decides a client's AUTH packet against the newest trust state. Allowed, the
+/// session takes the new token and identity (true) and mqttgate answers AUTH 0x00 between
+/// broker packets; refused, how the session ends. In audit-only mode a refused token is
+/// counted and logged, answered as allowed, and the session keeps its old token (false).
+/// The token is never logged: its `jti` and the name are.
+fn reauthenticate(
+    ctx: &Ctx,
+    trust: &Trust,
+    session: &mut Session,
+    authorized: &mut Option<Box<AuthorizedRelay>>,
+    packet: Result<Vec<u8>, usize>,
+) -> Result<bool, (Closed, u8)> {
+    let method = session.jwt.as_deref().map(|j| j.method.as_str());
+    let name = session.identity.authentication_name.as_str();
+    let packet = packet.as_deref().map_err(|n| *n);
+    let decided = reauth::decide(trust, method, name, packet, UnixTime::now());
+    let count = |result, reason| {
+        ctx.metrics
+            .reauthentications
+            .get_or_create(&metrics::ResultReason { result, reason })
+            .inc();
+    };
+    let (identity, token) = match decided {
+        Ok(allowed) => allowed,
+        Err(f) if ctx.audit_only && f.is_denial() => {
+            count("would_deny", f.label());
+            info!(target: "mqttgate::audit", event = "reauthentication", result = "would_deny", reason = f.label(), authentication_name = name, "would refuse this re-authentication (audit-only mode)");
+            answer_success(session, authorized);
+            return Ok(false);
+        }
+        Err(f) => {
+            count("failed", f.label());
+            warn!(target: "mqttgate::audit", event = "reauthentication", result = "failed", reason = f.label(), authentication_name = name, "re-authentication refused");
+            return Err((Closed::ReauthenticationFailed, f.disconnect_code()));
+        }
+    };
+    count("ok", "");
+    info!(target: "mqttgate::audit", event = "reauthentication", result = "ok", authentication_name = name, jti = identity.jti.as_deref().unwrap_or(""), valid_until = identity.valid_until, "re-authenticated");
+    // New claims may be new attributes, and so new grants: a changed set ends the session
+    // as a reload that changes it does (the broker holds subscriptions decided with the
+    // old one).
+    if !same_permissions(trust, authorized, &identity) {
+        return Err((Closed::AuthorizationChanged, mqtt::code::V5_NOT_AUTHORIZED));
+    }
+    if let Some(jwt) = session.jwt.as_deref_mut() {
+        jwt.token = token;
+    }
+    // The broker and the session limits know the session by the name it connected with
+    // (the same name, perhaps spelled otherwise by this token).
+    let name = std::mem::take(&mut session.identity.authentication_name);
+    session.identity = auth::Identity {
+        authentication_name: name,
+        ..identity
+    };
+    answer_success(session, authorized);
+    Ok(true)
+}
+
+/// Queues AUTH 0x00 with the session's Authentication Method (MQTT-4.12.0-5) for the
+/// client, written between broker packets.
+fn answer_success(session: &Session, authorized: &mut Option<Box<AuthorizedRelay>>) {
+    let (Some(jwt), Some(a)) = (session.jwt.as_deref(), authorized.as_deref_mut()) else {
+        return;
+    };
+    a.answer(&mqtt::auth::packet(mqtt::auth::SUCCESS, &jwt.method));
 }
 
 /// What ending a session takes: its relay (of either kind), the client's version, the

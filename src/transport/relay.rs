@@ -146,6 +146,10 @@ pub enum Ended {
     /// Authorization ended the session: the client broke the protocol in a way that could
     /// hide a topic from the decision.
     ProtocolError,
+    /// The client sent an MQTT 5 AUTH packet (only the authorized relay, SPEC §9): the
+    /// whole packet, never forwarded, or `Err(its length)` when it is longer than the
+    /// relay holds. The relay goes on from the packet after it once run again.
+    Reauthenticate(Result<Vec<u8>, usize>),
 }
 
 /// Both directions of one proxied connection.

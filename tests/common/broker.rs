@@ -226,3 +226,49 @@ pub async fn recording_broker() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
     });
     (addr, task)
 }
+
+/// A stand-in broker for one whole session: answers the CONNECT of the first connection
+/// that sends anything with a v5 CONNACK 0, and returns every byte that connection sent
+/// (CONNECT included) once it closes. It answers nothing else.
+pub async fn session_recording_broker() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let (mut buf, mut answered) = (Vec::new(), false);
+            loop {
+                if !answered && matches!(mqttgate::mqtt::parse_connect(&buf, 1 << 20), Ok(Some(_)))
+                {
+                    let _ = s.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+                    answered = true;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            // mqttgate's readiness probes close without a byte.
+            if !buf.is_empty() {
+                return buf;
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// The first byte of each whole MQTT packet in `bytes`, in order.
+pub fn packet_types(bytes: &[u8]) -> Vec<u8> {
+    let mut firsts = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(len)) = mqttgate::mqtt::packet_len(&bytes[at..]) {
+        if at + len > bytes.len() {
+            break;
+        }
+        firsts.push(bytes[at]);
+        at += len;
+    }
+    firsts
+}

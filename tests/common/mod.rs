@@ -4,7 +4,8 @@
 //!
 //! Split by concern: `broker` (Mosquitto and stand-in brokers), `wire` (MQTT packets built
 //! and read byte by byte), `gate` (the PKI, mqttgate in-process, its clients and the
-//! assertions on what they saw), `binary` (the real mqttgate executable). This file holds
+//! assertions on what they saw), `binary` (the real mqttgate executable), `jwt` (issuer
+//! keys, PyJWT tokens and clients without a certificate). This file holds
 //! the few helpers all of them share.
 //!
 //! Mosquitto and its clients are found on PATH or /usr/sbin; when absent and we are root,
@@ -14,11 +15,12 @@
 mod binary;
 mod broker;
 mod gate;
+mod jwt;
 mod wire;
 
 // Each test binary uses a different part of the harness.
 #[allow(unused_imports)]
-pub use {binary::*, broker::*, gate::*, wire::*};
+pub use {binary::*, broker::*, gate::*, jwt::*, wire::*};
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
