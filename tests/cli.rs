@@ -47,6 +47,36 @@ fn check_describes_a_good_configuration_and_exits_zero() {
         "{out}"
     );
     assert!(out.contains("problems: none"), "{out}");
+    assert!(
+        out.contains("sessions: 1 per authentication name, 1 connects per second per session"),
+        "{out}"
+    );
+    assert!(!out.contains("mode: audit"), "{out}");
+
+    // Audit-only mode, other session limits and a JWT issuer show too.
+    let config = dir.path().join("demo/mqttgate.toml");
+    let keys = dir.path().join("demo/jwt");
+    std::fs::create_dir(&keys).unwrap();
+    let issuer = mqttgate::cli::pki::Ca::root("issuer").unwrap();
+    std::fs::write(keys.join("k1.pem"), &issuer.cert.cert_pem).unwrap();
+    let body = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "mode = \"audit\"\n{body}\n[sessions]\nmax_per_authentication_name = 0\nconnects_per_second = 0\n\n[auth.jwt]\nissuer = \"https://issuer.example\"\naudiences = [\"mqttgate\"]\nkeys = [\"jwt\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = mqttgate(&["check", "--config", "demo/mqttgate.toml"], dir.path());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("mode: audit"), "{out}");
+    assert!(
+        out.contains("sessions: no limit per authentication name, no connect rate"),
+        "{out}"
+    );
+    assert!(out.contains("jwt: issuer https://issuer.example"), "{out}");
+    assert!(out.contains("keys [\"k1\"]"), "{out}");
 }
 
 #[test]

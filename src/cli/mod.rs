@@ -137,6 +137,49 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             config.upstream
         )?;
     }
+    // What decides who gets in, besides the registry (SPEC §9, §10, §12).
+    if config.audit_only {
+        writeln!(
+            out,
+            "mode: audit (decisions are logged and counted as would_deny; nothing is refused)"
+        )?;
+    }
+    writeln!(
+        out,
+        "sessions: {} per authentication name, {}",
+        match config.sessions.max_per_authentication_name {
+            usize::MAX => "no limit".to_string(),
+            n => n.to_string(),
+        },
+        match config.sessions.connects_per_second {
+            r if r > 0.0 => format!("{r} connects per second per session"),
+            _ => "no connect rate".to_string(),
+        }
+    )?;
+    if let (Some(_), Some(jwt)) = (&config.jwt, &trust.jwt) {
+        let kids: Vec<&str> = jwt.keys.iter().map(|k| k.kid.as_str()).collect();
+        writeln!(
+            out,
+            "jwt: issuer {}, audiences {:?}, keys {:?}, algorithms {:?}, skew {} s",
+            jwt.policy.issuer,
+            jwt.policy.audiences,
+            kids,
+            jwt.policy.algorithms,
+            jwt.policy.skew_seconds
+        )?;
+    }
+    if let Some(w) = config.webhook.as_ref() {
+        // The URL holds no credentials (userinfo is refused); the token is never printed.
+        writeln!(
+            out,
+            "webhook: {} decides {:?} clients, timeout {} ms, at most {} in flight, bearer token {}",
+            w.url.uri,
+            w.decides,
+            w.timeout.as_millis(),
+            w.max_concurrent,
+            if w.bearer_token_file.is_some() { "from a file" } else { "none" }
+        )?;
+    }
     if let (Some(a), Some(model)) = (&config.authorization, trust.authz.as_deref()) {
         let (groups, spaces, bindings) = model.sizes();
         writeln!(
