@@ -469,31 +469,9 @@ async fn check_reports_the_lists_and_a_bad_one_refuses_check_and_start_naming_th
 /// tests/python/paho_authz.py as `name`: a mixed SUBSCRIBE and an allowed and a denied
 /// PUBLISH; returns what paho saw.
 async fn paho(env: &Env, name: &str, protocol: &str) -> Value {
-    let python = python_with_paho();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/paho_authz.py");
     let cert = env.pki.root.issue(&leaf(name)).unwrap();
-    let (cert, key) = env.client_files(&format!("paho-{name}-{protocol}"), &cert, &[]);
-    let args: Vec<String> = vec![
-        script.display().to_string(),
-        "localhost".into(),
-        env.port().to_string(),
-        env.server_ca().display().to_string(),
-        cert.display().to_string(),
-        key.display().to_string(),
-        name.into(),
-        protocol.into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("paho_authz.py printed no JSON ({e}): {}", text(&out)))
+    let files = env.client_files(&format!("paho-{name}-{protocol}"), &cert, &[]);
+    run_paho_script(env, "paho_authz.py", env.port(), files, &[name, protocol]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use serde_json::Value;
 
@@ -21,31 +19,16 @@ async fn gate(upstream: Option<String>) -> Env {
 /// Runs tests/python/paho_client.py as sensor-1 (its certificate) claiming `username`,
 /// and returns the JSON it printed.
 async fn paho(env: &Env, username: &str, protocol: &str) -> Value {
-    let python = python_with_paho();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/paho_client.py");
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
-    let (cert, key) = env.client_files(&format!("paho-{protocol}"), &s1, &[]);
-    let args: Vec<String> = vec![
-        script.display().to_string(),
-        "localhost".into(),
-        env.port().to_string(),
-        env.server_ca().display().to_string(),
-        cert.display().to_string(),
-        key.display().to_string(),
-        username.into(),
-        protocol.into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
+    let files = env.client_files(&format!("paho-{protocol}"), &s1, &[]);
+    run_paho_script(
+        env,
+        "paho_client.py",
+        env.port(),
+        files,
+        &[username, protocol],
+    )
     .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("paho_client.py printed no JSON ({e}): {}", text(&out)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,33 +154,10 @@ async fn mqttjs_denied_clients_hear_not_authorized_in_their_version() {
 
 /// Runs tests/python/paho_client.py over WebSockets.
 async fn paho_ws(env: &Env, username: &str, protocol: &str) -> Value {
-    let python = python_with_paho();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/paho_client.py");
     let s1 = env.pki.root.issue(&leaf("sensor-1")).unwrap();
-    let (cert, key) = env.client_files(&format!("paho-ws-{protocol}"), &s1, &[]);
-    let args: Vec<String> = vec![
-        script.display().to_string(),
-        "localhost".into(),
-        ws_port(env).to_string(),
-        env.server_ca().display().to_string(),
-        cert.display().to_string(),
-        key.display().to_string(),
-        username.into(),
-        protocol.into(),
-        "10".into(),
-        "/mqtt".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("paho_client.py printed no JSON ({e}): {}", text(&out)))
+    let files = env.client_files(&format!("paho-ws-{protocol}"), &s1, &[]);
+    let rest = [username, protocol, "10", "/mqtt"];
+    run_paho_script(env, "paho_client.py", ws_port(env), files, &rest).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

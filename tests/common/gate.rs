@@ -369,6 +369,38 @@ pub fn python_with_paho() -> PathBuf {
     python
 }
 
+/// Runs `tests/python/<script>` with paho-mqtt as a client of `port`, presenting `cert`'s
+/// certificate; the script's arguments are HOST PORT CAFILE CERT KEY then `rest`. Returns the
+/// one JSON object it prints.
+pub async fn run_paho_script(
+    env: &Env,
+    script: &str,
+    port: u16,
+    (cert, key): (PathBuf, PathBuf),
+    rest: &[&str],
+) -> serde_json::Value {
+    let python = python_with_paho();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let mut args: Vec<String> = vec![
+        path.display().to_string(),
+        "localhost".into(),
+        port.to_string(),
+        env.server_ca().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    ];
+    args.extend(rest.iter().map(|a| a.to_string()));
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(python).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", text(&out)))
+}
+
 /// A GET on the admin listener: (status, body); status 0 when it closed unanswered.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
