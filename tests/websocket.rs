@@ -83,7 +83,7 @@ fn spawn_mqttjs(
 
 /// Reads the client's JSON events until `until` matches one (returned) or it exits.
 async fn events_until(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    lines: &mut Lines,
     seen: &mut Vec<Value>,
     until: impl Fn(&Value) -> bool,
 ) -> Option<Value> {
@@ -434,10 +434,12 @@ async fn refused_upgrades_get_an_http_status_and_are_counted() {
     assert!(!heard.starts_with(b"HTTP"), "{heard:02x?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_that_disables_the_client_ends_its_websocket_session_with_0x98() {
-    let env = gate().await;
-    let mut child = spawn_mqttjs(&env, "sensor-1", "sensor-1", 5, 0, "hold");
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// MQTT.js v5 as sensor-1, connected and holding its session (CONNACK 0 checked); the
+/// child lives as long as the returned handle.
+async fn held_session(env: &Env) -> (tokio::process::Child, Lines, Vec<Value>) {
+    let mut child = spawn_mqttjs(env, "sensor-1", "sensor-1", 5, 0, "hold");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     let connack = events_until(&mut lines, &mut seen, |v| v["event"] == "connack").await;
@@ -446,6 +448,13 @@ async fn a_reload_that_disables_the_client_ends_its_websocket_session_with_0x98(
         Some(0.into()),
         "{seen:?}"
     );
+    (child, lines, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_disables_the_client_ends_its_websocket_session_with_0x98() {
+    let env = gate().await;
+    let (_child, mut lines, mut seen) = held_session(&env).await;
 
     std::fs::write(
         &env.registry_file,
@@ -473,15 +482,7 @@ async fn a_reload_that_disables_the_client_ends_its_websocket_session_with_0x98(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_tells_websocket_sessions_to_go_with_0x8b() {
     let env = gate().await;
-    let mut child = spawn_mqttjs(&env, "sensor-1", "sensor-1", 5, 0, "hold");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let connack = events_until(&mut lines, &mut seen, |v| v["event"] == "connack").await;
-    assert_eq!(
-        connack.map(|v| v["code"].clone()),
-        Some(0.into()),
-        "{seen:?}"
-    );
+    let (_child, mut lines, mut seen) = held_session(&env).await;
     let gate = env.gate.clone();
     let shutdown = tokio::spawn(async move { gate.shutdown().await });
     events_until(&mut lines, &mut seen, |v| v["event"] == "close").await;

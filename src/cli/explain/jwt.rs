@@ -111,19 +111,7 @@ pub fn explain_jwt_loaded(
                 id.source.label(),
                 format_time(id.valid_until)
             ));
-            let attrs: Vec<String> = id
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}={}", attribute(v)))
-                .collect();
-            line(format!(
-                "attributes: {}",
-                if attrs.is_empty() {
-                    "none".to_string()
-                } else {
-                    attrs.join(", ")
-                }
-            ));
+            line(attributes_line(&id.attributes));
             line(upstream_view(config, id, None));
             line("upstream: the Authentication Method and Data properties are removed".into());
             line(format!(
@@ -184,7 +172,20 @@ fn stated(token: &[u8]) -> String {
     fields.join(", ")
 }
 
-pub(super) fn attribute(v: &AttributeValue) -> String {
+/// The explain line listing a client's attributes ("none" when it has none); the JWT and
+/// webhook explanations both print it.
+pub(super) fn attributes_line(attributes: &[(String, AttributeValue)]) -> String {
+    let attrs: Vec<String> = attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={}", attribute(v)))
+        .collect();
+    match attrs.is_empty() {
+        true => "attributes: none".to_string(),
+        false => format!("attributes: {}", attrs.join(", ")),
+    }
+}
+
+fn attribute(v: &AttributeValue) -> String {
     match v {
         AttributeValue::Int(i) => i.to_string(),
         AttributeValue::Bool(b) => b.to_string(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rustls::pki_types::UnixTime;
 
-use super::jwt::attribute;
+use super::jwt::attributes_line;
 use super::{upstream_view, Explanation};
 use crate::auth::webhook::Answer;
 use crate::auth::Credentials;
@@ -89,19 +89,7 @@ pub fn explain_webhook_loaded(
                 id.authentication_name,
                 format_time(id.valid_until)
             ));
-            let attrs: Vec<String> = id
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}={}", attribute(v)))
-                .collect();
-            line(format!(
-                "attributes: {}",
-                if attrs.is_empty() {
-                    "none".to_string()
-                } else {
-                    attrs.join(", ")
-                }
-            ));
+            line(attributes_line(&id.attributes));
             line(upstream_view(config, id, None));
             line(format!(
                 "connack: MQTT 3.1.1: 0x{:02X}; MQTT 5: 0x{:02X} (from the broker); the session ends after {}",
