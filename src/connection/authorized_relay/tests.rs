@@ -3,6 +3,7 @@ use crate::authz::{Authz, Facts, Files};
 use crate::config::AuthzMode;
 use crate::connection::authorize::Counters;
 use crate::metrics::Metrics;
+use crate::mqtt::client_packets as packets;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
