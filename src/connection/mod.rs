@@ -22,6 +22,7 @@
 
 mod authorize;
 mod authorized_relay;
+mod decide;
 mod outcome;
 mod reauth;
 mod session;
@@ -34,7 +35,6 @@ pub use self::webhook::{Webhook, WebhookFailure};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::pki_types::UnixTime;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::timeout_at;
@@ -42,27 +42,25 @@ use tracing::debug;
 
 use self::authorize::{Authorizer, Counters};
 use self::authorized_relay::AuthorizedRelay;
+use self::decide::{claim_session, decide, decide_at_connect, read_connect};
 use self::outcome::refuse;
-use self::session::relay_session;
+use self::session::{relay_session, JwtSession, Session, SessionAuthz, WebhookSession};
 use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::rewrite::upstream_connect;
-use crate::auth::webhook::{self as hook, Answer, Route};
-use crate::auth::{self, Denial, Identity, Method};
+use crate::auth::Identity;
 use crate::authz::{Authz, ClientPermissions, Facts};
 use crate::config::{AuthzMode, ClientIdMode, Limits, UsernameMode};
 use crate::metrics::{self, Metrics};
-use crate::mqtt::{self, Connect, PacketBoundary, ParseError, Version};
-use crate::server::sessions::{SessionClaim, Sessions};
+use crate::mqtt::{Connect, ParseError};
+use crate::server::sessions::Sessions;
 use crate::server::slots::{Pending, Slots};
-use crate::transport::packet_io::{self, ReadError};
 use crate::transport::relay::Relay;
 use crate::transport::tls_io::TlsConn;
 use crate::transport::ws::{self, UpgradeRefusal, UpgradeRules};
 use crate::transport::{proxy, ClientStream, Peer, Transport};
-use crate::trust::cert::CertInfo;
 use crate::trust::verifier::HandshakeFailure;
-use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
+use crate::trust::TrustWatch;
 use tokio::io::AsyncReadExt;
 
 /// The server's lifecycle as connections see it.
@@ -99,87 +97,6 @@ pub struct Ctx {
     pub authz_mode: Option<AuthzMode>,
     /// `[auth.webhook]`: the client that asks it, shared by every connection.
     pub webhook: Option<Webhook>,
-}
-
-/// What was decided about an admitted client, kept for the life of the session. The
-/// certificate itself stays in rustls (which keeps the peer chain anyway) and is admitted
-/// again only when a reload asks for a new decision.
-struct Session {
-    version: Version,
-    /// The CONNECT username, needed to re-decide on reload.
-    username: Option<String>,
-    /// A JWT client's method and token, needed to re-decide on reload and to answer with
-    /// its method in the CONNACK; boxed, so certificate sessions pay one pointer.
-    jwt: Option<Box<JwtSession>>,
-    /// A webhook client's answer, to re-decide it on reload, and the Authentication
-    /// Method it sent, to answer with in the CONNACK.
-    webhook: Option<Box<WebhookSession>>,
-    identity: Identity,
-    /// The CONNECT for the broker followed by the bytes the client pipelined after its
-    /// own, in order, after the PROXY header when one is sent; emptied once sent.
-    first_bytes: Vec<u8>,
-    /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
-    proxy_len: usize,
-    /// Under `[authorization]`, and for a JWT session: what the session's authorized
-    /// relay starts from.
-    authz: Option<Box<SessionAuthz>>,
-    /// The (authentication name, session name) this connection holds (SPEC §10); None
-    /// when audit-only mode let it through past a limit.
-    _claim: Option<SessionClaim>,
-}
-
-/// What a webhook session keeps (SPEC §9).
-struct WebhookSession {
-    answer: Arc<Answer>,
-    /// MQTT-4.12.0-5: a v5 client that sent an Authentication Method hears it in the
-    /// CONNACK, which the broker (never told of it) would leave out.
-    method: Option<String>,
-}
-
-/// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
-struct JwtSession {
-    method: String,
-    token: Vec<u8>,
-}
-
-impl Session {
-    /// What the session authenticated with, for a re-decision; None when a certificate
-    /// session's chain is gone (never, for a TLS client).
-    fn credentials<'a>(&'a self, client: &'a ClientStream) -> Option<Credentials<'a>> {
-        let chain = client.peer_certificates();
-        Some(match (&self.jwt, &self.webhook) {
-            (Some(j), _) => Credentials::Jwt {
-                method: &j.method,
-                token: &j.token,
-            },
-            // A webhook client is re-decided on the answer it was admitted with: a reload
-            // changes files, not the webhook's word (its certificate, if any, is admitted
-            // again).
-            (None, Some(w)) => Credentials::Webhook {
-                answer: &w.answer,
-                chain: chain.filter(|c| !c.is_empty()),
-            },
-            (None, None) => Credentials::Certificate {
-                chain: chain?,
-                username: self.username.as_deref(),
-            },
-        })
-    }
-}
-
-/// What a session run by the authorized relay starts it with: under `[authorization]`
-/// (SPEC §11), or a JWT session's, whose AUTH packets the relay finds (SPEC §9).
-struct SessionAuthz {
-    /// Computed once, at CONNECT, from the decided identity; None without
-    /// `[authorization]` (no topic checks).
-    permissions: Option<ClientPermissions>,
-    /// What the client pipelined after its CONNECT: decided like every later packet, so
-    /// it is not in `first_bytes`.
-    pipelined: Vec<u8>,
-    /// The broker's CONNACK Topic Alias Maximum: the aliases the client may set.
-    topic_alias_max: u16,
-    /// The broker stream's packet boundary after the CONNACK was passed on.
-    down: PacketBoundary,
 }
 
 /// Serves one accepted TCP connection to its end and records how it ended.
@@ -445,87 +362,23 @@ async fn admit_and_dial(
     let version = connect.version;
     // Busy before the decision: a client past the limit learns nothing about the registry.
     let slot = ctx.slots.session().ok_or(Refused::Busy(version))?;
-    let trust = trust_rx.borrow_and_update().clone();
     let (answer, mut identity) =
-        match ask_webhook(ctx, &trust, client, &connect, peer, deadline).await {
-            Ok(answer) => {
-                let identity = decide(
-                    ctx,
-                    &trust,
-                    client,
-                    &connect,
-                    answer.as_deref(),
-                    peer,
-                    false,
-                )?;
-                (answer, identity)
-            }
-            // SPEC §12: let through as itself, the webhook's failure counted as would_deny.
-            Err(Refused::Webhook(_, failure)) if ctx.audit_only => {
-                let identity = Identity::unverified(connect.username.as_deref(), Method::Webhook);
-                record_would_deny(ctx, failure.refusal_label(), &identity);
-                (None, identity)
-            }
-            Err(refused) => return Err(refused),
-        };
-    drop(trust);
+        decide_at_connect(ctx, trust_rx, client, &connect, peer, deadline).await?;
     let claim = claim_session(ctx, &identity, &connect)?;
     let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
     // No await from here until the first byte is written upstream.
     if trust_rx.has_changed().unwrap_or(false) {
-        identity = decide(
-            ctx,
-            &trust_rx.borrow_and_update(),
-            client,
-            &connect,
-            answer.as_deref(),
-            peer,
-            true,
-        )?;
+        let trust = trust_rx.borrow_and_update().clone();
+        identity = decide(ctx, &trust, client, &connect, answer.as_deref(), peer, true)?;
     }
-    // SPEC §8: with the PROXY protocol towards a Mosquitto 2.1, the header carries the
-    // client's address and its authentication name as the TLS CN, ahead of the CONNECT.
-    let mut first_bytes = match ctx.upstream_proxy {
-        true => proxy::encode(peer.addr, peer.local, &identity.authentication_name),
-        false => Vec::new(),
-    };
-    let proxy_len = first_bytes.len();
-    let first = upstream_connect(&connect, &identity, ctx.username_mode, ctx.client_id_mode);
-    // A rewrite can grow a field past what MQTT allows (a per-identity client id).
-    let encoded = first.encode().map_err(|_| {
-        Refused::Parse(ParseError::Malformed {
-            version: Some(version),
-            reason: "rewritten connect does not fit mqtt's field lengths",
-        })
-    })?;
-    first_bytes.extend_from_slice(&encoded);
+    let (mut first_bytes, proxy_len) = first_bytes(ctx, peer, &connect, &identity)?;
     let permissions = trust_rx
         .borrow()
         .authz
         .as_ref()
         .map(|model| permissions(model, &identity));
-    let jwt = match (identity.method, connect.authentication_method()) {
-        (Method::Jwt, Ok(Some(method))) => Some(Box::new(JwtSession {
-            method: method.to_string(),
-            token: connect
-                .authentication_data()
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-                .to_vec(),
-        })),
-        _ => None,
-    };
-    let webhook = answer.map(|answer| {
-        Box::new(WebhookSession {
-            answer,
-            method: connect
-                .authentication_method()
-                .ok()
-                .flatten()
-                .map(str::to_string),
-        })
-    });
+    let jwt = JwtSession::from_connect(identity.method, &connect);
+    let webhook = answer.map(|answer| WebhookSession::new(answer, &connect));
     // A JWT session may re-authenticate: only the authorized relay reads client packets
     // at their boundaries, so it runs one even with nothing to authorize. Certificate
     // sessions without `[authorization]` keep the plain byte relay.
@@ -534,28 +387,46 @@ async fn admit_and_dial(
             first_bytes.extend_from_slice(&pipelined);
             None
         }
-        (permissions, _) => Some(Box::new(SessionAuthz {
-            permissions,
-            pipelined,
-            topic_alias_max: 0,
-            down: PacketBoundary::default(),
-        })),
+        (permissions, _) => Some(Box::new(SessionAuthz::new(permissions, pipelined))),
     };
-    Ok((
-        Session {
-            version,
-            username: connect.username,
-            jwt,
-            webhook,
-            identity,
-            first_bytes,
-            proxy_len,
-            _claim: claim,
-            authz,
-        },
-        upstream,
-        slot,
-    ))
+    let session = Session {
+        version,
+        username: connect.username,
+        jwt,
+        webhook,
+        identity,
+        first_bytes,
+        proxy_len,
+        _claim: claim,
+        authz,
+    };
+    Ok((session, upstream, slot))
+}
+
+/// What goes upstream first: the PROXY v2 header when one is sent (SPEC §8: with it, a
+/// Mosquitto 2.1 takes the client's address and the authentication name as the TLS CN),
+/// then the rewritten CONNECT; and how long the header is.
+fn first_bytes(
+    ctx: &Ctx,
+    peer: Peer,
+    connect: &Connect,
+    identity: &Identity,
+) -> Result<(Vec<u8>, usize), Refused> {
+    let mut first_bytes = match ctx.upstream_proxy {
+        true => proxy::encode(peer.addr, peer.local, &identity.authentication_name),
+        false => Vec::new(),
+    };
+    let proxy_len = first_bytes.len();
+    let first = upstream_connect(connect, identity, ctx.username_mode, ctx.client_id_mode);
+    // A rewrite can grow a field past what MQTT allows (a per-identity client id).
+    let encoded = first.encode().map_err(|_| {
+        Refused::Parse(ParseError::Malformed {
+            version: Some(connect.version),
+            reason: "rewritten connect does not fit mqtt's field lengths",
+        })
+    })?;
+    first_bytes.extend_from_slice(&encoded);
+    Ok((first_bytes, proxy_len))
 }
 
 /// What the identity may publish and subscribe to, under the model of the state it was
@@ -589,253 +460,4 @@ fn authorized_relay(ctx: &Ctx, session: &Session, a: SessionAuthz) -> Box<Author
         a.down,
         (ctx.metrics.up_bytes(), ctx.metrics.down_bytes()),
     ))
-}
-
-/// Phase 3b (SPEC §10): the session the client names, among its identity's: a takeover of
-/// one it holds, or a new one within `max_per_authentication_name`; and not connecting
-/// more often than the session's connect rate.
-fn claim_session(
-    ctx: &Ctx,
-    identity: &Identity,
-    connect: &Connect,
-) -> Result<Option<SessionClaim>, Refused> {
-    // Under "authentication-name" the broker sees one session per identity, whatever the
-    // ClientId: every connection is that session.
-    let session = match ctx.client_id_mode {
-        ClientIdMode::AuthenticationName => "-",
-        ClientIdMode::PerIdentity | ClientIdMode::Passthrough => connect.client_id.as_str(),
-    };
-    match ctx
-        .sessions
-        .claim(&identity.authentication_name, session, Instant::now())
-    {
-        Ok(claim) => Ok(Some(claim)),
-        Err(r) if ctx.audit_only => {
-            let refused = Refused::Session(r, connect.version);
-            record_would_deny(ctx, refused.label(), identity);
-            Ok(None)
-        }
-        Err(r) => Err(Refused::Session(r, connect.version)),
-    }
-}
-
-/// SPEC §12: a refusal audit-only mode did not enforce, counted and logged as `would_deny`.
-fn record_would_deny(ctx: &Ctx, reason: &'static str, identity: &Identity) {
-    ctx.metrics
-        .decisions
-        .get_or_create(&metrics::Decision {
-            result: "would_deny",
-            reason,
-            scheme: identity.scheme.map(|s| s.label()).unwrap_or(""),
-            source: identity.source.label(),
-            method: identity.method.label(),
-        })
-        .inc();
-    audit::would_deny(reason, &identity.authentication_name);
-}
-
-/// A live session's re-decision or expiry that audit-only mode did not enforce.
-fn would_deny(ctx: &Ctx, reason: &'static str, session: &Session) {
-    record_would_deny(ctx, reason, &session.identity);
-}
-
-/// Phase 3a, SPEC §9: the webhook's answer for a client it decides; None for a client the
-/// registry decides, which never waits here (a slow or dead webhook delays only its own
-/// clients). No answer in time, or no room for another request: Server unavailable.
-async fn ask_webhook(
-    ctx: &Ctx,
-    trust: &Trust,
-    client: &ClientStream,
-    connect: &Connect,
-    peer: Peer,
-    deadline: tokio::time::Instant,
-) -> Result<Option<Arc<Answer>>, Refused> {
-    let (Some(webhook), Some(settings)) = (&ctx.webhook, &trust.webhook) else {
-        return Ok(None);
-    };
-    let chain = client.peer_certificates().filter(|c| !c.is_empty());
-    let username = connect.username.as_deref();
-    let presented = hook::Presented {
-        certificate: chain.is_some(),
-        // As `auth::credentials` reads it (which refuses a list that does not parse).
-        jwt: trust.jwt.is_some()
-            && connect.version == Version::V5
-            && connect.authentication_method() != Ok(None),
-    };
-    let route = hook::route(Some(settings.decides), presented, || {
-        chain.is_some_and(|c| hook::registered(&c[0], username, &trust.registry, &trust.policy))
-    });
-    if route == Route::Elsewhere {
-        return Ok(None);
-    }
-    // v5 only; a property list that does not parse sends neither field.
-    let request = hook::Request {
-        client_id: &connect.client_id,
-        user_name: username,
-        password: connect.password.as_deref(),
-        authentication_method: connect.authentication_method().ok().flatten(),
-        authentication_data: connect.authentication_data().ok().flatten(),
-        client_certificate: chain,
-        client_certificate_chain: chain,
-    };
-    let started = Instant::now();
-    let asked = webhook
-        .ask(settings, &request, deadline, &ctx.metrics)
-        .await;
-    let (result, answer) = match &asked {
-        Ok(a) if a.cached => ("cached", Some(&*a.answer)),
-        Ok(a) => (a.answer.label(), Some(&*a.answer)),
-        Err(f) => (f.label(), None),
-    };
-    audit::webhook_answer(
-        &ctx.denial_log,
-        peer.addr,
-        &connect.client_id,
-        result,
-        answer,
-        started.elapsed(),
-    );
-    match asked {
-        Ok(a) => Ok(Some(a.answer)),
-        Err(f) => Err(Refused::Webhook(connect.version, f)),
-    }
-}
-
-/// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
-/// registry, or the webhook's answer), recorded in the audit log and metrics. `again`
-/// marks a second decision after a reload overtook the first; each is logged as the
-/// decision it was.
-fn decide(
-    ctx: &Ctx,
-    trust: &Trust,
-    client: &ClientStream,
-    connect: &Connect,
-    answer: Option<&Answer>,
-    peer: Peer,
-    again: bool,
-) -> Result<Identity, Refused> {
-    let (credentials, method) = match answer {
-        Some(answer) => {
-            let chain = client.peer_certificates().filter(|c| !c.is_empty());
-            (Ok(Credentials::Webhook { answer, chain }), Method::Webhook)
-        }
-        None => {
-            let credentials =
-                auth::credentials(client.peer_certificates(), connect, trust.jwt.is_some());
-            let method = credentials
-                .as_ref()
-                .map_or(Method::Certificate, Credentials::method);
-            (credentials, method)
-        }
-    };
-    let (admitted, decision) = match credentials {
-        Ok(c) => match trust.decide(&c, UnixTime::now()) {
-            Ok(decided) => decided,
-            // SPEC §12: a certificate refused at admission is a decision like the others.
-            Err(f) if ctx.audit_only => {
-                let identity = Identity::unverified(connect.username.as_deref(), method);
-                record_would_deny(ctx, f.0.label(), &identity);
-                return Ok(identity);
-            }
-            Err(f) => return Err(Refused::Certificate(f.0)),
-        },
-        Err(denial) => (None, Err(denial)),
-    };
-    let info = admitted.as_ref().map(|a| &a.leaf);
-    if let (Some(info), false) = (info, again) {
-        ctx.metrics
-            .client_cert_days
-            .observe((info.not_after - unix_now()) as f64 / 86_400.0);
-    }
-    let (version, cipher) = client.tls_facts();
-    let facts = audit::TlsFacts { version, cipher };
-    record_decision(ctx, &decision, info, method, connect, peer, &facts);
-    match decision {
-        Ok(identity) => Ok(identity),
-        // Let through as itself: its own username and ClientId go upstream.
-        Err(_) if ctx.audit_only => Ok(Identity::unverified(connect.username.as_deref(), method)),
-        Err(denial) => Err(Refused::Denied(denial, connect.version)),
-    }
-}
-
-fn record_decision(
-    ctx: &Ctx,
-    decision: &Result<Identity, Denial>,
-    cert: Option<&CertInfo>,
-    method: Method,
-    connect: &Connect,
-    peer: Peer,
-    facts: &audit::TlsFacts,
-) {
-    let labels = match decision {
-        Ok(id) => (
-            "allowed",
-            "",
-            id.scheme.map(|s| s.label()).unwrap_or(""),
-            id.source.label(),
-        ),
-        Err(d) => (
-            if ctx.audit_only {
-                "would_deny"
-            } else {
-                "denied"
-            },
-            d.reason.label(),
-            d.scheme.map(|s| s.label()).unwrap_or(""),
-            d.source.map(|s| s.label()).unwrap_or(""),
-        ),
-    };
-    ctx.metrics
-        .decisions
-        .get_or_create(&metrics::Decision {
-            result: labels.0,
-            reason: labels.1,
-            scheme: labels.2,
-            source: labels.3,
-            method: method.label(),
-        })
-        .inc();
-    audit::decision(
-        &ctx.denial_log,
-        decision,
-        cert,
-        method,
-        connect,
-        peer.addr,
-        facts,
-        labels,
-    );
-}
-
-/// Phase 2: buffers exactly the first packet, bounded by `max` bytes and the deadline.
-/// Returns the CONNECT and any bytes the client pipelined after it.
-async fn read_connect(
-    client: &mut ClientStream,
-    deadline: tokio::time::Instant,
-    max: usize,
-) -> Result<(Connect, Vec<u8>), Refused> {
-    // Most CONNECTs fit in a few hundred bytes; grow only when the header says so.
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
-    let read = packet_io::read_packet(client, &mut buf, deadline, max, |b| {
-        mqtt::parse_connect(b, max)
-    })
-    .await;
-    match read {
-        Ok((connect, len)) => {
-            let pipelined = buf.split_off(len);
-            Ok((connect, pipelined))
-        }
-        Err(ReadError::Invalid(e)) => Err(Refused::Parse(e)),
-        Err(ReadError::Closed) => Err(Refused::ClientGone),
-        Err(ReadError::Io(e)) => Err(Refused::Io(e)),
-        Err(ReadError::Timeout) => Err(Refused::ConnectTimeout {
-            version: mqtt::peek_version(&buf),
-        }),
-        // parse_connect refuses an oversized CONNECT itself, before `max` bytes are in.
-        Err(ReadError::TooLarge { max }) => Err(Refused::Parse(ParseError::TooLarge {
-            len: buf.len(),
-            max,
-            version: mqtt::peek_version(&buf),
-        })),
-    }
 }

@@ -2,6 +2,7 @@
 //! identity's validity end (unless a JWT client re-authenticates first), at shutdown, or
 //! when one side lingers past the other's close.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::UnixTime;
@@ -12,16 +13,140 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use super::authorized_relay::AuthorizedRelay;
+use super::decide::would_deny;
 use super::outcome::Closed;
 use super::reauth;
-use super::{Ctx, Lifecycle, Opened, Session};
-use crate::auth;
+use super::{Ctx, Lifecycle, Opened};
+use crate::auth::webhook::Answer;
+use crate::auth::{self, Identity, Method};
+use crate::authz::ClientPermissions;
 use crate::config::AuthzMode;
 use crate::metrics;
-use crate::mqtt::{self, Version};
+use crate::mqtt::{self, Connect, PacketBoundary, Version};
+use crate::server::sessions::SessionClaim;
 use crate::transport::relay::{Ended, Relay};
 use crate::transport::ClientStream;
-use crate::trust::{unix_now, Trust};
+use crate::trust::{unix_now, Credentials, Trust};
+
+/// What was decided about an admitted client, kept for the life of the session. The
+/// certificate itself stays in rustls (which keeps the peer chain anyway) and is admitted
+/// again only when a reload asks for a new decision.
+pub(super) struct Session {
+    pub(super) version: Version,
+    /// The CONNECT username, needed to re-decide on reload.
+    pub(super) username: Option<String>,
+    /// A JWT client's method and token, needed to re-decide on reload and to answer with
+    /// its method in the CONNACK; boxed, so certificate sessions pay one pointer.
+    pub(super) jwt: Option<Box<JwtSession>>,
+    /// A webhook client's answer, to re-decide it on reload, and the Authentication
+    /// Method it sent, to answer with in the CONNACK.
+    pub(super) webhook: Option<Box<WebhookSession>>,
+    pub(super) identity: Identity,
+    /// The CONNECT for the broker followed by the bytes the client pipelined after its
+    /// own, in order, after the PROXY header when one is sent; emptied once sent.
+    pub(super) first_bytes: Vec<u8>,
+    /// How many of `first_bytes` are the PROXY header (not MQTT, not counted as relayed).
+    pub(super) proxy_len: usize,
+    /// Under `[authorization]`, and for a JWT session: what the session's authorized
+    /// relay starts from.
+    pub(super) authz: Option<Box<SessionAuthz>>,
+    /// The (authentication name, session name) this connection holds (SPEC §10); None
+    /// when audit-only mode let it through past a limit.
+    pub(super) _claim: Option<SessionClaim>,
+}
+
+/// What a webhook session keeps (SPEC §9).
+pub(super) struct WebhookSession {
+    pub(super) answer: Arc<Answer>,
+    /// MQTT-4.12.0-5: a v5 client that sent an Authentication Method hears it in the
+    /// CONNACK, which the broker (never told of it) would leave out.
+    pub(super) method: Option<String>,
+}
+
+/// What a JWT session keeps of its CONNECT (SPEC §9). Never logged.
+pub(super) struct JwtSession {
+    pub(super) method: String,
+    pub(super) token: Vec<u8>,
+}
+
+impl JwtSession {
+    /// A JWT client's method and token, from its CONNECT.
+    pub(super) fn from_connect(method: Method, connect: &Connect) -> Option<Box<JwtSession>> {
+        let (Method::Jwt, Ok(Some(name))) = (method, connect.authentication_method()) else {
+            return None;
+        };
+        let token = connect
+            .authentication_data()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Some(Box::new(JwtSession {
+            method: name.to_string(),
+            token: token.to_vec(),
+        }))
+    }
+}
+
+impl WebhookSession {
+    pub(super) fn new(answer: Arc<Answer>, connect: &Connect) -> Box<WebhookSession> {
+        let method = connect.authentication_method().ok().flatten();
+        Box::new(WebhookSession {
+            answer,
+            method: method.map(str::to_string),
+        })
+    }
+}
+
+impl SessionAuthz {
+    pub(super) fn new(permissions: Option<ClientPermissions>, pipelined: Vec<u8>) -> SessionAuthz {
+        SessionAuthz {
+            permissions,
+            pipelined,
+            topic_alias_max: 0,
+            down: PacketBoundary::default(),
+        }
+    }
+}
+
+impl Session {
+    /// What the session authenticated with, for a re-decision; None when a certificate
+    /// session's chain is gone (never, for a TLS client).
+    fn credentials<'a>(&'a self, client: &'a ClientStream) -> Option<Credentials<'a>> {
+        let chain = client.peer_certificates();
+        Some(match (&self.jwt, &self.webhook) {
+            (Some(j), _) => Credentials::Jwt {
+                method: &j.method,
+                token: &j.token,
+            },
+            // A webhook client is re-decided on the answer it was admitted with: a reload
+            // changes files, not the webhook's word (its certificate, if any, is admitted
+            // again).
+            (None, Some(w)) => Credentials::Webhook {
+                answer: &w.answer,
+                chain: chain.filter(|c| !c.is_empty()),
+            },
+            (None, None) => Credentials::Certificate {
+                chain: chain?,
+                username: self.username.as_deref(),
+            },
+        })
+    }
+}
+
+/// What a session run by the authorized relay starts it with: under `[authorization]`
+/// (SPEC §11), or a JWT session's, whose AUTH packets the relay finds (SPEC §9).
+pub(super) struct SessionAuthz {
+    /// Computed once, at CONNECT, from the decided identity; None without
+    /// `[authorization]` (no topic checks).
+    pub(super) permissions: Option<ClientPermissions>,
+    /// What the client pipelined after its CONNECT: decided like every later packet, so
+    /// it is not in `first_bytes`.
+    pub(super) pipelined: Vec<u8>,
+    /// The broker's CONNACK Topic Alias Maximum: the aliases the client may set.
+    pub(super) topic_alias_max: u16,
+    /// The broker stream's packet boundary after the CONNACK was passed on.
+    pub(super) down: PacketBoundary,
+}
 
 /// How long a stopping session may take to reach a broker packet boundary before it is
 /// closed without a DISCONNECT.
@@ -94,7 +219,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     }
                     // SPEC §12: counted and logged, the session goes on.
                     None if ctx.audit_only => {
-                        super::would_deny(ctx, "revoked", session);
+                        would_deny(ctx, "revoked", session);
                     }
                     None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
                 }
@@ -118,7 +243,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
                     auth::Method::Webhook => Closed::WebhookExpired,
                 };
                 if ctx.audit_only {
-                    super::would_deny(ctx, closed.label(), session);
+                    would_deny(ctx, closed.label(), session);
                     valid_until = expiry_instant(i64::MAX);
                     timer.as_mut().reset(linger_until.unwrap_or(valid_until));
                     continue;

@@ -8,7 +8,8 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use super::outcome::{hex_label, Refused};
-use super::{Ctx, Session, SessionAuthz};
+use super::session::{Session, SessionAuthz};
+use super::Ctx;
 use crate::metrics;
 use crate::mqtt::{self, Version};
 use crate::transport::packet_io::{self, ReadError};
