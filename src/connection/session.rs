@@ -26,7 +26,7 @@ use crate::mqtt::{self, Connect, PacketBoundary, Version};
 use crate::server::sessions::SessionClaim;
 use crate::transport::relay::{Ended, Relay};
 use crate::transport::ClientStream;
-use crate::trust::{unix_now, Credentials, Trust};
+use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
 
 /// What was decided about an admitted client, kept for the life of the session. The
 /// certificate itself stays in rustls (which keeps the peer chain anyway) and is admitted
@@ -153,8 +153,8 @@ pub(super) struct SessionAuthz {
 const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
 
 /// Phase 6: relay both ways until a side closes, re-deciding the session on every reload
-/// and ending it when its identity's validity ends (certificate or CA notAfter, the webhook's expiration) or at
-/// shutdown.
+/// and ending it when its identity's validity ends (certificate or CA notAfter, a token's
+/// `exp`, the webhook's expiration) or at shutdown.
 pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     let Opened {
         client,
@@ -170,97 +170,41 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     // One timer for both deadlines a session has: its identity's validity end, and, once
     // one side has closed, the other side's linger (a second `Sleep` is 112 bytes more in
     // every idle session's task).
-    let mut valid_until = expiry_instant(session.identity.valid_until);
-    let mut linger_until: Option<tokio::time::Instant> = None;
-    let timer = tokio::time::sleep_until(valid_until);
+    let mut deadlines = Deadlines {
+        valid_until: expiry_instant(session.identity.valid_until),
+        linger_until: None,
+    };
+    let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
 
-    let stop = loop {
-        tokio::select! {
+    let (closed, reason) = loop {
+        let next = tokio::select! {
             ended = run_relay(relay, authorized, &mut *client, &mut *upstream) => {
-                match ended {
-                    Ended::HalfClosed => {
-                        let at = tokio::time::Instant::now() + ctx.limits.linger;
-                        linger_until = Some(at);
-                        timer.as_mut().reset(at.min(valid_until));
-                        continue;
-                    }
-                    Ended::Client => return Closed::Client,
-                    Ended::Upstream => return Closed::Upstream,
-                    Ended::Error(_) => return Closed::Error,
-                    // SPEC §11: v3.1.1 has no negative PUBACK.
-                    Ended::NotAuthorized => break (Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
-                    Ended::ProtocolError => break (Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
-                    Ended::Reauthenticate(packet) => {
-                        let trust = trust_rx.borrow().clone();
-                        match reauthenticate(ctx, &trust, session, authorized, packet) {
-                            Ok(true) => {
-                                valid_until = expiry_instant(session.identity.valid_until);
-                                timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
-                            }
-                            Ok(false) => {}
-                            Err(stop) => break stop,
-                        }
-                    }
-                }
+                on_relay_end(ctx, ended, session, authorized, trust_rx, &mut deadlines)
             }
-            changed = trust_rx.changed() => {
-                if changed.is_err() {
-                    continue;
+            changed = trust_rx.changed() => match changed {
+                Ok(()) => {
+                    let trust = trust_rx.borrow_and_update().clone();
+                    on_reload(ctx, &trust, client, session, authorized, &mut deadlines)
                 }
-                let trust = trust_rx.borrow_and_update().clone();
-                match still_allowed(&trust, client, session) {
-                    Some(id) => {
-                        if !same_permissions(&trust, authorized, &id) {
-                            break (Closed::AuthorizationChanged, mqtt::code::V5_NOT_AUTHORIZED);
-                        }
-                        valid_until = expiry_instant(id.valid_until);
-                        timer.as_mut().reset(linger_until.map_or(valid_until, |l| l.min(valid_until)));
-                    }
-                    // SPEC §12: counted and logged, the session goes on.
-                    None if ctx.audit_only => {
-                        would_deny(ctx, "revoked", session);
-                    }
-                    None => break (Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
-                }
-            }
-            () = &mut timer => {
-                if linger_until.is_some_and(|l| l <= tokio::time::Instant::now()) {
-                    // The side still open is closed when the session's sockets are dropped.
-                    let first = match authorized {
-                        Some(a) => a.first_to_close(),
-                        None => relay.first_to_close(),
-                    };
-                    let client_first = first == Some(true);
-                    let side = if client_first { "upstream" } else { "client" };
-                    ctx.metrics.linger_expired.get_or_create(&metrics::Side { side }).inc();
-                    return if client_first { Closed::Client } else { Closed::Upstream };
-                }
-                // The same DISCONNECT whichever method's validity ended (0x98).
-                let closed = match session.identity.method {
-                    auth::Method::Certificate => Closed::CertificateExpired,
-                    auth::Method::Jwt => Closed::TokenExpired,
-                    auth::Method::Webhook => Closed::WebhookExpired,
-                };
-                if ctx.audit_only {
-                    would_deny(ctx, closed.label(), session);
-                    valid_until = expiry_instant(i64::MAX);
-                    timer.as_mut().reset(linger_until.unwrap_or(valid_until));
-                    continue;
-                }
-                break (closed, mqtt::code::V5_ADMINISTRATIVE_ACTION);
-            }
+                Err(_) => Next::Continue,
+            },
+            () = &mut timer => on_deadline(ctx, session, relay, authorized, &mut deadlines),
             changed = lifecycle.changed() => {
                 let state = if changed.is_ok() { *lifecycle.borrow_and_update() } else { Lifecycle::Closing };
                 match state {
-                    Lifecycle::Running => {}
-                    Lifecycle::Draining if version != Version::V5 => {}
-                    _ => break (Closed::Shutdown, mqtt::code::V5_SERVER_SHUTTING_DOWN),
+                    Lifecycle::Running => Next::Continue,
+                    Lifecycle::Draining if version != Version::V5 => Next::Continue,
+                    _ => Next::Stop(Closed::Shutdown, mqtt::code::V5_SERVER_SHUTTING_DOWN),
                 }
             }
+        };
+        match next {
+            Next::Continue => timer.as_mut().reset(deadlines.next()),
+            Next::Ended(closed) => return closed,
+            Next::Stop(closed, reason) => break (closed, reason),
         }
     };
-    let (closed, reason) = stop;
     let finish = EndWith {
         relay,
         authorized,
@@ -270,6 +214,136 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     };
     end_session(finish, client, upstream).await;
     closed
+}
+
+/// What one event in a live session leads to.
+enum Next {
+    /// The session goes on (its deadlines may have moved).
+    Continue,
+    /// The session ended by itself: a side closed, or lingered past the other's close.
+    Ended(Closed),
+    /// mqttgate ends the session; an MQTT 5 client hears this DISCONNECT reason code.
+    Stop(Closed, u8),
+}
+
+/// The two deadlines a session has, served by one timer.
+struct Deadlines {
+    /// The first instant past the identity's validity.
+    valid_until: tokio::time::Instant,
+    /// Once one side has closed, when the other side's linger ends.
+    linger_until: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> tokio::time::Instant {
+        self.linger_until
+            .map_or(self.valid_until, |l| l.min(self.valid_until))
+    }
+}
+
+/// The relay stopped: a side closed (the other gets the linger), authorization ended the
+/// session, or a JWT client's AUTH packet waits to be decided.
+fn on_relay_end(
+    ctx: &Ctx,
+    ended: Ended,
+    session: &mut Session,
+    authorized: &mut Option<Box<AuthorizedRelay>>,
+    trust_rx: &TrustWatch,
+    deadlines: &mut Deadlines,
+) -> Next {
+    match ended {
+        Ended::HalfClosed => {
+            deadlines.linger_until = Some(tokio::time::Instant::now() + ctx.limits.linger);
+            Next::Continue
+        }
+        Ended::Client => Next::Ended(Closed::Client),
+        Ended::Upstream => Next::Ended(Closed::Upstream),
+        Ended::Error(_) => Next::Ended(Closed::Error),
+        // SPEC §11: v3.1.1 has no negative PUBACK.
+        Ended::NotAuthorized => Next::Stop(Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
+        Ended::ProtocolError => Next::Stop(Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
+        Ended::Reauthenticate(packet) => {
+            let trust = trust_rx.borrow().clone();
+            match reauthenticate(ctx, &trust, session, authorized, packet) {
+                Ok(true) => {
+                    deadlines.valid_until = expiry_instant(session.identity.valid_until);
+                    Next::Continue
+                }
+                Ok(false) => Next::Continue,
+                Err((closed, reason)) => Next::Stop(closed, reason),
+            }
+        }
+    }
+}
+
+/// SPEC §5 and §7: a reload re-decides the session against the new trust state.
+fn on_reload(
+    ctx: &Ctx,
+    trust: &Trust,
+    client: &ClientStream,
+    session: &Session,
+    authorized: &mut Option<Box<AuthorizedRelay>>,
+    deadlines: &mut Deadlines,
+) -> Next {
+    match still_allowed(trust, client, session) {
+        Some(id) => {
+            if !same_permissions(trust, authorized, &id) {
+                return Next::Stop(Closed::AuthorizationChanged, mqtt::code::V5_NOT_AUTHORIZED);
+            }
+            deadlines.valid_until = expiry_instant(id.valid_until);
+            Next::Continue
+        }
+        // SPEC §12: counted and logged, the session goes on.
+        None if ctx.audit_only => {
+            would_deny(ctx, "revoked", session);
+            Next::Continue
+        }
+        None => Next::Stop(Closed::Revoked, mqtt::code::V5_ADMINISTRATIVE_ACTION),
+    }
+}
+
+/// The timer fired: the linger after one side's close is over, or the identity's
+/// validity ended.
+fn on_deadline(
+    ctx: &Ctx,
+    session: &Session,
+    relay: &Relay,
+    authorized: &Option<Box<AuthorizedRelay>>,
+    deadlines: &mut Deadlines,
+) -> Next {
+    if deadlines
+        .linger_until
+        .is_some_and(|l| l <= tokio::time::Instant::now())
+    {
+        // The side still open is closed when the session's sockets are dropped.
+        let first = match authorized {
+            Some(a) => a.first_to_close(),
+            None => relay.first_to_close(),
+        };
+        let client_first = first == Some(true);
+        let side = if client_first { "upstream" } else { "client" };
+        ctx.metrics
+            .linger_expired
+            .get_or_create(&metrics::Side { side })
+            .inc();
+        return Next::Ended(if client_first {
+            Closed::Client
+        } else {
+            Closed::Upstream
+        });
+    }
+    // The same DISCONNECT whichever method's validity ended (0x98).
+    let closed = match session.identity.method {
+        auth::Method::Certificate => Closed::CertificateExpired,
+        auth::Method::Jwt => Closed::TokenExpired,
+        auth::Method::Webhook => Closed::WebhookExpired,
+    };
+    if ctx.audit_only {
+        would_deny(ctx, closed.label(), session);
+        deadlines.valid_until = expiry_instant(i64::MAX);
+        return Next::Continue;
+    }
+    Next::Stop(closed, mqtt::code::V5_ADMINISTRATIVE_ACTION)
 }
 
 /// The session's relay: the authorized one when `[authorization]` is configured or the
