@@ -56,42 +56,14 @@ impl Server {
     /// A bad file is reported here, before the port opens.
     pub async fn start(config: Config) -> Result<Arc<Server>, StartError> {
         let trust = Trust::load(&config, 1)?;
-        let listener = bind(config.listen, config.limits.listen_backlog).map_err(|source| {
-            StartError::Listen {
-                addr: config.listen,
-                source,
-            }
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let backlog = config.limits.listen_backlog;
+        let (listener, local_addr) = bind_listener(config.listen, backlog)?;
         let websocket = match &config.websocket {
+            Some(ws) => Some(bind_listener(ws.listen, backlog)?),
             None => None,
-            Some(ws) => {
-                let listener = bind(ws.listen, config.limits.listen_backlog).map_err(|source| {
-                    StartError::Listen {
-                        addr: ws.listen,
-                        source,
-                    }
-                })?;
-                let addr = listener.local_addr().map_err(|source| StartError::Listen {
-                    addr: ws.listen,
-                    source,
-                })?;
-                Some((listener, addr))
-            }
         };
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.admin_listen,
-                source,
-            })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Listen {
-            addr: config.admin_listen,
-            source,
-        })?;
+        let admin = TcpListener::bind(config.admin_listen).await;
+        let (admin, admin_addr) = with_addr(admin, config.admin_listen)?;
         let metrics = Arc::new(Metrics::new());
         warn_skipped(&trust);
         metrics.observe_trust(&trust);
@@ -99,41 +71,13 @@ impl Server {
         let (trust_tx, trust_rx) = trust::publish(trust);
         let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Running);
         let slots = Slots::new(&config.limits);
-        let ctx = Arc::new(Ctx {
-            limits: config.limits.clone(),
-            upstream: config.upstream.clone(),
-            // SPEC §12: in audit-only mode the broker sees every client as itself.
-            username_mode: match config.audit_only {
-                true => crate::config::UsernameMode::Passthrough,
-                false => config.username_mode,
-            },
-            client_id_mode: match config.audit_only {
-                true => crate::config::ClientIdMode::Passthrough,
-                false => config.client_id_mode,
-            },
-            reason_strings: config.reason_strings,
-            upstream_proxy: config.upstream_proxy,
-            websocket: config.websocket.as_ref().map(|ws| ws.rules.clone()),
-            trust: trust_rx,
-            lifecycle: lifecycle_rx,
-            metrics: metrics.clone(),
-            denial_log: Default::default(),
-            slots: slots.clone(),
-            sessions: sessions::Sessions::new(
-                config.sessions.max_per_authentication_name,
-                config.sessions.connects_per_second,
-            ),
-            audit_only: config.audit_only,
-            // The top-level audit-only mode covers authorization too (SPEC §12).
-            authz_mode: config
-                .authorization
-                .as_ref()
-                .map(|a| match config.audit_only {
-                    true => crate::config::AuthzMode::Audit,
-                    false => a.mode,
-                }),
-            webhook: config.webhook.clone().map(crate::connection::Webhook::new),
-        });
+        let ctx = Arc::new(connection_ctx(
+            &config,
+            trust_rx,
+            lifecycle_rx,
+            metrics.clone(),
+            slots.clone(),
+        ));
         let server = Arc::new(Server {
             local_addr,
             websocket_addr: websocket.as_ref().map(|(_, addr)| *addr),
@@ -149,28 +93,45 @@ impl Server {
         });
         // Readiness needs a first answer before the listener is announced.
         server.check_upstream().await;
+        server.spawn_background(admin);
+        server.spawn_accept_loops(listener, websocket, ctx);
+        info!(listen = %local_addr, upstream = %server.config.upstream, "mqttgate listening");
+        Ok(server)
+    }
+
+    /// The admin listener, the upstream checker and the file watcher.
+    fn spawn_background(self: &Arc<Server>, admin: TcpListener) {
         let mut background = vec![
             tokio::spawn(crate::server::admin::serve(
                 admin,
-                server.clone(),
-                server.config.admin_max_connections,
+                self.clone(),
+                self.config.admin_max_connections,
             )),
-            tokio::spawn(upstream_checker(server.clone())),
+            tokio::spawn(upstream_checker(self.clone())),
         ];
-        if let Some(every) = server.config.watch_interval {
-            background.push(tokio::spawn(watch_files(server.clone(), every)));
+        if let Some(every) = self.config.watch_interval {
+            background.push(tokio::spawn(watch_files(self.clone(), every)));
         }
-        *server.background.lock().expect("not poisoned") = background;
+        *self.background.lock().expect("not poisoned") = background;
+    }
+
+    /// One accept loop per listener: the TLS one, and the WebSocket one when configured.
+    fn spawn_accept_loops(
+        self: &Arc<Server>,
+        listener: TcpListener,
+        websocket: Option<(TcpListener, SocketAddr)>,
+        ctx: Arc<Ctx>,
+    ) {
         let mut tasks = vec![tokio::spawn(accept_loop(
-            server.clone(),
+            self.clone(),
             listener,
             Transport::Tls,
-            server.config.inbound_proxy.clone(),
+            self.config.inbound_proxy.clone(),
             ctx.clone(),
         ))];
-        if let (Some((listener, addr)), Some(ws)) = (websocket, &server.config.websocket) {
+        if let (Some((listener, addr)), Some(ws)) = (websocket, &self.config.websocket) {
             tasks.push(tokio::spawn(accept_loop(
-                server.clone(),
+                self.clone(),
                 listener,
                 Transport::WebSocket,
                 ws.inbound_proxy.clone(),
@@ -178,9 +139,7 @@ impl Server {
             )));
             info!(listen = %addr, path = %ws.rules.path, "mqttgate listening for MQTT over WebSockets");
         }
-        *server.accept_tasks.lock().expect("not poisoned") = tasks;
-        info!(listen = %local_addr, upstream = %server.config.upstream, "mqttgate listening");
-        Ok(server)
+        *self.accept_tasks.lock().expect("not poisoned") = tasks;
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -300,6 +259,65 @@ impl Server {
 fn warn_skipped(trust: &Trust) {
     for skipped in &trust.anchors.skipped {
         warn!(ca = %skipped, "registered CA certificate has expired and is not loaded");
+    }
+}
+
+/// A client listener bound with the configured backlog, and the address it got.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), StartError> {
+    with_addr(bind(addr, backlog), addr)
+}
+
+/// The listener and its local address (port 0 resolved), or the error naming `addr`.
+fn with_addr(
+    bound: std::io::Result<TcpListener>,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen = |source| StartError::Listen { addr, source };
+    let listener = bound.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    Ok((listener, local))
+}
+
+/// What every connection shares, from the configuration and the published state.
+fn connection_ctx(
+    config: &Config,
+    trust: trust::TrustWatch,
+    lifecycle: watch::Receiver<Lifecycle>,
+    metrics: Arc<Metrics>,
+    slots: Arc<Slots>,
+) -> Ctx {
+    // SPEC §12: in audit-only mode the broker sees every client as itself, and the
+    // top-level mode covers authorization too.
+    let audit_only = config.audit_only;
+    Ctx {
+        limits: config.limits.clone(),
+        upstream: config.upstream.clone(),
+        username_mode: match audit_only {
+            true => crate::config::UsernameMode::Passthrough,
+            false => config.username_mode,
+        },
+        client_id_mode: match audit_only {
+            true => crate::config::ClientIdMode::Passthrough,
+            false => config.client_id_mode,
+        },
+        reason_strings: config.reason_strings,
+        upstream_proxy: config.upstream_proxy,
+        websocket: config.websocket.as_ref().map(|ws| ws.rules.clone()),
+        trust,
+        lifecycle,
+        metrics,
+        denial_log: Default::default(),
+        slots,
+        sessions: sessions::Sessions::new(
+            config.sessions.max_per_authentication_name,
+            config.sessions.connects_per_second,
+        ),
+        audit_only,
+        authz_mode: config.authorization.as_ref().map(|a| match audit_only {
+            true => crate::config::AuthzMode::Audit,
+            false => a.mode,
+        }),
+        webhook: config.webhook.clone().map(crate::connection::Webhook::new),
     }
 }
 
