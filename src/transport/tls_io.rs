@@ -19,10 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
-    UnbufferedStatus,
+    AppDataRecord, ConnectionState, EncodeError, EncodeTlsData, EncryptError,
+    InsufficientSizeError, UnbufferedStatus, WriteTraffic,
 };
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -182,16 +182,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
                     pos: out_pos,
                     end: out_end,
                 };
-                out.put(
-                    false,
-                    |b| enc.encode(b),
-                    |e| match e {
-                        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                            Some(*required_size)
-                        }
-                        _ => None,
-                    },
-                )?;
+                out.encode(&mut enc)?;
                 Step::Again
             }
             ConnectionState::TransmitTlsData(t) => {
@@ -210,25 +201,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
                         pos: out_pos,
                         end: out_end,
                     };
-                    // Nothing is consumed when there is no room: with bytes buffered, send
-                    // those first and try again; with none (a queued KeyUpdate ahead of the
-                    // data makes more than a record's worth), make room for this write.
-                    let flush_first = *out.end > *out.pos;
-                    let wrote = out.put(
-                        flush_first,
-                        |b| w.encrypt(data, b),
-                        |e| match e {
-                            EncryptError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            }) => Some(*required_size),
-                            _ => None,
-                        },
-                    )?;
-                    if wrote {
-                        Step::Wrote(data.len())
-                    } else {
-                        Step::Flush
-                    }
+                    out.encrypt(&mut w, data)?
                 }
                 _ => Step::Idle,
             },
@@ -248,17 +221,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
             }
             _ => return Err(io::Error::other("unknown TLS connection state")),
         };
-        if discard > 0 {
-            if let Some(b) = inb.as_mut() {
-                b.copy_within(discard..*in_used, 0);
-            }
-            *in_used -= discard;
-        }
-        if *in_used == 0 {
-            if let Some(b) = inb.take() {
-                pool::give(b);
-            }
-        }
+        consume(inb, in_used, discard);
         Ok(step)
     }
 
@@ -347,7 +310,66 @@ struct Out<'a> {
     end: &'a mut usize,
 }
 
+/// Drops the first `discard` bytes of the receive buffer (records rustls has processed);
+/// an empty buffer goes back to the pool.
+fn consume(inb: &mut Option<Box<[u8]>>, in_used: &mut usize, discard: usize) {
+    if discard > 0 {
+        if let Some(b) = inb.as_mut() {
+            b.copy_within(discard..*in_used, 0);
+        }
+        *in_used -= discard;
+    }
+    if *in_used == 0 {
+        if let Some(b) = inb.take() {
+            pool::give(b);
+        }
+    }
+}
+
 impl Out<'_> {
+    /// A record rustls has dequeued: into the buffer, with room made for it if needed.
+    fn encode(&mut self, enc: &mut EncodeTlsData<'_, ServerConnectionData>) -> io::Result<()> {
+        self.put(
+            false,
+            |b| enc.encode(b),
+            |e| match e {
+                EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                    Some(*required_size)
+                }
+                _ => None,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Application data encrypted into the buffer: `Wrote` when it was, `Flush` when the
+    /// buffered bytes must go out first.
+    fn encrypt(
+        &mut self,
+        w: &mut WriteTraffic<'_, ServerConnectionData>,
+        data: &[u8],
+    ) -> io::Result<Step> {
+        // Nothing is consumed when there is no room: with bytes buffered, send those first
+        // and try again; with none (a queued KeyUpdate ahead of the data makes more than a
+        // record's worth), make room for this write.
+        let flush_first = *self.end > *self.pos;
+        let wrote = self.put(
+            flush_first,
+            |b| w.encrypt(data, b),
+            |e| match e {
+                EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                    Some(*required_size)
+                }
+                _ => None,
+            },
+        )?;
+        Ok(if wrote {
+            Step::Wrote(data.len())
+        } else {
+            Step::Flush
+        })
+    }
+
     /// Lets `write` fill the free end of the buffer. When it needs more room (`needs` says
     /// how much): with `flush_first`, returns false having written nothing (only valid when
     /// `write` consumed nothing, as encryption does); otherwise makes that room and writes
