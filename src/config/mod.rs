@@ -13,10 +13,15 @@ mod authz;
 pub use self::authz::{Authorization, AuthzMode};
 use crate::auth::{NameSource, SubjectMatch};
 use crate::transport::proxy::Cidr;
-use crate::transport::ws::UpgradeRules;
 
 mod jwt;
+mod limits;
+mod listeners;
 pub use self::jwt::JwtConfig;
+use self::limits::{positive, RawLimits, RawSessions};
+pub use self::limits::{Limits, SessionLimits};
+use self::listeners::{parse_inbound_proxy, RawWebSocket};
+pub use self::listeners::{WebSocketListener, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_WEBSOCKET_PATH};
 mod webhook;
 pub use self::webhook::{Decides, WebhookConfig, WebhookUrl};
 
@@ -106,14 +111,6 @@ struct RawAuth {
     webhook: Option<webhook::RawWebhook>,
 }
 
-/// SPEC §10: sessions per authentication name and the per-session connect rate.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSessions {
-    max_per_authentication_name: Option<usize>,
-    connects_per_second: Option<f64>,
-}
-
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }
@@ -135,16 +132,6 @@ struct RawTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWebSocket {
-    listen: String,
-    path: Option<String>,
-    /// "required": like the top-level key, for this listener (same `trusted_proxies`).
-    proxy_protocol: Option<String>,
-    max_request_bytes: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRegistry {
     clients: PathBuf,
     max_bytes: Option<u64>,
@@ -158,21 +145,6 @@ struct RawUpstream {
     address: Option<String>,
     username: Option<String>,
     client_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    connect_timeout_ms: Option<u64>,
-    dial_timeout_ms: Option<u64>,
-    max_connect_bytes: Option<usize>,
-    max_connections: Option<usize>,
-    busy_answers: Option<usize>,
-    max_pending: Option<usize>,
-    max_pending_per_source: Option<usize>,
-    linger_ms: Option<u64>,
-    drain_timeout_ms: Option<u64>,
-    listen_backlog: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -226,46 +198,10 @@ pub enum ClientIdMode {
     PerIdentity,
 }
 
-/// The WebSocket listener: its address, its upgrade rules and its PROXY protocol setting.
-#[derive(Clone, Debug)]
-pub struct WebSocketListener {
-    pub listen: SocketAddr,
-    pub rules: UpgradeRules,
-    pub inbound_proxy: Option<Vec<Cidr>>,
-}
-
-pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
-/// Browsers send 400–800 bytes; long cookies or tokens in the query string more.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8192;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsVersion {
     V12,
     V13,
-}
-
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// One deadline from TCP accept through the TLS handshake to a complete CONNECT.
-    pub connect_timeout: Duration,
-    pub dial_timeout: Duration,
-    pub max_connect_bytes: usize,
-    /// Proxied connections served normally.
-    pub max_connections: usize,
-    /// Connections past `max_connections` that still get a TLS handshake and a
-    /// "server busy" CONNACK; past that, new TCP connections are closed before any TLS work.
-    pub busy_answers: usize,
-    /// Connections still in their TLS handshake or CONNECT (SPEC §7); past it, accepting
-    /// pauses and new connections wait in the kernel's backlog.
-    pub max_pending: usize,
-    /// Pending connections from one source address; past it, closed at accept.
-    pub max_pending_per_source: usize,
-    /// Once one side of a session has closed, how long the other side may take to close
-    /// too before mqttgate closes it (and how long a refusal or DISCONNECT may take to send).
-    pub linger: Duration,
-    pub drain_timeout: Duration,
-    /// The accept queue asked of the kernel, which caps it at `net.core.somaxconn`.
-    pub listen_backlog: u32,
 }
 
 /// The validated configuration. Paths are resolved against the configuration file's folder.
@@ -315,15 +251,6 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
 }
 
-/// `[sessions]` (SPEC §10).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SessionLimits {
-    /// Sessions one authentication name may hold at once on this instance (Azure: 1).
-    pub max_per_authentication_name: usize,
-    /// Admitted connects per second per session; 0 turns the limit off (Azure: 1).
-    pub connects_per_second: f64,
-}
-
 impl Config {
     /// Every file the trust state is built from, for the change watcher.
     /// A registry directory counts as the files in it now, so adding, removing or editing
@@ -361,11 +288,15 @@ impl Config {
             file: file.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let field_err = |field: &'static str, message: String| ConfigError::Field {
+        Config::validate(raw, file).map_err(|(field, message)| ConfigError::Field {
             file: file.to_path_buf(),
             field,
             message,
-        };
+        })
+    }
+
+    /// Every field checked and defaulted; the first bad one is named with why.
+    fn validate(raw: RawConfig, file: &Path) -> Result<Config, FieldError> {
         let base = file.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
             if p.is_absolute() {
@@ -374,247 +305,36 @@ impl Config {
                 base.join(p)
             }
         };
-        let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
-            s.parse()
-                .map_err(|_| field_err(field, format!("{s:?} is not an address like 0.0.0.0:8883")))
-        };
-
-        let name_sources = raw
-            .alternative_sources
-            .iter()
-            .map(|s| {
-                NameSource::from_azure(s).ok_or_else(|| {
-                    field_err(
-                        "alternativeAuthenticationNameSources",
-                        format!(
-                            "{s:?} is not one of ClientCertificateSubject, ClientCertificateDns, \
-                             ClientCertificateUri, ClientCertificateIp, ClientCertificateEmail"
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, s) in name_sources.iter().enumerate() {
-            if name_sources[..i].contains(s) {
-                return Err(field_err(
-                    "alternativeAuthenticationNameSources",
-                    format!("{} is listed twice", s.azure_name()),
-                ));
-            }
-        }
-        let subject_match = match raw.subject_match.as_deref() {
-            None | Some("cn") => SubjectMatch::CommonName,
-            Some("rfc4514") => SubjectMatch::Rfc4514,
-            Some(other) => {
-                return Err(field_err(
-                    "subject_match",
-                    format!("{other:?} is not \"cn\" or \"rfc4514\""),
-                ))
-            }
-        };
-        let min_tls = match raw.tls.min_version.as_deref() {
-            None | Some("1.2") => TlsVersion::V12,
-            Some("1.3") => TlsVersion::V13,
-            Some(other) => {
-                return Err(field_err(
-                    "tls.min_version",
-                    format!("{other:?} is not \"1.2\" or \"1.3\""),
-                ))
-            }
-        };
-        let username_mode = match raw.upstream.username.as_deref() {
-            None | Some("rewrite") => UsernameMode::Rewrite,
-            Some("passthrough") => UsernameMode::Passthrough,
-            Some(other) => {
-                return Err(field_err(
-                    "upstream.username",
-                    format!("{other:?} is not \"rewrite\" or \"passthrough\""),
-                ))
-            }
-        };
-        let client_id_mode = match raw.upstream.client_id.as_deref() {
-            Some("authentication-name") => ClientIdMode::AuthenticationName,
-            Some("passthrough") => ClientIdMode::Passthrough,
-            // Azure's model (SPEC §10): the ClientId names one of the identity's sessions.
-            None | Some("per-identity") => ClientIdMode::PerIdentity,
-            Some(other) => {
-                return Err(field_err(
-                    "upstream.client_id",
-                    format!(
-                    "{other:?} is not \"authentication-name\", \"passthrough\" or \"per-identity\""
-                ),
-                ))
-            }
-        };
-        let stale_crl = match raw.tls.stale_crl.as_deref() {
-            None | Some("refuse") => StaleCrl::Refuse,
-            Some("ignore") => StaleCrl::Ignore,
-            Some(other) => {
-                return Err(field_err(
-                    "tls.stale_crl",
-                    format!("{other:?} is not \"refuse\" or \"ignore\""),
-                ))
-            }
-        };
         let upstream = raw
             .upstream
             .address
             .unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
         if !upstream.contains(':') {
-            return Err(field_err(
+            return Err((
                 "upstream.address",
                 format!("{upstream:?} needs a port, like 127.0.0.1:1883"),
             ));
         }
-
-        let l = raw.limits;
-        let positive = |field: &'static str, v: u64| -> Result<u64, ConfigError> {
-            if v == 0 {
-                Err(field_err(field, "must be greater than 0".to_string()))
-            } else {
-                Ok(v)
-            }
-        };
-        let max_connect_bytes = l.max_connect_bytes.unwrap_or(DEFAULT_MAX_CONNECT_BYTES);
-        // A CONNECT can't be shorter than a v3.1.1 header with an empty client id (14 bytes),
-        // and the MQTT remaining length tops out at 256 MiB.
-        if !(14..=268_435_460).contains(&max_connect_bytes) {
-            return Err(field_err(
-                "limits.max_connect_bytes",
-                format!("{max_connect_bytes} is outside 14..=268435460"),
-            ));
-        }
-        let max_connections = positive(
-            "limits.max_connections",
-            l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as u64,
-        )? as usize;
-        let max_pending = positive(
-            "limits.max_pending",
-            l.max_pending
-                .unwrap_or((max_connections / 4).max(MIN_DEFAULT_PENDING)) as u64,
-        )? as usize;
-        let max_pending_per_source = positive(
-            "limits.max_pending_per_source",
-            l.max_pending_per_source
-                .unwrap_or((max_pending / 4).max(MIN_DEFAULT_PENDING_PER_SOURCE))
-                as u64,
-        )? as usize;
-        let limits = Limits {
-            connect_timeout: Duration::from_millis(positive(
-                "limits.connect_timeout_ms",
-                l.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
-            )?),
-            dial_timeout: Duration::from_millis(positive(
-                "limits.dial_timeout_ms",
-                l.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
-            )?),
-            max_connect_bytes,
-            max_connections,
-            busy_answers: l.busy_answers.unwrap_or(DEFAULT_BUSY_ANSWERS),
-            max_pending,
-            max_pending_per_source,
-            linger: Duration::from_millis(positive(
-                "limits.linger_ms",
-                l.linger_ms.unwrap_or(DEFAULT_LINGER_MS),
-            )?),
-            drain_timeout: Duration::from_millis(
-                l.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
-            ),
-            listen_backlog: match l.listen_backlog.unwrap_or(DEFAULT_LISTEN_BACKLOG) {
-                n @ 1..=65535 => n,
-                n => {
-                    return Err(field_err(
-                        "limits.listen_backlog",
-                        format!("{n} is outside 1..=65535"),
-                    ))
-                }
-            },
-        };
-
-        let inbound_proxy = parse_inbound_proxy(
-            "proxy_protocol",
-            raw.proxy_protocol.as_deref(),
-            &raw.trusted_proxies,
-        )
-        .map_err(|(f, m)| field_err(f, m))?;
-        let websocket = match &raw.websocket {
-            None => None,
-            Some(ws) => Some(WebSocketListener {
-                listen: addr("websocket.listen", &ws.listen)?,
-                rules: UpgradeRules {
-                    path: match ws.path.as_deref().unwrap_or(DEFAULT_WEBSOCKET_PATH) {
-                        p if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p.to_string(),
-                        p => {
-                            return Err(field_err(
-                                "websocket.path",
-                                format!("{p:?} is not an absolute path like \"/mqtt\""),
-                            ))
-                        }
-                    },
-                    max_request_bytes: match ws
-                        .max_request_bytes
-                        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
-                    {
-                        n @ 256..=65_536 => n,
-                        n => {
-                            return Err(field_err(
-                                "websocket.max_request_bytes",
-                                format!("{n} is outside 256..=65536"),
-                            ))
-                        }
-                    },
-                },
-                inbound_proxy: parse_inbound_proxy(
-                    "websocket.proxy_protocol",
-                    ws.proxy_protocol.as_deref(),
-                    &raw.trusted_proxies,
-                )
-                .map_err(|(f, m)| field_err(f, m))?,
-            }),
-        };
-        let upstream_proxy = match raw.upstream.proxy_protocol.as_deref() {
-            None | Some("off") => false,
-            Some("v2") => true,
-            Some(other) => {
-                return Err(field_err(
-                    "upstream.proxy_protocol",
-                    format!("{other:?} is not \"v2\" or \"off\""),
-                ))
-            }
-        };
-        let webhook = match raw.auth.webhook {
-            Some(w) => Some(w.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
-            None => None,
-        };
-        let jwt = match raw.auth.jwt {
-            None => None,
-            Some(j) => Some(
-                j.validate(resolve)
-                    .map_err(|(field, message)| field_err(field, message))?,
-            ),
-        };
-        let audit_only = match raw.mode.as_deref() {
-            None | Some("enforce") => false,
-            Some("audit") => true,
-            Some(other) => {
-                return Err(field_err(
-                    "mode",
-                    format!("{other:?} is not \"enforce\" or \"audit\""),
-                ))
-            }
-        };
-        let authorization = match raw.authorization {
-            None => None,
-            Some(a) => Some(a.validate(resolve).map_err(|(f, m)| field_err(f, m))?),
-        };
+        let trusted = &raw.trusted_proxies;
         Ok(Config {
-            jwt,
-            audit_only,
+            audit_only: choice(
+                "mode",
+                raw.mode.as_deref(),
+                &[("enforce", false), ("audit", true)],
+            )?,
             file: file.to_path_buf(),
-            listen: addr("listen", &raw.listen)?,
-            inbound_proxy,
-            websocket,
-            admin_listen: addr(
+            listen: parse_addr("listen", &raw.listen)?,
+            inbound_proxy: parse_inbound_proxy(
+                "proxy_protocol",
+                raw.proxy_protocol.as_deref(),
+                trusted,
+            )?,
+            websocket: raw
+                .websocket
+                .as_ref()
+                .map(|ws| ws.validate(trusted))
+                .transpose()?,
+            admin_listen: parse_addr(
                 "admin.listen",
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
             )?,
@@ -624,26 +344,61 @@ impl Config {
                     .max_connections
                     .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS) as u64,
             )? as usize,
-            name_sources,
-            subject_match,
+            name_sources: name_sources(&raw.alternative_sources)?,
+            subject_match: choice(
+                "subject_match",
+                raw.subject_match.as_deref(),
+                &[
+                    ("cn", SubjectMatch::CommonName),
+                    ("rfc4514", SubjectMatch::Rfc4514),
+                ],
+            )?,
             server_cert: resolve(&raw.tls.certificate),
             server_key: resolve(&raw.tls.private_key),
             ca_files: raw.tls.ca_certificates.iter().map(|p| resolve(p)).collect(),
-            min_tls,
+            min_tls: choice(
+                "tls.min_version",
+                raw.tls.min_version.as_deref(),
+                &[("1.2", TlsVersion::V12), ("1.3", TlsVersion::V13)],
+            )?,
             registry_file: resolve(&raw.registry.clients),
             registry_max_bytes: match raw.registry.max_bytes {
                 None => crate::trust::registry::DEFAULT_MAX_BYTES,
-                Some(0) => return Err(field_err("registry.max_bytes", "must be positive".into())),
+                Some(0) => return Err(("registry.max_bytes", "must be positive".into())),
                 Some(n) => n,
             },
             upstream,
-            upstream_proxy,
-            username_mode,
-            client_id_mode,
-            limits,
+            upstream_proxy: choice(
+                "upstream.proxy_protocol",
+                raw.upstream.proxy_protocol.as_deref(),
+                &[("off", false), ("v2", true)],
+            )?,
+            username_mode: choice(
+                "upstream.username",
+                raw.upstream.username.as_deref(),
+                &[
+                    ("rewrite", UsernameMode::Rewrite),
+                    ("passthrough", UsernameMode::Passthrough),
+                ],
+            )?,
+            // Azure's model (SPEC §10): the ClientId names one of the identity's sessions.
+            client_id_mode: choice(
+                "upstream.client_id",
+                raw.upstream.client_id.as_deref(),
+                &[
+                    ("per-identity", ClientIdMode::PerIdentity),
+                    ("authentication-name", ClientIdMode::AuthenticationName),
+                    ("passthrough", ClientIdMode::Passthrough),
+                ],
+            )?,
+            limits: raw.limits.validate()?,
             reason_strings: raw.mqtt.reason_strings,
             crl_files: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
-            stale_crl,
+            stale_crl: choice(
+                "tls.stale_crl",
+                raw.tls.stale_crl.as_deref(),
+                &[("refuse", StaleCrl::Refuse), ("ignore", StaleCrl::Ignore)],
+            )?,
             watch_interval: match raw
                 .reload
                 .watch_interval_ms
@@ -652,69 +407,68 @@ impl Config {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
-            sessions: SessionLimits {
-                max_per_authentication_name: match raw
-                    .sessions
-                    .max_per_authentication_name
-                    .unwrap_or(1)
-                {
-                    // 0 turns the limit off (beyond Azure: one identity shared by a whole
-                    // test fleet, or load generators).
-                    0 => usize::MAX,
-                    n @ 1..=100 => n,
-                    n => {
-                        return Err(field_err(
-                            "sessions.max_per_authentication_name",
-                            format!("{n} is outside 1..=100 (Azure's range), or 0 for no limit"),
-                        ))
-                    }
-                },
-                connects_per_second: match raw.sessions.connects_per_second.unwrap_or(1.0) {
-                    r if r.is_finite() && r >= 0.0 => r,
-                    r => {
-                        return Err(field_err(
-                            "sessions.connects_per_second",
-                            format!("{r} is not a number >= 0 (0 turns the limit off)"),
-                        ))
-                    }
-                },
-            },
+            sessions: raw.sessions.validate()?,
             upstream_check_interval: Duration::from_millis(positive(
                 "admin.upstream_check_interval_ms",
                 raw.admin
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
-            authorization,
-            webhook,
+            authorization: raw.authorization.map(|a| a.validate(resolve)).transpose()?,
+            webhook: raw.auth.webhook.map(|w| w.validate(resolve)).transpose()?,
+            jwt: raw.auth.jwt.map(|j| j.validate(resolve)).transpose()?,
         })
     }
 }
 
-/// `proxy_protocol` for a listener: "required" takes headers from `trusted_proxies` only.
-fn parse_inbound_proxy(
+/// A field and why its value is refused; the file is added by [`Config::from_toml`].
+type FieldError = (&'static str, String);
+
+/// One of a field's named values; absent is the first one (the default).
+fn choice<T: Copy>(
     field: &'static str,
     value: Option<&str>,
-    trusted: &[String],
-) -> Result<Option<Vec<Cidr>>, (&'static str, String)> {
-    match value {
-        None | Some("off") => Ok(None),
-        Some("required") => {
-            if trusted.is_empty() {
-                return Err((
-                    "trusted_proxies",
-                    format!("required with {field} = \"required\": the load balancers' networks"),
-                ));
-            }
-            let cidrs = trusted
-                .iter()
-                .map(|c| Cidr::parse(c))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ("trusted_proxies", e))?;
-            Ok(Some(cidrs))
-        }
-        Some(other) => Err((field, format!("{other:?} is not \"required\" or \"off\""))),
+    options: &[(&str, T)],
+) -> Result<T, FieldError> {
+    let Some(value) = value else {
+        return Ok(options[0].1);
+    };
+    if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+        return Ok(*v);
     }
+    let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+    let (last, rest) = names.split_last().expect("a field has options");
+    Err((
+        field,
+        format!("{value:?} is not {} or {last}", rest.join(", ")),
+    ))
+}
+
+fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr, FieldError> {
+    s.parse()
+        .map_err(|_| (field, format!("{s:?} is not an address like 0.0.0.0:8883")))
+}
+
+/// `alternativeAuthenticationNameSources`: Azure's names, each at most once, in order.
+fn name_sources(names: &[String]) -> Result<Vec<NameSource>, FieldError> {
+    const FIELD: &str = "alternativeAuthenticationNameSources";
+    let mut sources = Vec::with_capacity(names.len());
+    for s in names {
+        let source = NameSource::from_azure(s).ok_or_else(|| {
+            (
+                FIELD,
+                format!(
+                    "{s:?} is not one of ClientCertificateSubject, ClientCertificateDns, \
+                     ClientCertificateUri, ClientCertificateIp, ClientCertificateEmail"
+                ),
+            )
+        })?;
+        if sources.contains(&source) {
+            return Err((FIELD, format!("{} is listed twice", source.azure_name())));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
 }
 
 #[cfg(test)]
