@@ -11,17 +11,22 @@
 //!                                              7 record: one outcome per connection (metrics + audit)
 //! ```
 //!
+//! On a listener that takes PROXY protocol v2, phase 0 reads the header that names the client
+//! before the handshake; on the WebSocket listener, phase 1b answers the HTTP/1.1 upgrade
+//! after it. Both run under the same connect deadline.
+//!
 //! Modules, by concern:
-//! - [`server`]: accept loop and admission slots, reload watcher, admin listener, OS limits,
-//!   shutdown.
+//! - [`server`]: accept loop and admission slots, sessions per authentication name, reload
+//!   watcher, admin listener, OS limits, shutdown.
 //! - [`connection`]: one connection's phases ([`connection::serve`]), its outcome record,
 //!   the upstream side (dial, CONNECT, CONNACK) and the live session.
-//! - [`transport`]: the client stream ([`transport::ClientStream`]: TLS today) and the
-//!   client's address ([`transport::Peer`]), the TLS I/O and its buffer pool, the relay,
-//!   packet reads under a deadline.
+//! - [`transport`]: the client stream ([`transport::ClientStream`]: TLS, or a WebSocket over
+//!   TLS) and the client's address ([`transport::Peer`], set from a PROXY v2 header when the
+//!   listener takes one), the TLS I/O and its buffer pool, the relay, packet reads under a
+//!   deadline.
 //! - [`mqtt`]: the codec (pure): CONNECT, the packets mqttgate sends or watches, properties.
-//! - [`auth`]: the decision (pure): authentication methods ([`auth::Method`]) and names,
-//!   registry checks, and what the broker sees ([`auth::rewrite`]).
+//! - [`auth`]: the decision (pure): authentication methods ([`auth::Method`]: certificate,
+//!   JWT, webhook) and names, registry checks, and what the broker sees ([`auth::rewrite`]).
 //! - [`trust`]: what is loaded and reloaded (registry, CA certificates, CRLs, the server
 //!   certificate) and the one admission function ([`trust::admit`]).
 //! - [`authz`]: authorization (pure): client groups, topic spaces, permission bindings.

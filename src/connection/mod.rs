@@ -5,11 +5,12 @@
 //! 0 serve_proxied  on a PROXY-protocol listener: the v2 header names the client   (here)
 //! 1 handshake      TLS under the connect deadline; the verifier is trust::admit   (here)
 //!   upgrade        on the WebSocket listener: HTTP/1.1 Upgrade, same deadline    (here)
-//! 2 read_connect   buffer until the codec says the CONNECT is complete            (here)
-//!   ask_webhook    the clients the webhook decides (SPEC §9): its answer          webhook.rs
-//! 3 decide         Trust::decide against the newest trust state: admit + auth     (here)
+//! 2 read_connect   buffer until the codec says the CONNECT is complete        decide.rs
+//!   ask_webhook    the clients the webhook decides (SPEC §9): its answer      decide.rs,
+//!                                                                             webhook.rs
+//! 3 decide         Trust::decide against the newest trust state: admit + auth decide.rs
 //!                  └ refused → outcome::refuse: CONNACK, close
-//!   claim_session  sessions per authentication name, connect rate (SPEC §10)     (here)
+//!   claim_session  sessions per authentication name, connect rate (SPEC §10) decide.rs
 //! 4 dial           the broker, under its own deadline; decide again on a reload    upstream.rs
 //! 5 open_upstream  the rewritten CONNECT (auth::rewrite) + pipelined bytes, then
 //!                  the broker's CONNACK passed on                                   upstream.rs
