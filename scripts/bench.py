@@ -51,6 +51,11 @@ PATH_TARGETS = ["mqttgate-ws"] + (["mqttgate-proxy", "mosquitto21-ws"] if MOSQUI
 # JWT clients (no client certificate, a CUSTOM-JWT token in the CONNECT) on mqttgate's TLS
 # listener, against certificate clients: storm CPU per connection.
 STORM_ONLY = ["mqttgate-jwt"]
+# An older mqttgate build beside this one, same configuration and clients, for before/after
+# figures from one run (MQTTGATE_BASE=/path/to/older/mqttgate): storm CPU, relay CPU and
+# idle memory, with the ratios this build / that build.
+BASE = os.environ.get("MQTTGATE_BASE")
+BASE_TARGETS = ["mqttgate-base"] if BASE else []
 
 
 def free_port():
@@ -102,7 +107,7 @@ class Setups:
         )
         (work / "haproxy.pem").write_text((pki / "server.pem").read_text() + (pki / "server.key").read_text())
         self.make_jwt()
-        self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + ["mosquitto21", "mosquitto21-ws"]}
+        self.port = {t: free_port() for t in TARGETS + PATH_TARGETS + BASE_TARGETS + ["mosquitto21", "mosquitto21-ws"]}
 
     def make_jwt(self):
         """An RS256 issuer key (its certificate is mqttgate's key file, kid = file stem) and
@@ -218,6 +223,16 @@ ciphers_tls1.3 {SUITE_OPENSSL}
         env = dict(os.environ, RUST_LOG="warn")
         self._spawn("mqttgate-proxy", [str(BIN / "mqttgate"), "run", "--config", str(conf)], self.port["mqttgate-proxy"], env=env)
 
+    def start_mqttgate_base(self):
+        """The older build: this build's configuration without the sections it may not know
+        (WebSockets, JWT, session limits; it had no session limits to turn off)."""
+        conf = self.work / "mqttgate-base.toml"
+        text = (self.work / "mqttgate.toml").read_text()
+        text = text.replace(f"127.0.0.1:{self.port['mqttgate']}", f"127.0.0.1:{self.port['mqttgate-base']}")
+        conf.write_text(text.split("[auth.jwt]")[0])
+        env = dict(os.environ, RUST_LOG="warn")
+        self._spawn("mqttgate-base", [BASE, "run", "--config", str(conf)], self.port["mqttgate-base"], env=env)
+
     def start_haproxy(self):
         conf = self.work / "haproxy.cfg"
         conf.write_text(
@@ -271,6 +286,8 @@ socket = r:TCP_NODELAY=1
         self.start_mqttgate()
         self.start_haproxy()
         self.start_stunnel()
+        if BASE:
+            self.start_mqttgate_base()
         if MOSQUITTO_21:
             self.start_mosquitto21()
             self.start_mqttgate_proxy()
@@ -367,7 +384,7 @@ def main():
         if "error" in r or r.get("errors") or r.get("publish_errors"):
             errors.append(f"{scn}/{target}: {r.get('error') or r.get('first_error')}")
 
-    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"] + PATH_TARGETS + STORM_ONLY
+    storm_targets = ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel"] + PATH_TARGETS + STORM_ONLY + BASE_TARGETS
     try:
         s.start_all()
         # 1. connect storm
@@ -384,7 +401,7 @@ def main():
 
         # 2. small-message relay: 64-byte QoS 0, many publishers to subscribers, unbounded
         for rnd in range(ROUNDS if want("relay") else 0):
-            for t in TARGETS + [t for t in PATH_TARGETS if t == "mqttgate-proxy"]:
+            for t in TARGETS + [t for t in PATH_TARGETS if t == "mqttgate-proxy"] + BASE_TARGETS:
                 r = load(
                     s.client_args(t)
                     + ["--duration", str(SECS), "--threads", "1", "pubsub", "--publishers", "16",
@@ -425,7 +442,7 @@ def main():
             if time_left() < 60:
                 errors.append(f"idle: stopped after {rnd} rounds to stay within the time limit")
                 break
-            for t in TARGETS + ["mqttgate-ws"] + (["mosquitto21-ws"] if MOSQUITTO_21 else []):
+            for t in TARGETS + ["mqttgate-ws"] + (["mosquitto21-ws"] if MOSQUITTO_21 else []) + BASE_TARGETS:
                 s.restart("mosquitto")
                 if t not in ("plain", "mosquitto-tls"):
                     s.restart(s.terminator(t))
@@ -473,12 +490,12 @@ def summarize(results):
     def per(scn, t, f):
         return med([f(r) for r in results.get((scn, t), []) if "error" not in r])
 
-    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy", "mqttgate-jwt", "mosquitto21-ws"]:
+    for t in ["plain", "mqttgate", "mqttgate-thumbprint", "mosquitto-tls", "haproxy", "stunnel", "mqttgate-ws", "mqttgate-proxy", "mqttgate-jwt", "mosquitto21-ws"] + BASE_TARGETS:
         g[("storm_rate", t)] = per("storm", t, lambda r: r["conn_per_s"])
         g[("storm_cpu_per_1k", t)] = per(
             "storm", t, lambda r: r["cpu_s"]["term"] / r["connections"] * 1000 if r["connections"] else None
         )
-    for t in TARGETS + ["mqttgate-ws", "mqttgate-proxy", "mosquitto21-ws"]:
+    for t in TARGETS + ["mqttgate-ws", "mqttgate-proxy", "mosquitto21-ws"] + BASE_TARGETS:
         g[("relay_rate", t)] = per("relay", t, lambda r: r["msgs_per_s"])
         g[("relay_loss", t)] = per("relay", t, lambda r: r["lost"] / r["sent"] if r["sent"] else None)
         g[("relay_term_us_per_msg", t)] = per(
@@ -659,7 +676,7 @@ def report(results, errors, work):
         got = {r.get("negotiated") for r in results.get(("storm", t), []) if r.get("negotiated")}
         suites.append(", ".join(sorted(got)) or "n/a")
     lines.append("| negotiated with the rustls client | | " + " | ".join(suites) + " |")
-    table = "\n".join(lines) + "\n\n" + paths_table(g)
+    table = "\n".join(lines) + "\n\n" + paths_table(g) + base_table(g)
     tlines = ["| target | measured | wanted | result |", "|---|---|---|---|"]
     for name, value, want, res, unit in checks:
         tlines.append(f"| {name} | {fmt(value, 2)} | {want} | {res} |")
@@ -731,6 +748,23 @@ def paths_table(g):
     )
     if not MOSQUITTO_21:
         out.append("\nPROXY v2 not measured: no Mosquitto 2.1 (run scripts/interop.sh ../shared/vendor first, or set BENCH_MOSQUITTO_21).")
+    return "\n".join(out)
+
+
+def base_table(g):
+    """This build beside MQTTGATE_BASE, when given: the figures a change to the connection
+    path must not regress, and the ratios this / base (lower is better for all three)."""
+    if not BASE:
+        return ""
+    rows = [
+        ("connect storm: CPU-s per 1,000 connections", "storm_cpu_per_1k", 3),
+        ("small messages: mqttgate CPU µs per message", "relay_term_us_per_msg", 2),
+        ("idle: RSS KiB per connection", "idle_kib", 1),
+    ]
+    out = [f"\n\n| this build vs MQTTGATE_BASE ({Path(BASE).name}) | this build | base | this / base |", "|---|---|---|---|"]
+    for label, key, d in rows:
+        now, base = g.get((key, "mqttgate")), g.get((key, "mqttgate-base"))
+        out.append(f"| {label} | {fmt(now, d)} | {fmt(base, d)} | {fmt(ratio(now, base), 2)} |")
     return "\n".join(out)
 
 

@@ -7,7 +7,8 @@
 #
 # Knobs (environment): BENCH_ROUNDS, BENCH_SECONDS (per measurement, default 2),
 # BENCH_IDLE_COUNTS (default 1000,5000), BENCH_ONLY (e.g. "storm,idle"), BENCH_OUT,
-# BENCH_RECONNECT_CLIENTS (default 2000).
+# BENCH_RECONNECT_CLIENTS (default 2000), MQTTGATE_BASE (an older mqttgate binary, run beside
+# this build on the same load: storm CPU, relay CPU and idle KiB before/after, with ratios).
 #
 # `scripts/bench.sh storm-reconnect` runs only the reconnect storm (N clients at once, time
 # until all are admitted, mqttgate vs Mosquitto native TLS) and prints it; about a minute.
