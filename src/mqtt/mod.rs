@@ -749,6 +749,26 @@ impl PacketBoundary {
                 bytes = &bytes[skip..];
                 continue;
             }
+            if self.header_len == 0 {
+                // A whole fixed header with a one- or two-byte remaining length (packets
+                // under 16 KiB, nearly all of them) is taken in one step: the relay of a
+                // small message spends most of its tracking here.
+                let whole = match bytes {
+                    [first, l0, ..] if l0 & 0x80 == 0 => Some((*first, usize::from(*l0), 2)),
+                    [first, l0, l1, ..] if l1 & 0x80 == 0 => {
+                        Some((*first, usize::from(l0 & 0x7F) | usize::from(*l1) << 7, 3))
+                    }
+                    _ => None,
+                };
+                if let Some((first, len, header)) = whole {
+                    self.first = first;
+                    self.len = len;
+                    let skip = len.min(bytes.len() - header);
+                    self.body_left = len - skip;
+                    bytes = &bytes[header + skip..];
+                    continue;
+                }
+            }
             let byte = bytes[0];
             bytes = &bytes[1..];
             if self.header_len == 0 {

@@ -874,6 +874,27 @@ fn check_any_input(input: &[u8], max_len: usize) {
 }
 
 proptest! {
+    /// The tracker's one-step path for whole headers and its byte-at-a-time path agree:
+    /// packets of every remaining-length size, fed whole or in random chunks.
+    #[test]
+    fn packet_boundaries_do_not_depend_on_how_the_stream_is_cut(
+        packets in prop::collection::vec((any::<u8>(), 0usize..20_000), 1..6),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let packets: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|&(first, len)| packet(first, &vec![0xe0; len]))
+            .collect();
+        let (stream, ends) = stream_of(&packets);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        check_boundaries(&stream, &ends, &cuts);
+        let mut whole = PacketBoundary::default();
+        whole.feed(&stream);
+        prop_assert!(whole.at_boundary());
+        prop_assert_eq!(whole.ends_after_disconnect(), packets.last().unwrap()[0] >> 4 == 14);
+    }
+
     #[test]
     fn valid_connects_round_trip(connect in any_connect()) {
         let bytes = connect.encode().unwrap();
