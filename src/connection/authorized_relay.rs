@@ -265,6 +265,44 @@ impl AuthorizedRelay {
     }
 }
 
+/// Flushes what was written since the last flush, once.
+fn poll_flush_once<W>(
+    cx: &mut Context<'_>,
+    w: Pin<&mut W>,
+    need_flush: &mut bool,
+) -> Poll<io::Result<()>>
+where
+    W: AsyncWrite + ?Sized,
+{
+    if *need_flush {
+        std::task::ready!(w.poll_flush(cx))?;
+        *need_flush = false;
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A direction with nothing to read: an empty buffer goes back to the pool (an idle
+/// direction holds none) and what was written is flushed before it waits. Pending, or
+/// the flush's error.
+fn park<W>(
+    cx: &mut Context<'_>,
+    w: Pin<&mut W>,
+    buf: &mut Option<Box<[u8]>>,
+    empty: bool,
+    need_flush: &mut bool,
+) -> Poll<io::Result<()>>
+where
+    W: AsyncWrite + ?Sized,
+{
+    if empty {
+        if let Some(buf) = buf.take() {
+            pool::give(buf);
+        }
+    }
+    std::task::ready!(poll_flush_once(cx, w, need_flush))?;
+    Poll::Pending
+}
+
 fn ended(stop: Stop) -> Ended {
     match stop {
         Stop::NotAuthorized => Ended::NotAuthorized,

@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::ToClient;
+use super::{park, poll_flush_once, ToClient};
 use crate::connection::authorize::Authorizer;
 use crate::mqtt::client_packets::{self as packets, SUBACK};
 use crate::mqtt::PacketBoundary;
@@ -203,9 +203,8 @@ impl Down {
             ready!(w.as_mut().poll_flush(cx))?;
             ready!(w.as_mut().poll_shutdown(cx))?;
             self.shut = true;
-        } else if self.need_flush {
-            ready!(w.as_mut().poll_flush(cx))?;
-            self.need_flush = false;
+        } else {
+            ready!(poll_flush_once(cx, w.as_mut(), &mut self.need_flush))?;
         }
         Poll::Ready(Ok(true))
     }
@@ -226,16 +225,7 @@ impl Down {
         let mut rb = ReadBuf::new(&mut buf[self.end..]);
         match r.poll_read(cx, &mut rb) {
             Poll::Pending => {
-                if self.end == 0 {
-                    if let Some(buf) = self.buf.take() {
-                        pool::give(buf);
-                    }
-                }
-                if self.need_flush {
-                    ready!(w.poll_flush(cx))?;
-                    self.need_flush = false;
-                }
-                return Poll::Pending;
+                return park(cx, w, &mut self.buf, self.end == 0, &mut self.need_flush);
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {}

@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{ToClient, AUTH, MAX_AUTH, MAX_INSPECTED, MAX_TO_CLIENT};
+use super::{park, poll_flush_once, ToClient, AUTH, MAX_AUTH, MAX_INSPECTED, MAX_TO_CLIENT};
 use crate::connection::authorize::{Authorizer, Publish, Stop, Subscribed};
 use crate::mqtt::client_packets::{self as packets, PUBLISH, SUBSCRIBE};
 use crate::mqtt::Version;
@@ -113,7 +113,7 @@ impl Up {
             self.compact();
             if self.stop.is_some() || self.auth.is_some() {
                 // Flushed before the AUTH is taken: a flush still pending keeps it here.
-                ready!(self.poll_flush_if_needed(cx, w.as_mut()))?;
+                ready!(poll_flush_once(cx, w.as_mut(), &mut self.need_flush))?;
                 return Poll::Ready(Err(match (self.stop, self.auth.take()) {
                     (Some(stop), _) => UpError::Stop(stop),
                     (None, packet) => UpError::Auth(packet.expect("checked above")),
@@ -127,7 +127,7 @@ impl Up {
             }
             if to_client.pending() >= MAX_TO_CLIENT {
                 // Woken when the client has taken some (see poll_both).
-                ready!(self.poll_flush_if_needed(cx, w.as_mut()))?;
+                ready!(poll_flush_once(cx, w.as_mut(), &mut self.need_flush))?;
                 return Poll::Pending;
             }
             ready!(self.poll_read_more(cx, r.as_mut(), w.as_mut()))?;
@@ -185,21 +185,6 @@ impl Up {
         self.ready > 0 || self.scan > 0 || halted
     }
 
-    fn poll_flush_if_needed<W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        w: Pin<&mut W>,
-    ) -> Poll<io::Result<()>>
-    where
-        W: AsyncWrite + ?Sized,
-    {
-        if self.need_flush {
-            ready!(w.poll_flush(cx))?;
-            self.need_flush = false;
-        }
-        Poll::Ready(Ok(()))
-    }
-
     /// The client's side ended and everything decided is written: the buffer goes back,
     /// and the broker's side is shut down once.
     fn poll_finish<W>(&mut self, cx: &mut Context<'_>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
@@ -244,13 +229,8 @@ impl Up {
         let mut rb = ReadBuf::new(&mut buf[self.end..]);
         match r.poll_read(cx, &mut rb) {
             Poll::Pending => {
-                if self.end == 0 {
-                    if let Some(buf) = self.buf.take() {
-                        pool::give(buf);
-                    }
-                }
-                ready!(self.poll_flush_if_needed(cx, w))?;
-                return Poll::Pending;
+                return park(cx, w, &mut self.buf, self.end == 0, &mut self.need_flush)
+                    .map_err(UpError::Io);
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             Poll::Ready(Ok(())) => {}
