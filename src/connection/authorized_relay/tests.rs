@@ -339,3 +339,71 @@ async fn relay_cost_per_small_publish() {
         );
     }
 }
+
+/// A broker stream whose first flushes are not done at once (a full socket buffer).
+struct SlowFlush {
+    inner: DuplexStream,
+    pending_flushes: usize,
+}
+
+impl AsyncRead for SlowFlush {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SlowFlush {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending_flushes > 0 {
+            self.pending_flushes -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_auth_behind_a_flush_that_waits_is_still_handed_up() {
+    let v5 = Version::V5;
+    let metrics = Metrics::new();
+    let before = publish(v5, "no/1", 0, b"x");
+    let auth = [0xF0, 0x06, 0x19, 0x04, 0x16, 0x00, 0x01, b't'];
+    let mut r = AuthorizedRelay::new(
+        Authorizer::allow_all(v5, "c".into()),
+        v5,
+        [&before[..], &auth].concat(),
+        PacketBoundary::default(),
+        (metrics.up_bytes(), metrics.down_bytes()),
+    );
+    let (_client_app, mut client) = duplex(1 << 20);
+    let (upstream, mut broker) = duplex(1 << 20);
+    let mut upstream = SlowFlush {
+        inner: upstream,
+        pending_flushes: 1,
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(5), r.run(&mut client, &mut upstream))
+        .await
+        .expect("the AUTH is handed up, not lost while the flush before it waits");
+    assert!(
+        matches!(&ended, Ended::Reauthenticate(Ok(p)) if p == &auth),
+        "{ended:?}"
+    );
+    assert_eq!(read_n(&mut broker, before.len()).await, before);
+}
