@@ -67,7 +67,7 @@ pub(super) fn claim_session(
         .sessions
         .claim(&identity.authentication_name, session, Instant::now())
     {
-        Ok(claim) => Ok(Some(claim)),
+        Ok(claim) => Ok(claim),
         Err(r) if ctx.audit_only => {
             let refused = Refused::Session(r, connect.version);
             record_would_deny(ctx, refused.label(), identity);

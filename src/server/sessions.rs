@@ -61,12 +61,17 @@ impl Sessions {
 
     /// Admits a connection of `session` for `name`, or says why not. The claim holds the
     /// session until it is dropped (or taken over by a newer connection of the same session).
+    /// Without a limit on sessions per name there is nothing to hold: None, and no memory
+    /// kept per session (only the connect rate's entry, when there is a rate).
     pub fn claim(
         self: &Arc<Self>,
         name: &str,
         session: &str,
         now: Instant,
-    ) -> Result<SessionClaim, SessionRefusal> {
+    ) -> Result<Option<SessionClaim>, SessionRefusal> {
+        if self.max_per_name == usize::MAX && self.interval.is_none() {
+            return Ok(None);
+        }
         let mut inner = self.inner.lock().expect("not poisoned");
         let inner = &mut *inner;
         inner.next_claim += 1;
@@ -98,6 +103,9 @@ impl Sessions {
             }
             inner.admitted.insert(rate_key, now);
         }
+        if self.max_per_name == usize::MAX {
+            return Ok(None);
+        }
         let held = inner.live.entry(name.to_string()).or_default();
         let takeover = match held.iter().position(|(s, _)| *s == session) {
             Some(i) => {
@@ -115,13 +123,13 @@ impl Sessions {
                 false
             }
         };
-        Ok(SessionClaim {
+        Ok(Some(SessionClaim {
             sessions: self.clone(),
             name: name.to_string(),
             session,
             id,
             takeover,
-        })
+        }))
     }
 
     /// Live sessions of `name` (for tests and `explain`).
@@ -166,7 +174,7 @@ mod tests {
     fn the_limit_counts_session_names_and_the_same_name_takes_over() {
         let s = Sessions::new(2, 0.0);
         let now = Instant::now();
-        let a = s.claim("dev", "one", now).unwrap();
+        let a = s.claim("dev", "one", now).unwrap().expect("held under a limit");
         let _b = s.claim("dev", "two", now).unwrap();
         assert_eq!(
             s.claim("dev", "three", now).err(),
@@ -175,7 +183,7 @@ mod tests {
         // Another identity is unaffected by dev's sessions.
         let _c = s.claim("other", "one", now).unwrap();
         // "one" again: a takeover, not a third session.
-        let a2 = s.claim("dev", "one", now).unwrap();
+        let a2 = s.claim("dev", "one", now).unwrap().expect("held under a limit");
         assert!(a2.takeover && !a.takeover);
         assert_eq!(s.held("dev"), 2);
         // The old connection ending does not free the session the new one holds.
@@ -184,6 +192,28 @@ mod tests {
         drop(a2);
         assert_eq!(s.held("dev"), 1);
         assert!(s.claim("dev", "three", now).is_ok());
+    }
+
+    #[test]
+    fn without_a_limit_nothing_is_held_and_the_rate_still_applies() {
+        let now = Instant::now();
+        // Neither limit: no claim, no entry, whatever the fleet shares one identity.
+        let s = Sessions::new(usize::MAX, 0.0);
+        let claims: Vec<_> = (0..1000)
+            .map(|i| s.claim("fleet", &format!("c{i}"), now).unwrap())
+            .collect();
+        assert!(claims.iter().all(Option::is_none));
+        assert_eq!(s.held("fleet"), 0);
+        assert!(s.inner.lock().unwrap().admitted.is_empty());
+        // A connect rate without a session limit: the rate is kept, no session is held.
+        let s = Sessions::new(usize::MAX, 1.0);
+        assert!(s.claim("fleet", "c1", now).unwrap().is_none());
+        assert_eq!(
+            s.claim("fleet", "c1", now).err(),
+            Some(SessionRefusal::RateExceeded)
+        );
+        assert!(s.claim("fleet", "c2", now).is_ok());
+        assert_eq!(s.held("fleet"), 0);
     }
 
     #[test]
