@@ -174,7 +174,10 @@ mod tests {
     fn the_limit_counts_session_names_and_the_same_name_takes_over() {
         let s = Sessions::new(2, 0.0);
         let now = Instant::now();
-        let a = s.claim("dev", "one", now).unwrap().expect("held under a limit");
+        let a = s
+            .claim("dev", "one", now)
+            .unwrap()
+            .expect("held under a limit");
         let _b = s.claim("dev", "two", now).unwrap();
         assert_eq!(
             s.claim("dev", "three", now).err(),
@@ -183,7 +186,10 @@ mod tests {
         // Another identity is unaffected by dev's sessions.
         let _c = s.claim("other", "one", now).unwrap();
         // "one" again: a takeover, not a third session.
-        let a2 = s.claim("dev", "one", now).unwrap().expect("held under a limit");
+        let a2 = s
+            .claim("dev", "one", now)
+            .unwrap()
+            .expect("held under a limit");
         assert!(a2.takeover && !a.takeover);
         assert_eq!(s.held("dev"), 2);
         // The old connection ending does not free the session the new one holds.
