@@ -321,18 +321,7 @@ pub fn explain_loaded(
                     code::V5_SUCCESS
                 ));
             }
-            Err(d) => {
-                line(format!(
-                    "result: DENIED after CONNECT: {} (reason {})",
-                    d.reason,
-                    d.reason.label()
-                ));
-                line(format!(
-                    "connack: MQTT 3.1.1: 0x{:02X} not authorized; MQTT 5: 0x{:02X} not authorized",
-                    code::V3_NOT_AUTHORIZED,
-                    code::V5_NOT_AUTHORIZED
-                ));
-            }
+            Err(d) => denied_after_connect(d).into_iter().for_each(&mut line),
         }
     }
     Ok(Explanation { lines, allowed })
@@ -392,6 +381,23 @@ fn scheme_check(
         list(&values),
         if hit { "match" } else { "no match" }
     )
+}
+
+/// The two lines of a decision refused after CONNECT, whatever the method: why, and the
+/// CONNACK each protocol version hears (the same for every denial, SPEC §3).
+fn denied_after_connect(d: &crate::auth::Denial) -> [String; 2] {
+    [
+        format!(
+            "result: DENIED after CONNECT: {} (reason {})",
+            d.reason,
+            d.reason.label()
+        ),
+        format!(
+            "connack: MQTT 3.1.1: 0x{:02X} not authorized; MQTT 5: 0x{:02X} not authorized",
+            code::V3_NOT_AUTHORIZED,
+            code::V5_NOT_AUTHORIZED
+        ),
+    ]
 }
 
 /// What the broker receives, from `connection::upstream_connect`, the function that builds

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustls::pki_types::UnixTime;
 
 use super::jwt::attributes_line;
-use super::{upstream_view, Explanation};
+use super::{denied_after_connect, upstream_view, Explanation};
 use crate::auth::webhook::Answer;
 use crate::auth::Credentials;
 use crate::cli::CliError;
@@ -98,18 +98,7 @@ pub fn explain_webhook_loaded(
                 format_time(id.valid_until)
             ));
         }
-        Err(d) => {
-            line(format!(
-                "result: DENIED after CONNECT: {} (reason {})",
-                d.reason,
-                d.reason.label()
-            ));
-            line(format!(
-                "connack: MQTT 3.1.1: 0x{:02X} not authorized; MQTT 5: 0x{:02X} not authorized",
-                code::V3_NOT_AUTHORIZED,
-                code::V5_NOT_AUTHORIZED
-            ));
-        }
+        Err(d) => denied_after_connect(d).into_iter().for_each(&mut line),
     }
     Explanation { lines, allowed }
 }
