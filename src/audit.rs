@@ -67,7 +67,7 @@ pub struct TlsFacts {
 #[allow(clippy::too_many_arguments)]
 pub fn decision(
     limiter: &DenialLimiter,
-    decision: &Result<Identity, Denial>,
+    decision: Result<&Identity, &Denial>,
     cert: Option<&CertInfo>,
     method: Method,
     connect: &Connect,
@@ -91,7 +91,7 @@ pub fn decision(
     };
     // A JWT or webhook client may have presented no certificate; a token is never
     // logged, only the `jti` (and the `sub`, as the authentication name) of an accepted one.
-    let jti = decision.as_ref().ok().and_then(|id| id.jti.as_deref());
+    let jti = decision.ok().and_then(|id| id.jti.as_deref());
     let (no_strings, no_ips): (&[String], &[IpAddr]) = (&[], &[]);
     info!(
         target: "mqttgate::audit",

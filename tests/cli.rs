@@ -59,7 +59,10 @@ fn check_describes_a_good_configuration_and_exits_zero() {
     std::fs::create_dir(&keys).unwrap();
     let issuer = mqttgate::cli::pki::Ca::root("issuer").unwrap();
     std::fs::write(keys.join("k1.pem"), &issuer.cert.cert_pem).unwrap();
-    let body = std::fs::read_to_string(&config).unwrap();
+    // Audit mode refuses `rewrite` (it would hand the broker typed names as verified).
+    let body = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("username = \"rewrite\"", "username = \"passthrough\"");
     std::fs::write(
         &config,
         format!(

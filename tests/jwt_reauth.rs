@@ -224,7 +224,7 @@ async fn the_broker_never_sees_an_auth_packet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_session_without_authorization_keeps_the_plain_byte_relay() {
+async fn a_certificate_session_s_auth_ends_it_and_never_reaches_the_broker() {
     let (upstream, broker) = session_recording_broker().await;
     let pki = Pki::new();
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SENSOR)));
@@ -238,12 +238,19 @@ async fn a_certificate_session_without_authorization_keeps_the_plain_byte_relay(
         .unwrap();
     let connack = read_packet(&mut tls, WAIT).await.unwrap();
     assert_eq!(connack[3], 0x00);
-    // Not mqttgate's to answer: the bytes go on as they came, as they always did (a
-    // broker refuses AUTH from a client that connected without a method).
-    tls.write_all(&[0xf0, 0x00, 0xe0, 0x00]).await.unwrap();
-    tls.shutdown().await.unwrap();
+    // SPEC §13: an AUTH never reaches the broker, for any method. A client that sent no
+    // method may not send one: a protocol error, and the plain relay stops before it.
+    tls.write_all(&[0xc0, 0x00, 0xf0, 0x00, 0xe0, 0x00])
+        .await
+        .unwrap();
+    let (heard, closed) = read_until_close(&mut tls, WAIT).await;
+    assert!(closed);
+    assert!(
+        heard.ends_with(&mqttgate::mqtt::disconnect_v5(0x82)),
+        "{heard:02x?}"
+    );
     let seen = tokio::time::timeout(WAIT, broker).await.unwrap().unwrap();
-    assert_eq!(packet_types(&seen), [0x10, 0xf0, 0xe0], "{seen:02x?}");
+    assert_eq!(packet_types(&seen), [0x10, 0xc0], "{seen:02x?}");
 }
 
 const GROUPS: &str = r#"[{"name": "floor-3", "query": "attributes.floor = 3"}]"#;

@@ -214,7 +214,11 @@ async fn a_header_from_an_untrusted_address_is_refused_before_tls() {
     let dir = tempfile::tempdir().unwrap();
     let gate = proxy_listener(&pki, dir.path(), "10.0.0.0/8").await;
     let mut s = TcpStream::connect(gate.local_addr()).await.unwrap();
-    let header = proxy::encode("203.0.113.7:40000".parse().unwrap(), gate.local_addr(), "x");
+    let header = proxy::encode(
+        "203.0.113.7:40000".parse().unwrap(),
+        gate.local_addr(),
+        Some("x"),
+    );
     let _ = s.write_all(&header).await;
     let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
     assert!(closed && bytes.is_empty(), "{bytes:02x?}");

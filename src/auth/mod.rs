@@ -5,6 +5,7 @@
 //! checked the leaf's dates, chain or pin; this module only applies the registry. Tokens
 //! are checked by [`jwt::verify`], a webhook's answer by [`webhook::decide`].
 
+pub mod grant;
 pub mod jwt;
 pub mod rewrite;
 pub mod webhook;
@@ -260,10 +261,21 @@ pub enum Denied {
     Jwt(JwtFailure),
     #[error("{0}")]
     Webhook(webhook::WebhookDenied),
+    /// SPEC §13: the verified name has a control character, or is too long for the PROXY
+    /// v2 header the broker reads it from.
+    #[error("the authentication name cannot be handed to the broker as it is")]
+    NameNotForwardable,
+    /// SPEC §13: under `username = "passthrough"` the CONNECT's username goes upstream, so
+    /// it must be the verified name.
+    #[error("the connect username is not the verified authentication name")]
+    UsernameNotVerified,
+    /// SPEC §13: the Will is a publish, decided when the CONNECT arrives.
+    #[error("the will topic is not one the client may publish to")]
+    WillNotAuthorized,
 }
 
 impl Denied {
-    pub const ALL: [Denied; 19] = [
+    pub const ALL: [Denied; 22] = [
         Denied::NoAuthenticationName,
         Denied::UnknownClient,
         Denied::Disabled,
@@ -283,6 +295,9 @@ impl Denied {
         Denied::Webhook(webhook::WebhookDenied::ALL[0]),
         Denied::Webhook(webhook::WebhookDenied::ALL[1]),
         Denied::Webhook(webhook::WebhookDenied::ALL[2]),
+        Denied::NameNotForwardable,
+        Denied::UsernameNotVerified,
+        Denied::WillNotAuthorized,
     ];
 
     pub fn label(self) -> &'static str {
@@ -297,6 +312,9 @@ impl Denied {
             Denied::BadAuthenticationMethod => "bad_authentication_method",
             Denied::Jwt(f) => f.label(),
             Denied::Webhook(w) => w.label(),
+            Denied::NameNotForwardable => "name_not_forwardable",
+            Denied::UsernameNotVerified => "username_not_verified",
+            Denied::WillNotAuthorized => "will_not_authorized",
         }
     }
 }

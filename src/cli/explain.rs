@@ -17,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::CertificateError;
 
-use crate::auth::rewrite::upstream_connect;
+use crate::auth::grant;
 use crate::auth::{self, Identity, IdentitySource, Peer, SubjectMatch};
 use crate::authz::Action;
 use crate::cli::CliError;
@@ -400,8 +400,9 @@ fn denied_after_connect(d: &crate::auth::Denial) -> [String; 2] {
     ]
 }
 
-/// What the broker receives, from `connection::upstream_connect`, the function that builds
-/// the live CONNECT: its username and client identifier for this identity.
+/// What the broker receives: the grant (SPEC §13) the live path computes for this
+/// identity, by the same function ([`grant::grant`]) and from the same effective
+/// configuration: its username, client identifier and PROXY v2 identity.
 fn upstream_view(config: &Config, id: &Identity, username: Option<&str>) -> String {
     const CLIENT_ID: &str = "<client id>";
     let sent = Connect {
@@ -414,14 +415,28 @@ fn upstream_view(config: &Config, id: &Identity, username: Option<&str>) -> Stri
         username: username.map(str::to_string),
         password: None,
     };
-    let up = upstream_connect(&sent, id, config.username_mode, config.client_id_mode);
-    let user = match &up.username {
+    let policy = config.upstream_policy();
+    let g = match grant::grant(&sent, id.clone(), None, &policy, String::new) {
+        Ok(g) => g,
+        Err(d) => {
+            return format!(
+                "upstream: nothing: the grant is refused: {d} (reason {})",
+                d.label()
+            )
+        }
+    };
+    let user = match &g.connect.username {
         Some(u) => format!("{u:?}"),
         None => "none".to_string(),
     };
+    let proxy = match (policy.proxy, &g.proxy_name) {
+        (false, _) => String::new(),
+        (true, Some(cn)) => format!("; PROXY v2 identity {cn:?}"),
+        (true, None) => "; a PROXY v2 header without identity".to_string(),
+    };
     format!(
-        "upstream: the broker sees username {user} and client id {:?} ({CLIENT_ID} is the one the client sends)",
-        up.client_id
+        "upstream: the broker sees username {user} and client id {:?} ({CLIENT_ID} is the one the client sends){proxy}",
+        g.connect.client_id
     )
 }
 

@@ -130,13 +130,30 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
             proxy_in(&ws.inbound_proxy)
         )?;
     }
-    if config.upstream_proxy {
-        writeln!(
-            out,
-            "  upstream {}: a PROXY v2 header with the client's address and authentication name first",
-            config.upstream
-        )?;
-    }
+    // The effective modes the grants are computed from (audit mode's applied).
+    let policy = config.upstream_policy();
+    writeln!(
+        out,
+        "  upstream {}: username {}, client id {}{}",
+        config.upstream,
+        match policy.username {
+            crate::config::UsernameMode::Rewrite => "rewritten to the verified name",
+            crate::config::UsernameMode::Passthrough =>
+                "passed through (only a verified one, or any in audit mode)",
+        },
+        match policy.client_id {
+            crate::config::ClientIdMode::AuthenticationName => "= the authentication name",
+            crate::config::ClientIdMode::PerIdentity => "= <authentication name>/<client id>",
+            crate::config::ClientIdMode::Passthrough => "passed through",
+        },
+        match (policy.proxy, config.audit_only) {
+            (false, _) => "",
+            (true, false) =>
+                "; a PROXY v2 header with the client's address and verified name first",
+            (true, true) =>
+                "; a PROXY v2 header with the client's address, and the name only when verified",
+        }
+    )?;
     // What decides who gets in, besides the registry (SPEC §9, §10, §12).
     if config.audit_only {
         writeln!(
@@ -146,7 +163,7 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
     }
     writeln!(
         out,
-        "sessions: {} per authentication name, {}",
+        "sessions: {} per authentication name, {}, session expiry at most {} h",
         match config.sessions.max_per_authentication_name {
             usize::MAX => "no limit".to_string(),
             n => n.to_string(),
@@ -154,7 +171,8 @@ pub fn check(config_file: &Path) -> Result<String, CliError> {
         match config.sessions.connects_per_second {
             r if r > 0.0 => format!("{r} connects per second per session"),
             _ => "no connect rate".to_string(),
-        }
+        },
+        config.sessions.max_session_expiry / 3600
     )?;
     if let (Some(_), Some(jwt)) = (&config.jwt, &trust.jwt) {
         let kids: Vec<&str> = jwt.keys.iter().map(|k| k.kid.as_str()).collect();

@@ -16,6 +16,7 @@ use super::{
 pub(super) struct RawSessions {
     max_per_authentication_name: Option<usize>,
     connects_per_second: Option<f64>,
+    maximum_session_expiry_hours: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -64,7 +65,14 @@ pub struct SessionLimits {
     pub max_per_authentication_name: usize,
     /// Admitted connects per second per session; 0 turns the limit off (Azure: 1).
     pub connects_per_second: f64,
+    /// Azure's `maximumSessionExpiryInHours` (1 by default, 1–8), in seconds: a v5
+    /// client's longer Session Expiry Interval reaches the broker capped (SPEC §10).
+    pub max_session_expiry: u32,
 }
+
+/// The slowest connect rate that is not "off": one a day.
+const MIN_CONNECT_RATE: f64 = 1.0 / 86_400.0;
+const MAX_CONNECT_RATE: f64 = 1e6;
 
 /// A count or a time that 0 would make meaningless.
 pub(super) fn positive(field: &'static str, v: u64) -> Result<u64, FieldError> {
@@ -151,17 +159,32 @@ impl RawSessions {
             }
         };
         let connects_per_second = match self.connects_per_second.unwrap_or(1.0) {
-            r if r.is_finite() && r >= 0.0 => r,
+            0.0 => 0.0,
+            // The interval is 1 / rate: at most a day, at least a microsecond, so it is
+            // always a Duration (a rate of 1e-300 once panicked converting it).
+            r if (MIN_CONNECT_RATE..=MAX_CONNECT_RATE).contains(&r) => r,
             r => {
                 return Err((
                     "sessions.connects_per_second",
-                    format!("{r} is not a number >= 0 (0 turns the limit off)"),
+                    format!(
+                        "{r} is outside {MIN_CONNECT_RATE:e}..={MAX_CONNECT_RATE:e} (one a day to a million a second), or 0 for no limit"
+                    ),
+                ))
+            }
+        };
+        let max_session_expiry = match self.maximum_session_expiry_hours.unwrap_or(1) {
+            h @ 1..=8 => h as u32 * 3600,
+            h => {
+                return Err((
+                    "sessions.maximum_session_expiry_hours",
+                    format!("{h} is outside 1..=8 (Azure's range)"),
                 ))
             }
         };
         Ok(SessionLimits {
             max_per_authentication_name,
             connects_per_second,
+            max_session_expiry,
         })
     }
 }

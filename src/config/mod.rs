@@ -233,7 +233,9 @@ pub struct Config {
     /// `[upstream] proxy_protocol = "v2"`: a PROXY v2 header with the client's address and
     /// authentication name (as the TLS CN) opens every upstream connection.
     pub upstream_proxy: bool,
+    /// Effective: `passthrough` in audit mode, where `rewrite` is refused (SPEC §13).
     pub username_mode: UsernameMode,
+    /// Effective: `passthrough` in audit mode (every client reaches the broker as itself).
     pub client_id_mode: ClientIdMode,
     pub limits: Limits,
     pub reason_strings: bool,
@@ -275,6 +277,17 @@ impl Config {
 }
 
 impl Config {
+    /// What every grant is computed from (SPEC §13): the effective `[upstream]` modes and
+    /// the session expiry cap.
+    pub fn upstream_policy(&self) -> crate::auth::grant::Upstream {
+        crate::auth::grant::Upstream {
+            username: self.username_mode,
+            client_id: self.client_id_mode,
+            proxy: self.upstream_proxy,
+            max_session_expiry: self.sessions.max_session_expiry,
+        }
+    }
+
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
@@ -316,12 +329,48 @@ impl Config {
             ));
         }
         let trusted = &raw.trusted_proxies;
-        Ok(Config {
-            audit_only: choice(
-                "mode",
-                raw.mode.as_deref(),
-                &[("enforce", false), ("audit", true)],
+        let audit_only = choice(
+            "mode",
+            raw.mode.as_deref(),
+            &[("enforce", false), ("audit", true)],
+        )?;
+        let username_mode = match (audit_only, raw.upstream.username.as_deref()) {
+            // SPEC §12-13: rewrite tells the broker every username is a verified name, and
+            // audit mode lets unverified clients through.
+            (true, Some("rewrite")) => {
+                return Err((
+                    "upstream.username",
+                    "\"rewrite\" asserts verified names to the broker, but audit mode lets unverified clients through: use \"passthrough\" (the default in audit mode) in front of a broker that still authenticates clients itself".into(),
+                ))
+            }
+            (true, None) => UsernameMode::Passthrough,
+            (_, username) => choice(
+                "upstream.username",
+                username,
+                &[
+                    ("rewrite", UsernameMode::Rewrite),
+                    ("passthrough", UsernameMode::Passthrough),
+                ],
             )?,
+        };
+        // Azure's model (SPEC §10): the ClientId names one of the identity's sessions. In
+        // audit mode every client reaches the broker as itself, ClientId included.
+        let client_id_mode = choice(
+            "upstream.client_id",
+            raw.upstream.client_id.as_deref(),
+            &[
+                ("per-identity", ClientIdMode::PerIdentity),
+                ("authentication-name", ClientIdMode::AuthenticationName),
+                ("passthrough", ClientIdMode::Passthrough),
+            ],
+        )?;
+        let mut authorization = raw.authorization.map(|a| a.validate(resolve)).transpose()?;
+        if let (true, Some(a)) = (audit_only, authorization.as_mut()) {
+            // The top-level mode covers authorization too.
+            a.mode = AuthzMode::Audit;
+        }
+        Ok(Config {
+            audit_only,
             file: file.to_path_buf(),
             listen: parse_addr("listen", &raw.listen)?,
             inbound_proxy: parse_inbound_proxy(
@@ -373,24 +422,11 @@ impl Config {
                 raw.upstream.proxy_protocol.as_deref(),
                 &[("off", false), ("v2", true)],
             )?,
-            username_mode: choice(
-                "upstream.username",
-                raw.upstream.username.as_deref(),
-                &[
-                    ("rewrite", UsernameMode::Rewrite),
-                    ("passthrough", UsernameMode::Passthrough),
-                ],
-            )?,
-            // Azure's model (SPEC §10): the ClientId names one of the identity's sessions.
-            client_id_mode: choice(
-                "upstream.client_id",
-                raw.upstream.client_id.as_deref(),
-                &[
-                    ("per-identity", ClientIdMode::PerIdentity),
-                    ("authentication-name", ClientIdMode::AuthenticationName),
-                    ("passthrough", ClientIdMode::Passthrough),
-                ],
-            )?,
+            username_mode,
+            client_id_mode: match audit_only {
+                true => ClientIdMode::Passthrough,
+                false => client_id_mode,
+            },
             limits: raw.limits.validate()?,
             reason_strings: raw.mqtt.reason_strings,
             crl_files: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
@@ -414,7 +450,7 @@ impl Config {
                     .upstream_check_interval_ms
                     .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL_MS),
             )?),
-            authorization: raw.authorization.map(|a| a.validate(resolve)).transpose()?,
+            authorization,
             webhook: raw.auth.webhook.map(|w| w.validate(resolve)).transpose()?,
             jwt: raw.auth.jwt.map(|j| j.validate(resolve)).transpose()?,
         })

@@ -24,7 +24,8 @@ fn minimal_config_gets_documented_defaults() {
         c.sessions,
         SessionLimits {
             max_per_authentication_name: 1,
-            connects_per_second: 1.0
+            connects_per_second: 1.0,
+            max_session_expiry: 3600,
         }
     );
     assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
@@ -216,4 +217,57 @@ fn missing_section_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("registry"), "{err}");
+}
+
+/// Issue 17 point 9: a rate whose interval is no Duration (1e-300 once panicked at start)
+/// is refused naming the field; so is a session expiry outside Azure's 1-8 hours.
+#[test]
+fn session_values_outside_their_range_are_errors_not_panics() {
+    for (extra, field) in [
+        (
+            "[sessions]\nconnects_per_second = 1e-300\n",
+            "sessions.connects_per_second:",
+        ),
+        (
+            "[sessions]\nconnects_per_second = 1e300\n",
+            "sessions.connects_per_second:",
+        ),
+        (
+            "[sessions]\nconnects_per_second = -1\n",
+            "sessions.connects_per_second:",
+        ),
+        (
+            "[sessions]\nmaximum_session_expiry_hours = 0\n",
+            "sessions.maximum_session_expiry_hours:",
+        ),
+        (
+            "[sessions]\nmaximum_session_expiry_hours = 9\n",
+            "sessions.maximum_session_expiry_hours:",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+        assert!(err.contains(field), "{extra}: {err}");
+    }
+    let c = parse(&format!(
+        "{MINIMAL}[sessions]\nconnects_per_second = 0.001\nmaximum_session_expiry_hours = 8\n"
+    ))
+    .unwrap();
+    assert_eq!(c.sessions.max_session_expiry, 8 * 3600);
+}
+
+/// Issue 17 point 11: audit mode lets unverified clients through, so a broker told to
+/// trust mqttgate's usernames (`rewrite`) would take typed names as verified: refused at
+/// start, with why. Unset, the username is passed through, and so is the ClientId.
+#[test]
+fn audit_mode_refuses_rewrite_and_passes_names_through() {
+    let err = parse(&format!(
+        "mode = \"audit\"\n{MINIMAL}[upstream]\nusername = \"rewrite\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("upstream.username:"), "{err}");
+    assert!(err.contains("audit mode"), "{err}");
+    let c = parse(&format!("mode = \"audit\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.username_mode, UsernameMode::Passthrough);
+    assert_eq!(c.client_id_mode, ClientIdMode::Passthrough);
 }

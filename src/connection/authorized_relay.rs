@@ -223,11 +223,17 @@ impl AuthorizedRelay {
         &mut self,
         client: &mut C,
         upstream: &mut U,
+        farewell: bool,
     ) -> io::Result<()>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        // What is decided ends at a packet boundary unless a packet is passing through:
+        // only then can a DISCONNECT follow it (SPEC §13: the Will discarded).
+        if farewell && matches!(self.up.cur, Cur::Boundary) {
+            self.up.farewell = &crate::transport::relay::DISCONNECT_PACKET;
+        }
         self.up.read_done = true;
         // Undecided bytes are dropped; a dropped packet's rest is not read.
         self.up.scan = self.up.end;

@@ -12,9 +12,11 @@ use super::outcome::Refused;
 use super::session::Session;
 use super::Ctx;
 use crate::audit;
+use crate::auth::grant::{self, Grant};
 use crate::auth::webhook::{self as hook, Answer, Route};
 use crate::auth::{self, Denial, Identity, Method};
-use crate::config::ClientIdMode;
+use crate::authz::{Authz, ClientPermissions, Facts};
+use crate::config::AuthzMode;
 use crate::metrics;
 use crate::mqtt::{self, Connect, ParseError, Version};
 use crate::server::sessions::SessionClaim;
@@ -23,57 +25,63 @@ use crate::transport::{ClientStream, Peer};
 use crate::trust::cert::CertInfo;
 use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
 
+/// What the client asked for: its CONNECT, and the session name mqttgate gives it when its
+/// ClientId is empty (made once per connection, so a second decision names the same one).
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    pub(super) connect: &'a Connect,
+    pub(super) fresh: &'a str,
+}
+
 /// Phase 3 at CONNECT: the webhook's answer when it decides this client (phase 3a), then
 /// the decision against the trust state current now. The receiver marks that state seen.
 pub(super) async fn decide_at_connect(
     ctx: &Ctx,
     trust_rx: &mut TrustWatch,
     client: &ClientStream,
-    connect: &Connect,
+    asked: Asked<'_>,
     peer: Peer,
     deadline: tokio::time::Instant,
-) -> Result<(Option<Arc<Answer>>, Identity), Refused> {
+) -> Result<(Option<Arc<Answer>>, Grant), Refused> {
+    let connect = asked.connect;
     let trust = trust_rx.borrow_and_update().clone();
     match ask_webhook(ctx, &trust, client, connect, peer, deadline).await {
         Ok(answer) => {
-            let identity = decide(ctx, &trust, client, connect, answer.as_deref(), peer, false)?;
-            Ok((answer, identity))
+            let grant = decide(ctx, &trust, client, asked, answer.as_deref(), peer, false)?;
+            Ok((answer, grant))
         }
         // SPEC §12: let through as itself, the webhook's failure counted as would_deny.
         Err(Refused::Webhook(_, failure)) if ctx.audit_only => {
-            let identity = Identity::unverified(connect.username.as_deref(), Method::Webhook);
-            record_would_deny(ctx, failure.refusal_label(), &identity);
-            Ok((None, identity))
+            let grant = unverified(ctx, &trust, asked, Method::Webhook);
+            record_would_deny(ctx, failure.refusal_label(), &grant.identity);
+            Ok((None, grant))
         }
         Err(refused) => Err(refused),
     }
 }
 
-/// Phase 3b (SPEC §10): the session the client names, among its identity's: a takeover of
+/// Phase 3b (SPEC §10): the session the grant names, among its identity's: a takeover of
 /// one it holds, or a new one within `max_per_authentication_name`; and not connecting
 /// more often than the session's connect rate.
 pub(super) fn claim_session(
     ctx: &Ctx,
-    identity: &Identity,
-    connect: &Connect,
+    grant: &Grant,
+    version: Version,
 ) -> Result<Option<SessionClaim>, Refused> {
-    // Under "authentication-name" the broker sees one session per identity, whatever the
-    // ClientId: every connection is that session.
-    let session = match ctx.client_id_mode {
-        ClientIdMode::AuthenticationName => "-",
-        ClientIdMode::PerIdentity | ClientIdMode::Passthrough => connect.client_id.as_str(),
-    };
-    match ctx
-        .sessions
-        .claim(&identity.authentication_name, session, Instant::now())
-    {
+    let assigned = grant.assigned_client_id.is_some();
+    match ctx.sessions.claim(
+        &grant.identity.authentication_name,
+        &grant.session,
+        assigned,
+        Instant::now(),
+    ) {
         Ok(claim) => Ok(claim),
         Err(r) if ctx.audit_only => {
-            let refused = Refused::Session(r, connect.version);
-            record_would_deny(ctx, refused.label(), identity);
+            let refused = Refused::Session(r, version);
+            record_would_deny(ctx, refused.label(), &grant.identity);
             Ok(None)
         }
-        Err(r) => Err(Refused::Session(r, connect.version)),
+        Err(r) => Err(Refused::Session(r, version)),
     }
 }
 
@@ -94,7 +102,7 @@ pub(super) fn record_would_deny(ctx: &Ctx, reason: &'static str, identity: &Iden
 
 /// A live session's re-decision or expiry that audit-only mode did not enforce.
 pub(super) fn would_deny(ctx: &Ctx, reason: &'static str, session: &Session) {
-    record_would_deny(ctx, reason, &session.identity);
+    record_would_deny(ctx, reason, &session.grant.identity);
 }
 
 /// Phase 3a, SPEC §9: the webhook's answer for a client it decides; None for a client the
@@ -162,16 +170,18 @@ async fn ask_webhook(
 /// Phase 3: the decision (`Trust::decide`: the certificate admitted again, then the
 /// registry, or the webhook's answer), recorded in the audit log and metrics. `again`
 /// marks a second decision after a reload overtook the first; each is logged as the
-/// decision it was.
+/// decision it was. The decision ends in the connection's grant (SPEC §13): what the
+/// broker receives and what the session may do, computed once, here.
 pub(super) fn decide(
     ctx: &Ctx,
     trust: &Trust,
     client: &ClientStream,
-    connect: &Connect,
+    asked: Asked<'_>,
     answer: Option<&Answer>,
     peer: Peer,
     again: bool,
-) -> Result<Identity, Refused> {
+) -> Result<Grant, Refused> {
+    let connect = asked.connect;
     let (credentials, method) = match answer {
         Some(answer) => {
             let chain = client.peer_certificates().filter(|c| !c.is_empty());
@@ -191,14 +201,15 @@ pub(super) fn decide(
             Ok(decided) => decided,
             // SPEC §12: a certificate refused at admission is a decision like the others.
             Err(f) if ctx.audit_only => {
-                let identity = Identity::unverified(connect.username.as_deref(), method);
-                record_would_deny(ctx, f.0.label(), &identity);
-                return Ok(identity);
+                let grant = unverified(ctx, trust, asked, method);
+                record_would_deny(ctx, f.0.label(), &grant.identity);
+                return Ok(grant);
             }
             Err(f) => return Err(Refused::Certificate(f.0)),
         },
         Err(denial) => (None, Err(denial)),
     };
+    let decision = decision.and_then(|identity| verified(ctx, trust, asked, identity));
     let info = admitted.as_ref().map(|a| &a.leaf);
     if let (Some(info), false) = (info, again) {
         ctx.metrics
@@ -207,18 +218,75 @@ pub(super) fn decide(
     }
     let (version, cipher) = client.tls_facts();
     let facts = audit::TlsFacts { version, cipher };
-    record_decision(ctx, &decision, info, method, connect, peer, &facts);
+    let recorded = decision.as_ref().map(|g| &g.identity);
+    record_decision(ctx, recorded, info, method, connect, peer, &facts);
     match decision {
-        Ok(identity) => Ok(identity),
+        Ok(grant) => Ok(grant),
         // Let through as itself: its own username and ClientId go upstream.
-        Err(_) if ctx.audit_only => Ok(Identity::unverified(connect.username.as_deref(), method)),
+        Err(_) if ctx.audit_only => Ok(unverified(ctx, trust, asked, method)),
         Err(denial) => Err(Refused::Denied(denial, connect.version)),
     }
 }
 
+/// SPEC §13: the grant of a verified identity, with its permissions under the model of
+/// the state it was decided against; a denial when its CONNECT asks for more than the
+/// identity may have (a Will topic it may not publish to, an unverified username under
+/// passthrough, a name that cannot go upstream).
+fn verified(
+    ctx: &Ctx,
+    trust: &Trust,
+    asked: Asked<'_>,
+    identity: Identity,
+) -> Result<Grant, Denial> {
+    let permissions = trust.authz.as_deref().map(|m| permissions(m, &identity));
+    let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
+    let (name, source, scheme) = (
+        identity.authentication_name.clone(),
+        identity.source,
+        identity.scheme,
+    );
+    let checked = permissions.as_ref().map(|p| (p, mode));
+    let fresh = || asked.fresh.to_string();
+    match grant::grant(
+        asked.connect,
+        identity,
+        checked,
+        &ctx.upstream_policy,
+        fresh,
+    ) {
+        Ok(mut g) => {
+            g.permissions = permissions;
+            Ok(g)
+        }
+        Err(reason) => Err(Denial {
+            reason,
+            name: Some(name),
+            source: Some(source),
+            scheme,
+        }),
+    }
+}
+
+/// SPEC §12: a client audit mode lets through as itself; its permissions (audited, never
+/// enforced) follow the name it typed.
+fn unverified(ctx: &Ctx, trust: &Trust, asked: Asked<'_>, method: Method) -> Grant {
+    let fresh = || asked.fresh.to_string();
+    let mut g = grant::unverified(asked.connect, method, &ctx.upstream_policy, fresh);
+    g.permissions = trust.authz.as_deref().map(|m| permissions(m, &g.identity));
+    g
+}
+
+/// What the client's and the model's facts allow (SPEC §11).
+pub(super) fn permissions(model: &Authz, identity: &Identity) -> ClientPermissions {
+    model.permissions(&Facts::new(
+        &identity.authentication_name,
+        &identity.attributes,
+    ))
+}
+
 fn record_decision(
     ctx: &Ctx,
-    decision: &Result<Identity, Denial>,
+    decision: Result<&Identity, &Denial>,
     cert: Option<&CertInfo>,
     method: Method,
     connect: &Connect,

@@ -43,17 +43,15 @@ use tracing::debug;
 
 use self::authorize::{Authorizer, Counters};
 use self::authorized_relay::AuthorizedRelay;
-use self::decide::{claim_session, decide, decide_at_connect, read_connect};
+use self::decide::{claim_session, decide, decide_at_connect, read_connect, Asked};
 use self::outcome::refuse;
 use self::session::{relay_session, JwtSession, Session, SessionAuthz, WebhookSession};
 use self::upstream::{dial, open_upstream};
 use crate::audit;
-use crate::auth::rewrite::upstream_connect;
-use crate::auth::Identity;
-use crate::authz::{Authz, ClientPermissions, Facts};
-use crate::config::{AuthzMode, ClientIdMode, Limits, UsernameMode};
+use crate::auth::grant::{self, Grant};
+use crate::config::{AuthzMode, Limits};
 use crate::metrics::{self, Metrics};
-use crate::mqtt::{Connect, ParseError};
+use crate::mqtt::{ParseError, Version};
 use crate::server::sessions::Sessions;
 use crate::server::slots::{Pending, Slots};
 use crate::transport::relay::Relay;
@@ -78,11 +76,10 @@ pub enum Lifecycle {
 pub struct Ctx {
     pub limits: Limits,
     pub upstream: String,
-    pub username_mode: UsernameMode,
-    pub client_id_mode: ClientIdMode,
+    /// What every grant is computed from: the effective `[upstream]` modes (audit mode's
+    /// overrides applied once, in `config`), the PROXY v2 header, the session expiry cap.
+    pub upstream_policy: grant::Upstream,
     pub reason_strings: bool,
-    /// Open each upstream connection with a PROXY v2 header (`[upstream] proxy_protocol`).
-    pub upstream_proxy: bool,
     /// The WebSocket listener's upgrade rules, when it is configured.
     pub websocket: Option<UpgradeRules>,
     pub trust: TrustWatch,
@@ -144,7 +141,7 @@ pub fn serve(
         };
         let outcome = Outcome::Session {
             closed,
-            name: std::mem::take(&mut open.session.identity.authentication_name),
+            name: std::mem::take(&mut open.session.grant.identity.authentication_name),
             bytes,
         };
         record(&ctx, peer, accepted, &outcome);
@@ -390,29 +387,38 @@ async fn admit_and_dial(
 ) -> Result<(Session, TcpStream, OwnedSemaphorePermit), Refused> {
     let (connect, pipelined) = read_connect(client, deadline, ctx.limits.max_connect_bytes).await?;
     let version = connect.version;
+    // MQTT-3.1.3-8: a 3.1.x client with no ClientId may not ask for a session that outlives
+    // its connection (MQTT 5 lets the server assign one instead).
+    if version != Version::V5 && connect.client_id.is_empty() && !connect.clean_start {
+        return Err(Refused::IdentifierRejected(version));
+    }
     // Busy before the decision: a client past the limit learns nothing about the registry.
     let slot = ctx.slots.session().ok_or(Refused::Busy(version))?;
-    let (answer, mut identity) =
-        decide_at_connect(ctx, trust_rx, client, &connect, peer, deadline).await?;
-    let claim = claim_session(ctx, &identity, &connect)?;
+    // One session name per connection for an empty ClientId, kept across a second decision.
+    let fresh = match connect.client_id.is_empty() {
+        true => assign_session_name(),
+        false => String::new(),
+    };
+    let asked = Asked {
+        connect: &connect,
+        fresh: &fresh,
+    };
+    let (answer, mut grant) =
+        decide_at_connect(ctx, trust_rx, client, asked, peer, deadline).await?;
+    let claim = claim_session(ctx, &grant, version)?;
     let upstream = dial(ctx).await.map_err(|e| Refused::Upstream(version, e))?;
     // No await from here until the first byte is written upstream.
     if trust_rx.has_changed().unwrap_or(false) {
         let trust = trust_rx.borrow_and_update().clone();
-        identity = decide(ctx, &trust, client, &connect, answer.as_deref(), peer, true)?;
+        grant = decide(ctx, &trust, client, asked, answer.as_deref(), peer, true)?;
     }
-    let (mut first_bytes, proxy_len) = first_bytes(ctx, peer, &connect, &identity)?;
-    let permissions = trust_rx
-        .borrow()
-        .authz
-        .as_ref()
-        .map(|model| permissions(model, &identity));
-    let jwt = JwtSession::from_connect(identity.method, &connect);
+    let (mut first_bytes, proxy_len) = first_bytes(ctx, peer, &grant)?;
+    let jwt = JwtSession::from_connect(grant.identity.method, &connect);
     let webhook = answer.map(|answer| WebhookSession::new(answer, &connect));
     // A JWT session may re-authenticate: only the authorized relay reads client packets
-    // at their boundaries, so it runs one even with nothing to authorize. Certificate
-    // sessions without `[authorization]` keep the plain byte relay.
-    let authz = match (permissions, &jwt) {
+    // at their boundaries, so it runs one even with nothing to authorize. Other sessions
+    // without `[authorization]` keep the plain byte relay (which still stops at an AUTH).
+    let authz = match (grant.permissions.take(), &jwt) {
         (None, None) => {
             first_bytes.extend_from_slice(&pipelined);
             None
@@ -424,34 +430,27 @@ async fn admit_and_dial(
         username: connect.username,
         jwt,
         webhook,
-        identity,
+        grant,
         first_bytes,
         proxy_len,
-        _claim: claim,
+        claim,
         authz,
     };
     Ok((session, upstream, slot))
 }
 
 /// What goes upstream first: the PROXY v2 header when one is sent (SPEC §8: with it, a
-/// Mosquitto 2.1 takes the client's address and the authentication name as the TLS CN),
-/// then the rewritten CONNECT; and how long the header is.
-fn first_bytes(
-    ctx: &Ctx,
-    peer: Peer,
-    connect: &Connect,
-    identity: &Identity,
-) -> Result<(Vec<u8>, usize), Refused> {
-    let mut first_bytes = match ctx.upstream_proxy {
-        true => proxy::encode(peer.addr, peer.local, &identity.authentication_name),
-        false => Vec::new(),
-    };
+/// Mosquitto 2.1 takes the client's address and the verified name as the TLS CN), then
+/// the grant's CONNECT; and how long the header is.
+fn first_bytes(ctx: &Ctx, peer: Peer, grant: &Grant) -> Result<(Vec<u8>, usize), Refused> {
+    let mut first_bytes = grant
+        .proxy_header(&ctx.upstream_policy, peer.addr, peer.local)
+        .unwrap_or_default();
     let proxy_len = first_bytes.len();
-    let first = upstream_connect(connect, identity, ctx.username_mode, ctx.client_id_mode);
     // A rewrite can grow a field past what MQTT allows (a per-identity client id).
-    let encoded = first.encode().map_err(|_| {
+    let encoded = grant.connect.encode().map_err(|_| {
         Refused::Parse(ParseError::Malformed {
-            version: Some(connect.version),
+            version: Some(grant.connect.version),
             reason: "rewritten connect does not fit mqtt's field lengths",
         })
     })?;
@@ -459,19 +458,26 @@ fn first_bytes(
     Ok((first_bytes, proxy_len))
 }
 
-/// What the identity may publish and subscribe to, under the model of the state it was
-/// decided against (SPEC §11).
-fn permissions(model: &Authz, identity: &Identity) -> ClientPermissions {
-    model.permissions(&Facts::new(
-        &identity.authentication_name,
-        &identity.attributes,
-    ))
+/// A session name for an empty ClientId (SPEC §13): 128 random bits, so no later
+/// connection can name it to take the session over.
+fn assign_session_name() -> String {
+    use std::fmt::Write;
+    let mut bytes = [0u8; 16];
+    // aws-lc-rs's system random, which does not fail on Linux; zeros would still be a
+    // valid (if guessable) name.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let mut id = String::with_capacity(9 + 32);
+    id.push_str("mqttgate-");
+    for b in bytes {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
 /// The relay of an authorized (or JWT) session, from what its CONNECT and CONNACK left.
 fn authorized_relay(ctx: &Ctx, session: &Session, a: SessionAuthz) -> Box<AuthorizedRelay> {
     let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
-    let name = session.identity.authentication_name.clone();
+    let name = session.grant.identity.authentication_name.clone();
     let auth = match a.permissions {
         Some(permissions) => Authorizer::new(
             permissions,

@@ -56,6 +56,9 @@ pub enum Refused {
     /// The WebSocket upgrade was refused (answered with an HTTP status) or abandoned.
     #[error("websocket upgrade refused: {}", .0.label())]
     Upgrade(UpgradeRefusal),
+    /// MQTT-3.1.3-8: a v3.1.x CONNECT with an empty ClientId asked for a persistent session.
+    #[error("an empty client identifier with a persistent session")]
+    IdentifierRejected(Version),
 }
 
 /// Why a connection to a PROXY-protocol listener was closed before its TLS handshake.
@@ -92,6 +95,7 @@ impl Refused {
             Refused::Upgrade(r) => r.label(),
             Refused::Session(SessionRefusal::QuotaExceeded, _) => "session_quota",
             Refused::Session(SessionRefusal::RateExceeded, _) => "connect_rate",
+            Refused::IdentifierRejected(_) => "identifier_rejected",
         }
     }
 
@@ -106,6 +110,7 @@ impl Refused {
             Refused::Busy(_) => "server busy",
             Refused::Session(SessionRefusal::QuotaExceeded, _) => "quota exceeded",
             Refused::Session(SessionRefusal::RateExceeded, _) => "connection rate exceeded",
+            Refused::IdentifierRejected(_) => "client identifier not valid",
             Refused::Upstream(..) | Refused::Webhook(..) => "server unavailable",
             Refused::Parse(ParseError::TooLarge { .. }) => "packet too large",
             Refused::Parse(_) | Refused::ConnectTimeout { .. } => "malformed packet",
@@ -137,6 +142,7 @@ impl Refused {
             Refused::Upstream(v, _) | Refused::Webhook(v, _) => {
                 (Some(Refusal::ServerUnavailable), Some(*v))
             }
+            Refused::IdentifierRejected(v) => (Some(Refusal::IdentifierRejected), Some(*v)),
             Refused::ClientGone
             | Refused::Certificate(_)
             | Refused::Io(_)
@@ -174,6 +180,22 @@ pub enum Closed {
 }
 
 impl Closed {
+    /// SPEC §13: mqttgate ended the session because its grant no longer holds, so the
+    /// broker is told with a DISCONNECT and discards the Will. A client closed for a
+    /// protocol error (a denied v3.1.1 PUBLISH included) or at shutdown still holds its
+    /// grant: the broker sees the connection drop and publishes the Will, as MQTT says.
+    pub fn ends_grant(self) -> bool {
+        matches!(
+            self,
+            Closed::Revoked
+                | Closed::CertificateExpired
+                | Closed::TokenExpired
+                | Closed::WebhookExpired
+                | Closed::AuthorizationChanged
+                | Closed::ReauthenticationFailed
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Closed::Client => "client",

@@ -17,8 +17,9 @@ use super::decide::would_deny;
 use super::outcome::Closed;
 use super::reauth;
 use super::{Ctx, Lifecycle, Opened};
+use crate::auth::grant::Grant;
 use crate::auth::webhook::Answer;
-use crate::auth::{self, Identity, Method};
+use crate::auth::{self, Method};
 use crate::authz::ClientPermissions;
 use crate::config::AuthzMode;
 use crate::metrics;
@@ -41,7 +42,9 @@ pub(super) struct Session {
     /// A webhook client's answer, to re-decide it on reload, and the Authentication
     /// Method it sent, to answer with in the CONNACK.
     pub(super) webhook: Option<Box<WebhookSession>>,
-    pub(super) identity: Identity,
+    /// What was decided (SPEC §13): the identity, what the broker received, the session
+    /// name; every enforcer reads it from here.
+    pub(super) grant: Grant,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order, after the PROXY header when one is sent; emptied once sent.
     pub(super) first_bytes: Vec<u8>,
@@ -51,8 +54,9 @@ pub(super) struct Session {
     /// relay starts from.
     pub(super) authz: Option<Box<SessionAuthz>>,
     /// The (authentication name, session name) this connection holds (SPEC §10); None
-    /// when audit-only mode let it through past a limit.
-    pub(super) _claim: Option<SessionClaim>,
+    /// when audit-only mode let it through past a limit, or once the broker has ended the
+    /// session (SPEC §13: released then, not when the client finally closes).
+    pub(super) claim: Option<SessionClaim>,
 }
 
 /// What a webhook session keeps (SPEC §9).
@@ -171,7 +175,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     // one side has closed, the other side's linger (a second `Sleep` is 112 bytes more in
     // every idle session's task).
     let mut deadlines = Deadlines {
-        valid_until: expiry_instant(session.identity.valid_until),
+        valid_until: expiry_instant(session.grant.identity.valid_until),
         linger_until: None,
     };
     let timer = tokio::time::sleep_until(deadlines.next());
@@ -180,7 +184,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     let (closed, reason) = loop {
         let next = tokio::select! {
             ended = run_relay(relay, authorized, &mut *client, &mut *upstream) => {
-                on_relay_end(ctx, ended, session, authorized, trust_rx, &mut deadlines)
+                on_relay_end(ctx, ended, relay, session, authorized, trust_rx, &mut deadlines)
             }
             changed = trust_rx.changed() => match changed {
                 Ok(()) => {
@@ -210,6 +214,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
         authorized,
         version,
         reason,
+        farewell: closed.ends_grant(),
         linger: ctx.limits.linger,
     };
     end_session(finish, client, upstream).await;
@@ -246,6 +251,7 @@ impl Deadlines {
 fn on_relay_end(
     ctx: &Ctx,
     ended: Ended,
+    relay: &Relay,
     session: &mut Session,
     authorized: &mut Option<Box<AuthorizedRelay>>,
     trust_rx: &TrustWatch,
@@ -254,6 +260,15 @@ fn on_relay_end(
     match ended {
         Ended::HalfClosed => {
             deadlines.linger_until = Some(tokio::time::Instant::now() + ctx.limits.linger);
+            // SPEC §13: the session ended at the broker, so its place among the identity's
+            // sessions is free now, not when the client finally closes.
+            let first = match authorized {
+                Some(a) => a.first_to_close(),
+                None => relay.first_to_close(),
+            };
+            if first == Some(false) {
+                session.claim = None;
+            }
             Next::Continue
         }
         Ended::Client => Next::Ended(Closed::Client),
@@ -262,11 +277,15 @@ fn on_relay_end(
         // SPEC §11: v3.1.1 has no negative PUBACK.
         Ended::NotAuthorized => Next::Stop(Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
         Ended::ProtocolError => Next::Stop(Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
+        // SPEC §13: no other method takes an AUTH, and none reaches the broker.
+        Ended::Reauthenticate(_) if session.jwt.is_none() => {
+            Next::Stop(Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR)
+        }
         Ended::Reauthenticate(packet) => {
             let trust = trust_rx.borrow().clone();
             match reauthenticate(ctx, &trust, session, authorized, packet) {
                 Ok(true) => {
-                    deadlines.valid_until = expiry_instant(session.identity.valid_until);
+                    deadlines.valid_until = expiry_instant(session.grant.identity.valid_until);
                     Next::Continue
                 }
                 Ok(false) => Next::Continue,
@@ -333,7 +352,7 @@ fn on_deadline(
         });
     }
     // The same DISCONNECT whichever method's validity ended (0x98).
-    let closed = match session.identity.method {
+    let closed = match session.grant.identity.method {
         auth::Method::Certificate => Closed::CertificateExpired,
         auth::Method::Jwt => Closed::TokenExpired,
         auth::Method::Webhook => Closed::WebhookExpired,
@@ -373,7 +392,7 @@ fn same_permissions(
         return true;
     };
     let auth = a.authorizer();
-    if auth.replace(super::permissions(model, id)) {
+    if auth.replace(super::decide::permissions(model, id)) {
         return true;
     }
     if auth.mode() == AuthzMode::Audit {
@@ -396,7 +415,7 @@ fn reauthenticate(
     packet: Result<Vec<u8>, usize>,
 ) -> Result<bool, (Closed, u8)> {
     let method = session.jwt.as_deref().map(|j| j.method.as_str());
-    let name = session.identity.authentication_name.as_str();
+    let name = session.grant.identity.authentication_name.as_str();
     let packet = packet.as_deref().map_err(|n| *n);
     let decided = reauth::decide(trust, method, name, packet, UnixTime::now());
     let count = |result, reason| {
@@ -432,8 +451,8 @@ fn reauthenticate(
     }
     // The broker and the session limits know the session by the name it connected with
     // (the same name, perhaps spelled otherwise by this token).
-    let name = std::mem::take(&mut session.identity.authentication_name);
-    session.identity = auth::Identity {
+    let name = std::mem::take(&mut session.grant.identity.authentication_name);
+    session.grant.identity = auth::Identity {
         authentication_name: name,
         ..identity
     };
@@ -457,6 +476,8 @@ struct EndWith<'a> {
     authorized: &'a mut Option<Box<AuthorizedRelay>>,
     version: Version,
     reason: u8,
+    /// The grant no longer holds: the broker hears a DISCONNECT, so the Will is discarded.
+    farewell: bool,
     linger: Duration,
 }
 
@@ -477,11 +498,18 @@ async fn end_session(end: EndWith<'_>, client: &mut ClientStream, upstream: &mut
         authorized,
         version,
         reason,
+        farewell,
         linger,
     } = end;
     let finished = match authorized {
-        Some(a) => timeout(BOUNDARY_GRACE, a.finish_at_boundary(client, upstream)).await,
-        None => timeout(BOUNDARY_GRACE, relay.finish_at_boundary(client, upstream)).await,
+        Some(a) => {
+            let finish = a.finish_at_boundary(client, upstream, farewell);
+            timeout(BOUNDARY_GRACE, finish).await
+        }
+        None => {
+            let finish = relay.finish_at_boundary(client, upstream, farewell);
+            timeout(BOUNDARY_GRACE, finish).await
+        }
     };
     let at_boundary = matches!(finished, Ok(Ok(())));
     let _ = timeout(linger, async {
@@ -506,7 +534,7 @@ fn still_allowed(
     let id = decision.ok()?;
     auth::same_name(
         &id.authentication_name,
-        &session.identity.authentication_name,
+        &session.grant.identity.authentication_name,
     )
     .then_some(id)
 }

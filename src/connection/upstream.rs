@@ -64,8 +64,15 @@ pub(super) async fn open_upstream(
         (None, Some(w)) => w.method.as_deref(),
         (None, None) => None,
     };
+    // What the client hears that the broker could not say: its method, the ClientId
+    // assigned to an empty one, the Session Expiry Interval used (SPEC §10, §13).
+    let tell = mqtt::ConnackAdditions {
+        authentication_method: method,
+        assigned_client_id: session.grant.assigned_client_id.as_deref(),
+        session_expiry: session.grant.session_expiry,
+    };
     let authz = session.authz.as_deref_mut();
-    relay_connack(ctx, client, upstream, session.version, method, relay, authz).await
+    relay_connack(ctx, client, upstream, session.version, tell, relay, authz).await
 }
 
 /// Largest broker CONNACK inspected; a bigger one (v5 with many user properties) is
@@ -75,13 +82,13 @@ const MAX_CONNACK: usize = 4096;
 /// Phase 5b: wait for the broker's CONNACK, forward it (with anything the broker sent right
 /// after it) and count its code. A broker that closes or stalls before answering is an
 /// unavailable upstream: the client has heard nothing yet, so it gets a proper CONNACK.
-/// A JWT client's CONNACK gains the Authentication Method it sent (`auth_method`).
+/// A v5 client's CONNACK gains what mqttgate tells it (`tell`).
 async fn relay_connack(
     ctx: &Ctx,
     client: &mut ClientStream,
     upstream: &mut TcpStream,
     version: Version,
-    auth_method: Option<&str>,
+    tell: mqtt::ConnackAdditions<'_>,
     relay: &mut Relay,
     authz: Option<&mut SessionAuthz>,
 ) -> Result<(), Refused> {
@@ -123,10 +130,10 @@ async fn relay_connack(
             })
             .inc();
     }
-    // Counted as relayed as the broker sent it; the client gets the method added.
-    let to_client = match auth_method {
-        Some(m) => mqtt::connack_with_authentication_method(&buf, m),
-        None => None,
+    // Counted as relayed as the broker sent it; the client gets the additions.
+    let to_client = match tell.is_empty() || version != Version::V5 {
+        true => None,
+        false => mqtt::connack_with(&buf, &tell),
     };
     let write = async {
         client

@@ -41,6 +41,7 @@ pub mod code {
     pub const V5_MALFORMED: u8 = 0x81;
     pub const V5_PROTOCOL_ERROR: u8 = 0x82;
     pub const V5_UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
+    pub const V5_CLIENT_IDENTIFIER_NOT_VALID: u8 = 0x85;
     pub const V5_BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const V5_NOT_AUTHORIZED: u8 = 0x87;
     pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
@@ -609,6 +610,8 @@ pub enum Refusal {
     QuotaExceeded,
     /// SPEC §10: the session connected too recently.
     ConnectionRateExceeded,
+    /// MQTT-3.1.3-8: a v3.1.1 CONNECT with an empty ClientId and CleanSession=0.
+    IdentifierRejected,
 }
 
 impl Refusal {
@@ -637,6 +640,8 @@ impl Refusal {
             (Refusal::QuotaExceeded, Some(V5)) => (V5, V5_QUOTA_EXCEEDED),
             (Refusal::QuotaExceeded, Some(v)) => (v, V3_SERVER_UNAVAILABLE),
             (Refusal::ConnectionRateExceeded, Some(V5)) => (V5, V5_CONNECTION_RATE_EXCEEDED),
+            (Refusal::IdentifierRejected, Some(V5)) => (V5, V5_CLIENT_IDENTIFIER_NOT_VALID),
+            (Refusal::IdentifierRejected, Some(v)) => (v, V3_IDENTIFIER_REJECTED),
             // 3.x has no code for it: closed, as Azure does.
             (
                 Refusal::PacketTooLarge | Refusal::Malformed | Refusal::ConnectionRateExceeded,
@@ -670,13 +675,45 @@ pub fn connack(version: Version, code: u8, reason_string: Option<&str>) -> Vec<u
     out
 }
 
+/// What mqttgate tells a v5 client in its CONNACK that the broker was never in a
+/// position to say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnackAdditions<'a> {
+    /// The Authentication Method it authenticated with (MQTT-4.12.0-5).
+    pub authentication_method: Option<&'a str>,
+    /// The ClientId mqttgate assigned to an empty one (MQTT 5 §3.2.2.3.7).
+    pub assigned_client_id: Option<&'a str>,
+    /// The Session Expiry Interval used, when capped (MQTT 5 §3.2.2.3.2).
+    pub session_expiry: Option<u32>,
+}
+
+impl ConnackAdditions<'_> {
+    pub fn is_empty(&self) -> bool {
+        *self == ConnackAdditions::default()
+    }
+}
+
 /// The broker's v5 CONNACK at the start of `buf` with an Authentication Method property
 /// added, followed by the rest of `buf` as it was: a JWT client is told the method it
 /// authenticated with (MQTT-4.12.0-5), which the broker never saw. None when `buf` does
 /// not start with a whole v5 CONNACK; unchanged when it already names a method.
 pub fn connack_with_authentication_method(buf: &[u8], method: &str) -> Option<Vec<u8>> {
+    connack_with(
+        buf,
+        &ConnackAdditions {
+            authentication_method: Some(method),
+            ..ConnackAdditions::default()
+        },
+    )
+}
+
+/// The broker's v5 CONNACK at the start of `buf` with `add`'s properties added (each one
+/// the broker did not send itself), followed by the rest of `buf` as it was. None when
+/// `buf` does not start with a whole v5 CONNACK.
+pub fn connack_with(buf: &[u8], add: &ConnackAdditions<'_>) -> Option<Vec<u8>> {
     let (&first, rest) = buf.split_first()?;
-    if first != CONNACK || method.len() > usize::from(u16::MAX) {
+    let too_long = |s: Option<&str>| s.is_some_and(|s| s.len() > usize::from(u16::MAX));
+    if first != CONNACK || too_long(add.authentication_method) || too_long(add.assigned_client_id) {
         return None;
     }
     let (remaining, header) = read_varint(rest).ok()??;
@@ -687,21 +724,38 @@ pub fn connack_with_authentication_method(buf: &[u8], method: &str) -> Option<Ve
         Some((len, n)) if n + len == props.len() => &props[n..],
         _ => return None,
     };
-    if properties::find(list, properties::id::AUTHENTICATION_METHOD)
-        .ok()?
-        .is_some()
-    {
+    let has = |id: u8| properties::find(list, id).map(|v| v.is_some());
+    let mut added = list.to_vec();
+    if let (Some(m), false) = (
+        add.authentication_method,
+        has(properties::id::AUTHENTICATION_METHOD).ok()?,
+    ) {
+        added.push(properties::id::AUTHENTICATION_METHOD);
+        put_binary(&mut added, m.as_bytes());
+    }
+    if let (Some(c), false) = (
+        add.assigned_client_id,
+        has(properties::id::ASSIGNED_CLIENT_IDENTIFIER).ok()?,
+    ) {
+        added.push(properties::id::ASSIGNED_CLIENT_IDENTIFIER);
+        put_binary(&mut added, c.as_bytes());
+    }
+    if let (Some(e), false) = (
+        add.session_expiry,
+        has(properties::id::SESSION_EXPIRY_INTERVAL).ok()?,
+    ) {
+        added.push(properties::id::SESSION_EXPIRY_INTERVAL);
+        added.extend_from_slice(&e.to_be_bytes());
+    }
+    if added.len() == list.len() {
         return Some(buf.to_vec());
     }
-    let mut list = list.to_vec();
-    list.push(properties::id::AUTHENTICATION_METHOD);
-    put_binary(&mut list, method.as_bytes());
-    let remaining = 2 + properties_len(&list);
+    let remaining = 2 + properties_len(&added);
     let mut out = Vec::with_capacity(1 + varint_len(remaining) + remaining + after.len());
     out.push(CONNACK);
     put_varint(&mut out, remaining);
     out.extend_from_slice(flags_and_code);
-    put_properties(&mut out, &list);
+    put_properties(&mut out, &added);
     out.extend_from_slice(after);
     Some(out)
 }
@@ -741,7 +795,17 @@ pub struct PacketBoundary {
 
 impl PacketBoundary {
     /// Follows `bytes`; work is proportional to the header bytes in it, bodies are skipped.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.feed_until(bytes, None);
+    }
+
+    /// Follows `bytes` up to the first packet of type `halt` (the high nibble of its first
+    /// byte) that starts in them, and returns how many bytes it followed: all of them when
+    /// no such packet starts there. The relay forwards only those (SPEC §13: an AUTH never
+    /// reaches the broker).
+    #[inline(always)]
+    pub fn feed_until(&mut self, all: &[u8], halt: Option<u8>) -> usize {
+        let mut bytes = all;
         while !bytes.is_empty() && !self.lost {
             if self.body_left > 0 {
                 let skip = self.body_left.min(bytes.len());
@@ -761,6 +825,9 @@ impl PacketBoundary {
                     _ => None,
                 };
                 if let Some((first, len, header)) = whole {
+                    if halt == Some(first >> 4) {
+                        return all.len() - bytes.len();
+                    }
                     self.first = first;
                     self.len = len;
                     let skip = len.min(bytes.len() - header);
@@ -770,6 +837,9 @@ impl PacketBoundary {
                 }
             }
             let byte = bytes[0];
+            if self.header_len == 0 && halt == Some(byte >> 4) {
+                return all.len() - bytes.len();
+            }
             bytes = &bytes[1..];
             if self.header_len == 0 {
                 // The packet type byte.
@@ -786,6 +856,11 @@ impl PacketBoundary {
             } else if self.header_len == 5 {
                 self.lost = true;
             }
+        }
+        // A lost tracker follows nothing more: everything passes, as before it was lost.
+        match self.lost {
+            true => all.len(),
+            false => all.len() - bytes.len(),
         }
     }
 

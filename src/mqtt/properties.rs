@@ -11,6 +11,7 @@ use super::read_varint;
 /// Property identifiers mqttgate reads or removes (MQTT 5.0 §2.2.2.2).
 pub mod id {
     pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
     pub const AUTHENTICATION_METHOD: u8 = 0x15;
     pub const AUTHENTICATION_DATA: u8 = 0x16;
     pub const REASON_STRING: u8 = 0x1F;

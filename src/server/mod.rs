@@ -286,22 +286,13 @@ fn connection_ctx(
     metrics: Arc<Metrics>,
     slots: Arc<Slots>,
 ) -> Ctx {
-    // SPEC §12: in audit-only mode the broker sees every client as itself, and the
-    // top-level mode covers authorization too.
-    let audit_only = config.audit_only;
+    // The configuration is the effective one: audit mode's overrides (SPEC §12) were
+    // applied once, when it was validated.
     Ctx {
         limits: config.limits.clone(),
         upstream: config.upstream.clone(),
-        username_mode: match audit_only {
-            true => crate::config::UsernameMode::Passthrough,
-            false => config.username_mode,
-        },
-        client_id_mode: match audit_only {
-            true => crate::config::ClientIdMode::Passthrough,
-            false => config.client_id_mode,
-        },
+        upstream_policy: config.upstream_policy(),
         reason_strings: config.reason_strings,
-        upstream_proxy: config.upstream_proxy,
         websocket: config.websocket.as_ref().map(|ws| ws.rules.clone()),
         trust,
         lifecycle,
@@ -312,11 +303,8 @@ fn connection_ctx(
             config.sessions.max_per_authentication_name,
             config.sessions.connects_per_second,
         ),
-        audit_only,
-        authz_mode: config.authorization.as_ref().map(|a| match audit_only {
-            true => crate::config::AuthzMode::Audit,
-            false => a.mode,
-        }),
+        audit_only: config.audit_only,
+        authz_mode: config.authorization.as_ref().map(|a| a.mode),
         webhook: config.webhook.clone().map(crate::connection::Webhook::new),
     }
 }

@@ -122,7 +122,10 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, ProxyErr
 /// The outbound header for a client: its address, the address it connected to, and the SSL
 /// TLV whose CN sub-TLV is `cn` (Mosquitto 2.1 with `use_identity_as_username` takes it as
 /// the username). Mixed families are sent as IPv6 (IPv4-mapped).
-pub fn encode(source: SocketAddr, destination: SocketAddr, cn: &str) -> Vec<u8> {
+///
+/// Without `cn` (a client audit mode let through unverified, SPEC §13) the header carries
+/// the addresses only: no SSL TLV, so the broker is told of no certificate at all.
+pub fn encode(source: SocketAddr, destination: SocketAddr, cn: Option<&str>) -> Vec<u8> {
     let (family, addresses) = match (source, destination) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => {
             let mut a = Vec::with_capacity(12);
@@ -146,10 +149,12 @@ pub fn encode(source: SocketAddr, destination: SocketAddr, cn: &str) -> Vec<u8> 
         }
     };
     // SSL TLV value: client flags (1), verify result (4, 0 = verified), then sub-TLVs.
-    let mut ssl = vec![PP2_CLIENT_SSL_CERT, 0, 0, 0, 0];
-    push_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
     let mut body = addresses;
-    push_tlv(&mut body, PP2_TYPE_SSL, &ssl);
+    if let Some(cn) = cn {
+        let mut ssl = vec![PP2_CLIENT_SSL_CERT, 0, 0, 0, 0];
+        push_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
+        push_tlv(&mut body, PP2_TYPE_SSL, &ssl);
+    }
     let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
     out.extend_from_slice(&SIGNATURE);
     out.push(CMD_PROXY);
@@ -261,7 +266,7 @@ mod tests {
     fn tcp6_local_and_unspec_headers_parse() {
         let src: SocketAddr = "[2001:db8::7]:1234".parse().unwrap();
         let dst: SocketAddr = "[2001:db8::1]:8883".parse().unwrap();
-        let h = encode(src, dst, "x");
+        let h = encode(src, dst, Some("x"));
         assert_eq!(
             parse(&h, 512).unwrap().unwrap().0,
             Header::Proxied {
@@ -303,7 +308,11 @@ mod tests {
 
     #[test]
     fn the_outbound_header_has_mosquittos_ssl_layout() {
-        let h = encode(v4("203.0.113.7:40000"), v4("127.0.0.1:1883"), "sensor-17");
+        let h = encode(
+            v4("203.0.113.7:40000"),
+            v4("127.0.0.1:1883"),
+            Some("sensor-17"),
+        );
         let mut want = SIGNATURE.to_vec();
         want.extend_from_slice(&[0x21, 0x11]);
         let tlv_len = 5 + 3 + 9;
@@ -320,7 +329,7 @@ mod tests {
     #[test]
     fn mixed_families_are_sent_as_ipv6_and_the_size_bound_holds() {
         let src: SocketAddr = "[2001:db8::7]:1234".parse().unwrap();
-        let h = encode(src, v4("127.0.0.1:1883"), &"n".repeat(100));
+        let h = encode(src, v4("127.0.0.1:1883"), Some(&"n".repeat(100)));
         assert_eq!(h[13], TCP6);
         assert_eq!(h.len() - PREFIX_LEN, max_encoded_len(100));
     }

@@ -20,6 +20,12 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mqtt::PacketBoundary;
+
+/// The client's MQTT 5 AUTH packet type (first byte).
+const AUTH: u8 = 0xF0;
+/// A DISCONNECT with no reason (v3.1.1) or Normal disconnection (v5): the broker discards
+/// the Will.
+pub const DISCONNECT_PACKET: [u8; 2] = [0xE0, 0x00];
 use crate::transport::pool;
 
 /// One direction of the copy.
@@ -36,6 +42,13 @@ struct Half {
     bytes: u64,
     /// Shared byte counter, advanced as bytes are written so long sessions show up live.
     counter: Option<Counter>,
+    /// Reading stops before a packet of this type (the client's AUTH, SPEC §13), which is
+    /// never forwarded; `halted` says one was found.
+    halt_at: Option<u8>,
+    halted: bool,
+    /// Written to the writer before it is shut down (a DISCONNECT for the broker when the
+    /// session's grant ended, so its Will is discarded).
+    farewell: &'static [u8],
 }
 
 impl Half {
@@ -78,12 +91,26 @@ impl Half {
                 if let Some(buf) = self.buf.take() {
                     pool::give(buf);
                 }
+                while !self.shut && !self.farewell.is_empty() {
+                    let n = ready!(w.as_mut().poll_write(cx, self.farewell))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.farewell = &self.farewell[n..];
+                }
                 if !self.shut {
                     ready!(w.as_mut().poll_flush(cx))?;
                     ready!(w.as_mut().poll_shutdown(cx))?;
                     self.shut = true;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if self.halted {
+                // What came before the halting packet is written; the caller ends the
+                // session (poll_both sees `halted`).
+                ready!(w.as_mut().poll_flush(cx))?;
+                self.need_flush = false;
+                return Poll::Pending;
             }
             let buf = self.buf.get_or_insert_with(pool::take);
             let mut rb = ReadBuf::new(buf);
@@ -120,7 +147,8 @@ impl Half {
                         }
                     }
                 } else {
-                    b.feed(&buf[..n]);
+                    take = b.feed_until(&buf[..n], self.halt_at);
+                    self.halted = take < n;
                 }
             }
             self.end = take;
@@ -143,8 +171,9 @@ pub enum Ended {
     /// Authorization ended the session (only the authorized relay, SPEC §11): a v3.1.1
     /// client's PUBLISH was denied.
     NotAuthorized,
-    /// Authorization ended the session: the client broke the protocol in a way that could
-    /// hide a topic from the decision.
+    /// The client broke the protocol: in a way that could hide a topic from the decision
+    /// (authorized relay), or with an AUTH packet no method of its session takes (SPEC
+    /// §13: never forwarded).
     ProtocolError,
     /// The client sent an MQTT 5 AUTH packet (only the authorized relay, SPEC §9): the
     /// whole packet, never forwarded, or `Err(its length)` when it is longer than the
@@ -166,13 +195,16 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay whose client direction stops at an MQTT 5 AUTH packet (SPEC §13).
     pub fn new() -> Relay {
-        Relay::default()
+        let mut r = Relay::default();
+        r.up.halt_at = Some(AUTH >> 4);
+        r
     }
 
     /// A relay that also advances the given byte counters (client to broker, broker to client).
     pub fn with_counters(up: Counter, down: Counter) -> Relay {
-        let mut r = Relay::default();
+        let mut r = Relay::new();
         r.up.counter = Some(up);
         r.down.counter = Some(down);
         r
@@ -238,6 +270,9 @@ impl Relay {
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(self.error_or_client(e));
         }
+        if self.up.halted {
+            return Poll::Ready(Ended::ProtocolError);
+        }
         if up.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(true);
         }
@@ -286,26 +321,31 @@ impl Relay {
         }
     }
 
-    /// Stops reading from the client, passes on what is already read, and forwards broker
-    /// bytes only to the end of the packet in progress. Then the client can be sent a
+    /// Forwards client bytes only to the end of the packet in progress (then, with
+    /// `farewell`, a DISCONNECT, so the broker discards the session's Will: SPEC §13),
+    /// and broker bytes only to the end of theirs. Then the client can be sent a
     /// DISCONNECT without splitting a packet. Callers bound this with a deadline.
     pub async fn finish_at_boundary<C, U>(
         &mut self,
         client: &mut C,
         upstream: &mut U,
+        farewell: bool,
     ) -> io::Result<()>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        self.up.read_done = true;
+        if farewell {
+            self.up.farewell = &DISCONNECT_PACKET;
+        }
+        self.up.halted = false;
         self.down.shut = true; // the client's side is closed by the caller, after its DISCONNECT
         poll_fn(|cx| {
             let up = self.up.poll_copy(
                 cx,
                 Pin::new(&mut *client),
                 Pin::new(&mut *upstream),
-                None,
+                Some(&mut self.up_boundary),
                 true,
             )?;
             let down = self.down.poll_copy(
@@ -506,7 +546,7 @@ mod tests {
         .expect_err("nothing ended yet");
         let finisher = tokio::spawn(async move {
             relay
-                .finish_at_boundary(&mut client, &mut upstream)
+                .finish_at_boundary(&mut client, &mut upstream, false)
                 .await
                 .unwrap();
             client.write_all(&[0xe0, 0x00]).await.unwrap();

@@ -223,12 +223,16 @@ pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> P
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{broker_port}"));
     let text = format!(
-        "{}listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\nusername = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n\n{}\n{}\n",
+        "{}listen = \"127.0.0.1:0\"\nalternativeAuthenticationNameSources = [{}]\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [{}]\n\n[registry]\nclients = \"clients.json\"\n\n[upstream]\naddress = \"{upstream}\"\nclient_id = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval_ms = 200\n\n[reload]\nwatch_interval_ms = 200\n\n{}\n{}\n",
         setup.top,
         sources.join(", "),
         cas.join(", "),
         setup.client_id.unwrap_or("authentication-name"),
-        setup.username.unwrap_or("rewrite"),
+        // Unset: rewrite, or passthrough in audit mode (which refuses rewrite).
+        setup
+            .username
+            .map(|u| format!("username = \"{u}\"\n"))
+            .unwrap_or_default(),
         setup.sessions,
         setup.extra
     );

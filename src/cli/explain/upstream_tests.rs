@@ -48,4 +48,18 @@ fn explain_shows_what_the_broker_sees_under_each_upstream_mode() {
         "{}",
         upstream_line(&config)
     );
+    // SPEC §12-13: audit mode hands the broker what the client typed, and never a
+    // PROXY identity it did not verify; explain says what the live path sends.
+    let audit = dir.path().join("audit.toml");
+    std::fs::write(
+        &audit,
+        "mode = \"audit\"\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\nca_certificates = [\"ca.pem\"]\n[registry]\nclients = \"clients.json\"\n[upstream]\nclient_id = \"per-identity\"\n",
+    )
+    .unwrap();
+    let audit = Config::load(&audit).unwrap();
+    assert!(
+        upstream_line(&audit).contains(r#"sees username "SENSOR-1" and client id "<client id>""#),
+        "{}",
+        upstream_line(&audit)
+    );
 }

@@ -47,6 +47,9 @@ pub(super) struct Up {
     /// An AUTH packet (or its length, past `MAX_AUTH`), handed up once what was decided
     /// before it is written.
     pub(super) auth: Option<Result<Vec<u8>, usize>>,
+    /// Written to the broker before its side is shut down: a DISCONNECT when the session's
+    /// grant ended (SPEC §13: its Will is discarded).
+    pub(super) farewell: &'static [u8],
 }
 
 pub(super) enum UpError {
@@ -80,6 +83,7 @@ impl Up {
             counter,
             stop: None,
             auth: None,
+            farewell: &[],
         };
         if !pipelined.is_empty() {
             let mut buf = pool::take();
@@ -195,6 +199,13 @@ impl Up {
             pool::give(buf);
         }
         self.end = 0;
+        while !self.shut && !self.farewell.is_empty() {
+            let n = ready!(w.as_mut().poll_write(cx, self.farewell))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.farewell = &self.farewell[n..];
+        }
         if !self.shut {
             ready!(w.as_mut().poll_flush(cx))?;
             ready!(w.as_mut().poll_shutdown(cx))?;
