@@ -49,14 +49,18 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
-        let bin = tool("mosquitto");
         // Anonymous clients (back-end services on loopback) may read every device's topics;
         // clients coming through mqttgate always have a username, so only the pattern applies.
-        let acl = write(
+        Mosquitto::start_with_acl(
             dir,
-            "acl",
             "topic read devices/#\n\npattern readwrite devices/%u/#\n",
-        );
+        )
+    }
+
+    /// A Mosquitto whose `acl_file` holds `acl`.
+    pub fn start_with_acl(dir: &Path, acl: &str) -> Mosquitto {
+        let bin = tool("mosquitto");
+        let acl = write(dir, "acl", acl);
         for _ in 0..20 {
             let port = free_port();
             let conf = write(

@@ -5,7 +5,8 @@
 //! Split by concern: `broker` (Mosquitto and stand-in brokers), `wire` (MQTT packets built
 //! and read byte by byte), `gate` (the PKI, mqttgate in-process, its clients and the
 //! assertions on what they saw), `binary` (the real mqttgate executable), `jwt` (issuer
-//! keys, PyJWT tokens and clients without a certificate). This file holds
+//! keys, PyJWT tokens and clients without a certificate), `hook` (a real HTTPS
+//! authentication webhook). This file holds
 //! the few helpers all of them share.
 //!
 //! Mosquitto and its clients are found on PATH or /usr/sbin; when absent and we are root,
@@ -15,12 +16,13 @@
 mod binary;
 mod broker;
 mod gate;
+mod hook;
 mod jwt;
 mod wire;
 
 // Each test binary uses a different part of the harness.
 #[allow(unused_imports)]
-pub use {binary::*, broker::*, gate::*, jwt::*, wire::*};
+pub use {binary::*, broker::*, gate::*, hook::*, jwt::*, wire::*};
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
