@@ -66,6 +66,9 @@ pub struct Setup {
     /// identity many times a second and hold several of its sessions; tests/sessions.rs
     /// sets its own.
     pub sessions: String,
+    /// The broker's `acl_file`; the default lets each username use `devices/<name>/#`
+    /// and anonymous clients read `devices/#`.
+    pub broker_acl: Option<&'static str>,
 }
 
 impl Setup {
@@ -81,6 +84,7 @@ impl Setup {
             username: None,
             sessions: "[sessions]\nconnects_per_second = 0\nmax_per_authentication_name = 0\n"
                 .to_string(),
+            broker_acl: None,
         }
     }
 }
@@ -98,7 +102,10 @@ pub struct Env {
 impl Env {
     pub async fn start(pki: Pki, setup: Setup) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let mosquitto = Mosquitto::start(dir.path());
+        let mosquitto = match setup.broker_acl {
+            Some(acl) => Mosquitto::start_with_acl(dir.path(), acl),
+            None => Mosquitto::start(dir.path()),
+        };
         let config_file = write_config(dir.path(), &pki, &setup, mosquitto.port);
         let config = Config::load(&config_file).expect("test config loads");
         let gate = Server::start(config).await.expect("mqttgate starts");
