@@ -1,4 +1,4 @@
-//! Every combination is a case (docs/behaviour.md §13): method (certificate, JWT, webhook)
+//! Every combination is a case (SPEC §13): method (certificate, JWT, webhook)
 //! × mode (enforce, audit) × upstream (rewrite, passthrough) × transport (TLS,
 //! WebSocket), each driven with an allowed client and a would-be-denied one against a
 //! real Mosquitto, asserting what the broker saw: the username and ClientId it logged,

@@ -1,4 +1,4 @@
-//! Issue 17 (docs/behaviour.md §13, "one enforcement point"): each defect a review found in
+//! Issue 17 (SPEC §13, "one enforcement point"): each defect a review found in
 //! the combinations of method, mode and upstream, driven against a real Mosquitto (or, for
 //! the bytes of a PROXY header, a recording stand-in), each written to fail before its fix.
 

@@ -197,3 +197,62 @@ async fn mosquitto_21_takes_the_identity_and_the_client_address_from_the_proxy_h
         "the broker did not log the client's address {client_addr}:\n{log}"
     );
 }
+
+/// SPEC §12-13: audit mode lets a would-be-denied client through, but never under a name
+/// it was not verified for: its PROXY header carries its address and no SSL TLV, so a
+/// Mosquitto 2.1 that requires the header's certificate identity refuses it itself,
+/// while an allowed client is still asserted under its verified name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_asserts_only_verified_names_in_the_proxy_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto_21(dir.path()).await;
+    let pki = Pki::new();
+    let mut setup = Setup::new(&format!(
+        "[{},{}]",
+        chain_client("sensor-1", SUBJECT),
+        chain_client("sensor-2", SUBJECT)
+    ));
+    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
+    setup.upstream = Some(format!("127.0.0.1:{}", broker.proxied));
+    setup.top = "mode = \"audit\"\n".into();
+    let file = write_config(dir.path(), &pki, &setup, 0);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n");
+    std::fs::write(&file, text).unwrap();
+    let gate = mqttgate::server::Server::start(mqttgate::config::Config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let cert = pki.root.issue(&leaf("sensor-1")).unwrap();
+
+    // sensor-1's certificate, typing sensor-2's name: enforcing mode would deny it.
+    let mut spoof = tls_connect(gate.local_addr(), &pki.root.cert.cert_pem, &cert, &[])
+        .await
+        .unwrap();
+    spoof
+        .write_all(&connect_packet(4, "spoofer", Some("sensor-2")))
+        .await
+        .unwrap();
+    let heard = read_packet(&mut spoof, Duration::from_secs(5)).await;
+    assert_ne!(
+        heard,
+        Some(vec![0x20, 2, 0, 0]),
+        "the broker took a client mqttgate did not verify"
+    );
+    // The allowed client is still the header's identity.
+    let mut tls = tls_connect(gate.local_addr(), &pki.root.cert.cert_pem, &cert, &[])
+        .await
+        .unwrap();
+    tls.write_all(&connect_packet(4, "honest", Some("sensor-1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_packet(&mut tls, Duration::from_secs(5)).await,
+        Some(vec![0x20, 2, 0, 0]),
+        "{}",
+        std::fs::read_to_string(&broker.log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&broker.log).unwrap();
+    assert!(log.contains("as honest") && log.contains("u'sensor-1'"), "{log}");
+    assert!(!log.contains("u'sensor-2'"), "{log}");
+}
