@@ -403,7 +403,7 @@ async fn open(
             assert!(head.starts_with(b"HTTP/1.1 101 "));
             s.write_all(&frame(connect)).await.unwrap();
             // The server's frames are unmasked; a CONNACK fits one short frame.
-            let heard = match tokio::time::timeout(WAIT, async {
+            let heard: Option<Vec<u8>> = tokio::time::timeout(WAIT, async {
                 let mut h = [0u8; 2];
                 s.read_exact(&mut h).await.ok()?;
                 let mut body = vec![0u8; usize::from(h[1] & 0x7f)];
@@ -411,10 +411,7 @@ async fn open(
                 (h[0] & 0x0f == 0x2).then_some(body)
             })
             .await
-            {
-                Ok(packet) => packet,
-                Err(_) => None,
-            };
+            .unwrap_or_default();
             (s, heard)
         }
     }

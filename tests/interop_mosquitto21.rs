@@ -253,6 +253,9 @@ async fn audit_mode_asserts_only_verified_names_in_the_proxy_header() {
         std::fs::read_to_string(&broker.log).unwrap_or_default()
     );
     let log = std::fs::read_to_string(&broker.log).unwrap();
-    assert!(log.contains("as honest") && log.contains("u'sensor-1'"), "{log}");
+    assert!(
+        log.contains("as honest") && log.contains("u'sensor-1'"),
+        "{log}"
+    );
     assert!(!log.contains("u'sensor-2'"), "{log}");
 }

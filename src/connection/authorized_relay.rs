@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::authorize::{Authorizer, Stop};
 use crate::mqtt::{PacketBoundary, Version};
 use crate::transport::pool;
-use crate::transport::relay::Ended;
+use crate::transport::relay;
 
 mod down;
 mod up;
@@ -62,6 +62,41 @@ struct ToClient {
 impl ToClient {
     fn pending(&self) -> usize {
         self.bytes.len() - self.pos
+    }
+}
+
+/// How a session's relay stopped, either relay's: the transport's ends, and what
+/// inspecting the client's packets ends a session with.
+#[derive(Debug)]
+pub enum Ended {
+    /// One side has closed and the other is still open (reported once).
+    HalfClosed,
+    /// The client closed first, or ended the session with a DISCONNECT.
+    Client,
+    /// The broker closed first.
+    Upstream,
+    Error(io::Error),
+    /// Authorization ended the session (SPEC §11): a v3.1.1 client's PUBLISH was denied.
+    NotAuthorized,
+    /// The client broke the protocol: in a way that could hide a topic from the decision,
+    /// or with an AUTH packet no method of its session takes (SPEC §13: never forwarded).
+    ProtocolError,
+    /// The client sent an MQTT 5 AUTH packet (SPEC §9): the whole packet, never forwarded,
+    /// or `Err(its length)` when it is longer than the relay holds. The relay goes on from
+    /// the packet after it once run again.
+    Reauthenticate(Result<Vec<u8>, usize>),
+}
+
+impl From<relay::Ended> for Ended {
+    fn from(e: relay::Ended) -> Ended {
+        match e {
+            relay::Ended::HalfClosed => Ended::HalfClosed,
+            relay::Ended::Client => Ended::Client,
+            relay::Ended::Upstream => Ended::Upstream,
+            relay::Ended::Error(e) => Ended::Error(e),
+            // The plain relay halts at an AUTH, which its sessions' methods do not take.
+            relay::Ended::Halted => Ended::ProtocolError,
+        }
     }
 }
 

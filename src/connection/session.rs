@@ -10,9 +10,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::authorized_relay::AuthorizedRelay;
+use super::authorized_relay::{AuthorizedRelay, Ended};
 use super::decide::would_deny;
 use super::outcome::Closed;
 use super::reauth;
@@ -25,7 +25,7 @@ use crate::config::AuthzMode;
 use crate::metrics;
 use crate::mqtt::{self, Connect, PacketBoundary, Version};
 use crate::server::sessions::SessionClaim;
-use crate::transport::relay::{Ended, Relay};
+use crate::transport::relay::Relay;
 use crate::transport::ClientStream;
 use crate::trust::{unix_now, Credentials, Trust, TrustWatch};
 
@@ -273,7 +273,10 @@ fn on_relay_end(
         }
         Ended::Client => Next::Ended(Closed::Client),
         Ended::Upstream => Next::Ended(Closed::Upstream),
-        Ended::Error(_) => Next::Ended(Closed::Error),
+        Ended::Error(e) => {
+            debug!(error = %e, "session relay failed");
+            Next::Ended(Closed::Error)
+        }
         // SPEC §11: v3.1.1 has no negative PUBACK.
         Ended::NotAuthorized => Next::Stop(Closed::NotAuthorized, mqtt::code::V5_NOT_AUTHORIZED),
         Ended::ProtocolError => Next::Stop(Closed::ProtocolError, mqtt::code::V5_PROTOCOL_ERROR),
@@ -375,7 +378,7 @@ async fn run_relay(
 ) -> Ended {
     match authorized {
         Some(a) => a.run(client, upstream).await,
-        None => relay.run(client, upstream).await,
+        None => relay.run(client, upstream).await.into(),
     }
 }
 

@@ -168,17 +168,9 @@ pub enum Ended {
     /// The broker closed its side first.
     Upstream,
     Error(io::Error),
-    /// Authorization ended the session (only the authorized relay, SPEC §11): a v3.1.1
-    /// client's PUBLISH was denied.
-    NotAuthorized,
-    /// The client broke the protocol: in a way that could hide a topic from the decision
-    /// (authorized relay), or with an AUTH packet no method of its session takes (SPEC
-    /// §13: never forwarded).
-    ProtocolError,
-    /// The client sent an MQTT 5 AUTH packet (only the authorized relay, SPEC §9): the
-    /// whole packet, never forwarded, or `Err(its length)` when it is longer than the
-    /// relay holds. The relay goes on from the packet after it once run again.
-    Reauthenticate(Result<Vec<u8>, usize>),
+    /// The client sent a packet of the type the client direction halts at (an MQTT 5
+    /// AUTH): everything before it was forwarded, it and what follows were not.
+    Halted,
 }
 
 /// Both directions of one proxied connection.
@@ -271,7 +263,7 @@ impl Relay {
             return Poll::Ready(self.error_or_client(e));
         }
         if self.up.halted {
-            return Poll::Ready(Ended::ProtocolError);
+            return Poll::Ready(Ended::Halted);
         }
         if up.is_ready() && self.first_eof.is_none() {
             self.first_eof = Some(true);
