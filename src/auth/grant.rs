@@ -56,8 +56,7 @@ pub struct Grant {
     /// is not the one the client asked for (MQTT 5 §3.2.2.3.2).
     pub session_expiry: Option<u32>,
     /// Under `[authorization]`: what the identity may publish and subscribe to, under the
-    /// model of the trust state it was decided against (set by the caller, which holds
-    /// the model).
+    /// model of the trust state it was decided against.
     pub permissions: Option<ClientPermissions>,
 }
 
@@ -69,10 +68,11 @@ pub const ONE_SESSION: &str = "-";
 /// that cannot go upstream, a username that is not the verified name under passthrough,
 /// a Will the client may not publish). `assign` makes a fresh session name for an empty
 /// ClientId.
+/// `permissions` are the identity's under the authorization model, with the model's mode.
 pub fn grant(
     connect: &Connect,
     identity: Identity,
-    permissions: Option<(&ClientPermissions, AuthzMode)>,
+    permissions: Option<(ClientPermissions, AuthzMode)>,
     up: &Upstream,
     assign: impl FnOnce() -> String,
 ) -> Result<Grant, Denied> {
@@ -87,7 +87,7 @@ pub fn grant(
             }
         }
     }
-    if let (Some(will), Some((p, AuthzMode::Enforce))) = (&connect.will, permissions) {
+    if let (Some(will), Some((p, AuthzMode::Enforce))) = (&connect.will, &permissions) {
         if p.decide(Action::Publish, &will.topic).is_none() {
             return Err(Denied::WillNotAuthorized);
         }
@@ -109,16 +109,19 @@ pub fn grant(
         session,
         assigned_client_id: assigned.filter(|_| connect.version == Version::V5),
         session_expiry,
-        permissions: None,
+        permissions: permissions.map(|(p, _)| p),
     })
 }
 
 /// SPEC §12: a client audit mode lets through as itself: its own username, password and
 /// ClientId, no PROXY identity, no authentication properties; the Session Expiry cap
 /// still applies.
+/// `permissions` are computed by the caller for the name the client typed (audited, never
+/// enforced).
 pub fn unverified(
     connect: &Connect,
     method: Method,
+    permissions: impl FnOnce(&Identity) -> Option<ClientPermissions>,
     up: &Upstream,
     assign: impl FnOnce() -> String,
 ) -> Grant {
@@ -134,6 +137,7 @@ pub fn unverified(
     );
     let session_expiry = cap_session_expiry(&mut upstream, up.max_session_expiry);
     Grant {
+        permissions: permissions(&identity),
         identity,
         verified: false,
         connect: upstream,
@@ -141,7 +145,6 @@ pub fn unverified(
         session: client_id,
         assigned_client_id: assigned.filter(|_| connect.version == Version::V5),
         session_expiry,
-        permissions: None,
     }
 }
 
@@ -270,6 +273,7 @@ mod tests {
         let g = unverified(
             &connect("c1", Some("typed")),
             Method::Certificate,
+            |_| None,
             &UP,
             || unreachable!(),
         );
@@ -379,7 +383,7 @@ mod tests {
         let denied = grant(
             &c,
             identity("dev", Method::Certificate),
-            Some((&perms, AuthzMode::Enforce)),
+            Some((perms.clone(), AuthzMode::Enforce)),
             &UP,
             String::new,
         );
@@ -388,7 +392,7 @@ mod tests {
         assert!(grant(
             &c,
             identity("dev", Method::Certificate),
-            Some((&perms, AuthzMode::Audit)),
+            Some((perms.clone(), AuthzMode::Audit)),
             &UP,
             String::new,
         )
@@ -397,7 +401,7 @@ mod tests {
         assert!(grant(
             &c,
             identity("dev", Method::Certificate),
-            Some((&perms, AuthzMode::Enforce)),
+            Some((perms.clone(), AuthzMode::Enforce)),
             &UP,
             String::new,
         )

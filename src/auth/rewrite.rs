@@ -1,8 +1,8 @@
 //! SPEC §4, what the broker sees: the CONNECT re-encoded with the client's identity as
-//! username and client identifier, per the `[upstream]` modes, and without a JWT or
-//! webhook client's authentication properties (SPEC §9). Pure.
+//! username and client identifier, per the `[upstream]` modes, and without authentication
+//! properties (SPEC §9, §13). Pure; [`super::grant`] calls it.
 
-use crate::auth::{Identity, Method};
+use crate::auth::Identity;
 use crate::config::{ClientIdMode, UsernameMode};
 use crate::mqtt::properties::{self, id};
 use crate::mqtt::Connect;
@@ -15,11 +15,11 @@ pub fn upstream_connect(
     client_id: ClientIdMode,
 ) -> Connect {
     let mut c = connect.clone();
-    if matches!(identity.method, Method::Jwt | Method::Webhook) {
-        // The token was mqttgate's to check, the webhook has judged the method and data;
-        // the broker would refuse a method it does not know (and must never see the
-        // token). The list parsed when the method was read; were it not to, no
-        // properties at all beat forwarding the token.
+    // SPEC §13: authentication is mqttgate's, for every method. The token was mqttgate's
+    // to check, the webhook has judged the method and data; the broker would refuse a
+    // method it does not know (and must never see a token). A list that does not parse:
+    // no properties at all beat forwarding a token.
+    if !c.properties.is_empty() {
         c.properties = properties::without(
             &c.properties,
             &[id::AUTHENTICATION_METHOD, id::AUTHENTICATION_DATA],
@@ -61,7 +61,7 @@ pub fn per_identity_client_id(name: &str, client_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::IdentitySource;
+    use crate::auth::{IdentitySource, Method};
     use crate::mqtt::Version;
     use crate::trust::registry::Scheme;
 
@@ -138,14 +138,17 @@ mod tests {
             vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60]
         );
         assert_eq!(up.authentication_method(), Ok(None));
-        // A certificate client's properties are its own business, as before JWT.
+        // SPEC §13: whatever the method, the authentication properties stay here.
         let cert = upstream_connect(
             &c,
             &identity("sensor-17"),
             UsernameMode::Rewrite,
             ClientIdMode::AuthenticationName,
         );
-        assert_eq!(cert.properties, c.properties);
+        assert_eq!(
+            cert.properties,
+            vec![id::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60]
+        );
     }
 
     #[test]

@@ -238,42 +238,38 @@ fn verified(
     asked: Asked<'_>,
     identity: Identity,
 ) -> Result<Grant, Denial> {
-    let permissions = trust.authz.as_deref().map(|m| permissions(m, &identity));
     let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
+    let permissions = trust
+        .authz
+        .as_deref()
+        .map(|m| (permissions(m, &identity), mode));
     let (name, source, scheme) = (
         identity.authentication_name.clone(),
         identity.source,
         identity.scheme,
     );
-    let checked = permissions.as_ref().map(|p| (p, mode));
     let fresh = || asked.fresh.to_string();
-    match grant::grant(
+    grant::grant(
         asked.connect,
         identity,
-        checked,
+        permissions,
         &ctx.upstream_policy,
         fresh,
-    ) {
-        Ok(mut g) => {
-            g.permissions = permissions;
-            Ok(g)
-        }
-        Err(reason) => Err(Denial {
-            reason,
-            name: Some(name),
-            source: Some(source),
-            scheme,
-        }),
-    }
+    )
+    .map_err(|reason| Denial {
+        reason,
+        name: Some(name),
+        source: Some(source),
+        scheme,
+    })
 }
 
 /// SPEC §12: a client audit mode lets through as itself; its permissions (audited, never
 /// enforced) follow the name it typed.
 fn unverified(ctx: &Ctx, trust: &Trust, asked: Asked<'_>, method: Method) -> Grant {
+    let typed = |id: &Identity| trust.authz.as_deref().map(|m| permissions(m, id));
     let fresh = || asked.fresh.to_string();
-    let mut g = grant::unverified(asked.connect, method, &ctx.upstream_policy, fresh);
-    g.permissions = trust.authz.as_deref().map(|m| permissions(m, &g.identity));
-    g
+    grant::unverified(asked.connect, method, typed, &ctx.upstream_policy, fresh)
 }
 
 /// What the client's and the model's facts allow (SPEC §11).
