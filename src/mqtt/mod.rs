@@ -796,15 +796,18 @@ pub struct PacketBoundary {
 impl PacketBoundary {
     /// Follows `bytes`; work is proportional to the header bytes in it, bodies are skipped.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.feed_until(bytes, None);
+        self.feed_until(bytes, Self::NO_HALT);
     }
+
+    /// A `halt` no packet type equals (types are 4 bits).
+    pub const NO_HALT: u8 = 0xFF;
 
     /// Follows `bytes` up to the first packet of type `halt` (the high nibble of its first
     /// byte) that starts in them, and returns how many bytes it followed: all of them when
     /// no such packet starts there. The relay forwards only those (SPEC §13: an AUTH never
-    /// reaches the broker).
-    #[inline(always)]
-    pub fn feed_until(&mut self, all: &[u8], halt: Option<u8>) -> usize {
+    /// reaches the broker). A plain `u8` rather than an `Option`: this is the relay's
+    /// per-packet step.
+    pub fn feed_until(&mut self, all: &[u8], halt: u8) -> usize {
         let mut bytes = all;
         while !bytes.is_empty() && !self.lost {
             if self.body_left > 0 {
@@ -825,7 +828,7 @@ impl PacketBoundary {
                     _ => None,
                 };
                 if let Some((first, len, header)) = whole {
-                    if halt == Some(first >> 4) {
+                    if first >> 4 == halt {
                         return all.len() - bytes.len();
                     }
                     self.first = first;
@@ -837,7 +840,7 @@ impl PacketBoundary {
                 }
             }
             let byte = bytes[0];
-            if self.header_len == 0 && halt == Some(byte >> 4) {
+            if self.header_len == 0 && byte >> 4 == halt {
                 return all.len() - bytes.len();
             }
             bytes = &bytes[1..];
@@ -857,11 +860,8 @@ impl PacketBoundary {
                 self.lost = true;
             }
         }
-        // A lost tracker follows nothing more: everything passes, as before it was lost.
-        match self.lost {
-            true => all.len(),
-            false => all.len() - bytes.len(),
-        }
+        // All followed, or the tracker is lost and everything passes, as before it was.
+        all.len()
     }
 
     /// True when the bytes fed so far end exactly at a packet end.

@@ -20,16 +20,16 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mqtt::PacketBoundary;
+use crate::transport::pool;
 
 /// The client's MQTT 5 AUTH packet type (first byte).
 const AUTH: u8 = 0xF0;
 /// A DISCONNECT with no reason (v3.1.1) or Normal disconnection (v5): the broker discards
 /// the Will.
 pub const DISCONNECT_PACKET: [u8; 2] = [0xE0, 0x00];
-use crate::transport::pool;
 
 /// One direction of the copy.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Half {
     buf: Option<Box<[u8]>>,
     pos: usize,
@@ -43,12 +43,30 @@ struct Half {
     /// Shared byte counter, advanced as bytes are written so long sessions show up live.
     counter: Option<Counter>,
     /// Reading stops before a packet of this type (the client's AUTH, SPEC §13), which is
-    /// never forwarded; `halted` says one was found.
-    halt_at: Option<u8>,
+    /// never forwarded; `halted` says one was found. `PacketBoundary::NO_HALT`: never.
+    halt_at: u8,
     halted: bool,
     /// Written to the writer before it is shut down (a DISCONNECT for the broker when the
     /// session's grant ended, so its Will is discarded).
     farewell: &'static [u8],
+}
+
+impl Default for Half {
+    fn default() -> Half {
+        Half {
+            buf: None,
+            pos: 0,
+            end: 0,
+            read_done: false,
+            shut: false,
+            need_flush: false,
+            bytes: 0,
+            counter: None,
+            halt_at: PacketBoundary::NO_HALT,
+            halted: false,
+            farewell: &[],
+        }
+    }
 }
 
 impl Half {
@@ -105,13 +123,6 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if self.halted {
-                // What came before the halting packet is written; the caller ends the
-                // session (poll_both sees `halted`).
-                ready!(w.as_mut().poll_flush(cx))?;
-                self.need_flush = false;
-                return Poll::Pending;
-            }
             let buf = self.buf.get_or_insert_with(pool::take);
             let mut rb = ReadBuf::new(buf);
             match r.as_mut().poll_read(cx, &mut rb) {
@@ -148,7 +159,12 @@ impl Half {
                     }
                 } else {
                     take = b.feed_until(&buf[..n], self.halt_at);
-                    self.halted = take < n;
+                    if take < n {
+                        // What came before the halting packet is written, then this
+                        // direction ends; poll_both reports why.
+                        self.halted = true;
+                        self.read_done = true;
+                    }
                 }
             }
             self.end = take;
@@ -190,7 +206,7 @@ impl Relay {
     /// A relay whose client direction stops at an MQTT 5 AUTH packet (SPEC §13).
     pub fn new() -> Relay {
         let mut r = Relay::default();
-        r.up.halt_at = Some(AUTH >> 4);
+        r.up.halt_at = AUTH >> 4;
         r
     }
 
@@ -262,10 +278,10 @@ impl Relay {
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(self.error_or_client(e));
         }
-        if self.up.halted {
-            return Poll::Ready(Ended::Halted);
-        }
         if up.is_ready() && self.first_eof.is_none() {
+            if self.up.halted {
+                return Poll::Ready(Ended::Halted);
+            }
             self.first_eof = Some(true);
         }
         let down = self.down.poll_copy(
@@ -386,6 +402,59 @@ mod tests {
         }
     }
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_farewell_follows_the_clients_packet_in_progress() {
+        let (mut client_app, mut client) = duplex(256);
+        let (mut upstream, mut broker) = duplex(256);
+        // Half a PUBLISH is in when the session is ended.
+        client_app
+            .write_all(&[0x30, 0x05, 0x00, 0x01])
+            .await
+            .unwrap();
+        let mut relay = Relay::new();
+        // One poll (a zero timeout polls its future once): the half packet is read and
+        // passed on, and the relay waits for more.
+        let first = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            relay.run(&mut client, &mut upstream),
+        )
+        .await;
+        assert!(first.is_err(), "still relaying");
+        let finish = tokio::spawn(async move {
+            relay
+                .finish_at_boundary(&mut client, &mut upstream, true)
+                .await
+                .unwrap();
+        });
+        client_app.write_all(&[b't', 0xaa, 0xbb]).await.unwrap();
+        finish.await.unwrap();
+        let mut got = Vec::new();
+        broker.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            [0x30, 0x05, 0x00, 0x01, b't', 0xaa, 0xbb, 0xe0, 0x00],
+            "the whole PUBLISH, then DISCONNECT"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_direction_halts_before_an_auth_packet() {
+        let (mut client_app, mut client) = duplex(256);
+        let (mut upstream, mut broker) = duplex(256);
+        // A PINGREQ, then an AUTH and a PUBLISH in the same write.
+        client_app
+            .write_all(&[0xc0, 0x00, 0xf0, 0x00, 0x30, 0x03, 0x00, 0x01, b't'])
+            .await
+            .unwrap();
+        let mut relay = Relay::new();
+        let ended = relay.run(&mut client, &mut upstream).await;
+        assert!(matches!(ended, Ended::Halted), "{ended:?}");
+        drop(upstream);
+        let mut got = Vec::new();
+        broker.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [0xc0, 0x00], "only what came before the AUTH");
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_reports_who_closed() {
