@@ -102,7 +102,7 @@ pub(super) fn record_would_deny(ctx: &Ctx, reason: &'static str, identity: &Iden
 
 /// A live session's re-decision or expiry that audit-only mode did not enforce.
 pub(super) fn would_deny(ctx: &Ctx, reason: &'static str, session: &Session) {
-    record_would_deny(ctx, reason, &session.grant.identity);
+    record_would_deny(ctx, reason, &session.identity);
 }
 
 /// Phase 3a, SPEC §9: the webhook's answer for a client it decides; None for a client the

@@ -45,7 +45,7 @@ use self::authorize::{Authorizer, Counters};
 use self::authorized_relay::AuthorizedRelay;
 use self::decide::{claim_session, decide, decide_at_connect, read_connect, Asked};
 use self::outcome::refuse;
-use self::session::{relay_session, JwtSession, Session, SessionAuthz, WebhookSession};
+use self::session::{relay_session, JwtSession, Session, SessionAuthz, Told, WebhookSession};
 use self::upstream::{dial, open_upstream};
 use crate::audit;
 use crate::auth::grant::{self, Grant};
@@ -141,7 +141,7 @@ pub fn serve(
         };
         let outcome = Outcome::Session {
             closed,
-            name: std::mem::take(&mut open.session.grant.identity.authentication_name),
+            name: std::mem::take(&mut open.session.identity.authentication_name),
             bytes,
         };
         record(&ctx, peer, accepted, &outcome);
@@ -413,12 +413,26 @@ async fn admit_and_dial(
         grant = decide(ctx, &trust, client, asked, answer.as_deref(), peer, true)?;
     }
     let (mut first_bytes, proxy_len) = first_bytes(ctx, peer, &grant)?;
-    let jwt = JwtSession::from_connect(grant.identity.method, &connect);
+    // The grant's parts go to their enforcers; the session keeps only what it reads.
+    let Grant {
+        identity,
+        permissions,
+        assigned_client_id,
+        session_expiry,
+        ..
+    } = grant;
+    let told = (assigned_client_id.is_some() || session_expiry.is_some()).then(|| {
+        Box::new(Told {
+            assigned_client_id,
+            session_expiry,
+        })
+    });
+    let jwt = JwtSession::from_connect(identity.method, &connect);
     let webhook = answer.map(|answer| WebhookSession::new(answer, &connect));
     // A JWT session may re-authenticate: only the authorized relay reads client packets
     // at their boundaries, so it runs one even with nothing to authorize. Other sessions
     // without `[authorization]` keep the plain byte relay (which still stops at an AUTH).
-    let authz = match (grant.permissions.take(), &jwt) {
+    let authz = match (permissions, &jwt) {
         (None, None) => {
             first_bytes.extend_from_slice(&pipelined);
             None
@@ -430,7 +444,8 @@ async fn admit_and_dial(
         username: connect.username,
         jwt,
         webhook,
-        grant,
+        identity,
+        told,
         first_bytes,
         proxy_len,
         claim,
@@ -477,7 +492,7 @@ fn assign_session_name() -> String {
 /// The relay of an authorized (or JWT) session, from what its CONNECT and CONNACK left.
 fn authorized_relay(ctx: &Ctx, session: &Session, a: SessionAuthz) -> Box<AuthorizedRelay> {
     let mode = ctx.authz_mode.unwrap_or(AuthzMode::Enforce);
-    let name = session.grant.identity.authentication_name.clone();
+    let name = session.identity.authentication_name.clone();
     let auth = match a.permissions {
         Some(permissions) => Authorizer::new(
             permissions,

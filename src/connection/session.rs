@@ -17,9 +17,8 @@ use super::decide::would_deny;
 use super::outcome::Closed;
 use super::reauth;
 use super::{Ctx, Lifecycle, Opened};
-use crate::auth::grant::Grant;
 use crate::auth::webhook::Answer;
-use crate::auth::{self, Method};
+use crate::auth::{self, Identity, Method};
 use crate::authz::ClientPermissions;
 use crate::config::AuthzMode;
 use crate::metrics;
@@ -42,9 +41,14 @@ pub(super) struct Session {
     /// A webhook client's answer, to re-decide it on reload, and the Authentication
     /// Method it sent, to answer with in the CONNACK.
     pub(super) webhook: Option<Box<WebhookSession>>,
-    /// What was decided (SPEC §13): the identity, what the broker received, the session
-    /// name; every enforcer reads it from here.
-    pub(super) grant: Grant,
+    /// The grant's identity (SPEC §13): what re-decisions, expiry and the record read.
+    /// The grant's other parts went to their enforcers when the session opened: its
+    /// CONNECT and PROXY identity upstream (`first_bytes`), its permissions to the
+    /// authorized relay, its session name to `claim`, what the client is told to `told`.
+    pub(super) identity: Identity,
+    /// What the v5 CONNACK adds from the grant, until it is sent; boxed and usually None,
+    /// so an idle session pays a pointer.
+    pub(super) told: Option<Box<Told>>,
     /// The CONNECT for the broker followed by the bytes the client pipelined after its
     /// own, in order, after the PROXY header when one is sent; emptied once sent.
     pub(super) first_bytes: Vec<u8>,
@@ -57,6 +61,12 @@ pub(super) struct Session {
     /// when audit-only mode let it through past a limit, or once the broker has ended the
     /// session (SPEC §13: released then, not when the client finally closes).
     pub(super) claim: Option<SessionClaim>,
+}
+
+/// What the grant tells a v5 client in its CONNACK (SPEC §10, §13).
+pub(super) struct Told {
+    pub(super) assigned_client_id: Option<String>,
+    pub(super) session_expiry: Option<u32>,
 }
 
 /// What a webhook session keeps (SPEC §9).
@@ -175,7 +185,7 @@ pub(super) async fn relay_session(ctx: &Ctx, open: &mut Opened) -> Closed {
     // one side has closed, the other side's linger (a second `Sleep` is 112 bytes more in
     // every idle session's task).
     let mut deadlines = Deadlines {
-        valid_until: expiry_instant(session.grant.identity.valid_until),
+        valid_until: expiry_instant(session.identity.valid_until),
         linger_until: None,
     };
     let timer = tokio::time::sleep_until(deadlines.next());
@@ -288,7 +298,7 @@ fn on_relay_end(
             let trust = trust_rx.borrow().clone();
             match reauthenticate(ctx, &trust, session, authorized, packet) {
                 Ok(true) => {
-                    deadlines.valid_until = expiry_instant(session.grant.identity.valid_until);
+                    deadlines.valid_until = expiry_instant(session.identity.valid_until);
                     Next::Continue
                 }
                 Ok(false) => Next::Continue,
@@ -355,7 +365,7 @@ fn on_deadline(
         });
     }
     // The same DISCONNECT whichever method's validity ended (0x98).
-    let closed = match session.grant.identity.method {
+    let closed = match session.identity.method {
         auth::Method::Certificate => Closed::CertificateExpired,
         auth::Method::Jwt => Closed::TokenExpired,
         auth::Method::Webhook => Closed::WebhookExpired,
@@ -418,7 +428,7 @@ fn reauthenticate(
     packet: Result<Vec<u8>, usize>,
 ) -> Result<bool, (Closed, u8)> {
     let method = session.jwt.as_deref().map(|j| j.method.as_str());
-    let name = session.grant.identity.authentication_name.as_str();
+    let name = session.identity.authentication_name.as_str();
     let packet = packet.as_deref().map_err(|n| *n);
     let decided = reauth::decide(trust, method, name, packet, UnixTime::now());
     let count = |result, reason| {
@@ -454,8 +464,8 @@ fn reauthenticate(
     }
     // The broker and the session limits know the session by the name it connected with
     // (the same name, perhaps spelled otherwise by this token).
-    let name = std::mem::take(&mut session.grant.identity.authentication_name);
-    session.grant.identity = auth::Identity {
+    let name = std::mem::take(&mut session.identity.authentication_name);
+    session.identity = auth::Identity {
         authentication_name: name,
         ..identity
     };
@@ -537,7 +547,7 @@ fn still_allowed(
     let id = decision.ok()?;
     auth::same_name(
         &id.authentication_name,
-        &session.grant.identity.authentication_name,
+        &session.identity.authentication_name,
     )
     .then_some(id)
 }

@@ -66,10 +66,11 @@ pub(super) async fn open_upstream(
     };
     // What the client hears that the broker could not say: its method, the ClientId
     // assigned to an empty one, the Session Expiry Interval used (SPEC §10, §13).
+    let told = session.told.take();
     let tell = mqtt::ConnackAdditions {
         authentication_method: method,
-        assigned_client_id: session.grant.assigned_client_id.as_deref(),
-        session_expiry: session.grant.session_expiry,
+        assigned_client_id: told.as_ref().and_then(|t| t.assigned_client_id.as_deref()),
+        session_expiry: told.as_ref().and_then(|t| t.session_expiry),
     };
     let authz = session.authz.as_deref_mut();
     relay_connack(ctx, client, upstream, session.version, tell, relay, authz).await
