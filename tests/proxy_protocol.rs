@@ -290,7 +290,7 @@ async fn check_prints_the_listeners_and_what_they_expect_first() {
         "{text}"
     );
     assert!(
-        text.contains("a PROXY v2 header with the client's address and authentication name first"),
+        text.contains("a PROXY v2 header with the client's address and verified name first"),
         "{text}"
     );
 }
