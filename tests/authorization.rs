@@ -70,13 +70,7 @@ async fn start(mode: &str) -> Env {
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     // The lists live beside the config, written before mqttgate starts.
     let lists = tempfile::tempdir().unwrap().keep();
-    write(&lists, "client-groups.json", GROUPS);
-    write(&lists, "topic-spaces.json", SPACES);
-    write(&lists, "permission-bindings.json", BINDINGS);
-    setup.extra = format!(
-        "\n[authorization]\nclient_groups = \"{0}/client-groups.json\"\ntopic_spaces = \"{0}/topic-spaces.json\"\npermission_bindings = \"{0}/permission-bindings.json\"\nmode = \"{mode}\"\n",
-        lists.display()
-    );
+    setup.extra = authorization_section(&lists, GROUPS, SPACES, BINDINGS, Some(mode));
     Env::start(pki, setup).await
 }
 

@@ -133,19 +133,13 @@ async fn gate(row: Row) -> Result<Gate, String> {
     std::fs::rename(keys.path().join("k1.pem"), certs.join("k1.pem")).unwrap();
     let pki = Pki::new();
     let hook = Hook::start(&pki.root);
-    let lists = keys.path().join("authz");
-    std::fs::create_dir(&lists).unwrap();
-    write(&lists, "client-groups.json", r#"[{"name": "$all"}]"#);
-    write(
-        &lists,
-        "topic-spaces.json",
+    let authorization = authorization_section(
+        keys.path(),
+        r#"[{"name": "$all"}]"#,
         r#"[{"name": "own", "topicTemplates": ["devices/${client.authenticationName}/#"]}]"#,
-    );
-    write(
-        &lists,
-        "permission-bindings.json",
         r#"[{"name": "own-publish", "clientGroupName": "$all", "topicSpaceName": "own", "permission": "Publisher"},
             {"name": "own-subscribe", "clientGroupName": "$all", "topicSpaceName": "own", "permission": "Subscriber"}]"#,
+        None,
     );
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
@@ -158,9 +152,8 @@ async fn gate(row: Row) -> Result<Gate, String> {
         setup.top = "mode = \"audit\"\n".into();
     }
     setup.broker_acl = Some("topic readwrite devices/#\n\npattern readwrite devices/%u/#\n");
-    let l = lists.display();
     setup.extra = format!(
-        "[websocket]\nlisten = \"127.0.0.1:0\"\n\n[auth.jwt]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nkeys = [\"{}\"]\n\n[authorization]\nclient_groups = \"{l}/client-groups.json\"\ntopic_spaces = \"{l}/topic-spaces.json\"\npermission_bindings = \"{l}/permission-bindings.json\"\n{}",
+        "[websocket]\nlisten = \"127.0.0.1:0\"\n\n[auth.jwt]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nkeys = [\"{}\"]\n{authorization}{}",
         certs.display(),
         hook.section(""),
     );

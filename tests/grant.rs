@@ -71,20 +71,14 @@ const BINDINGS: &str = r#"[
 ]"#;
 
 /// mqttgate with `[authorization]` letting every client publish to its own
-/// `devices/<name>/telemetry/#` only; sensor-1 registered.
-async fn authorized_gate() -> Env {
+/// `devices/<name>/telemetry/#` only; sensor-1 registered. Also the folder of the lists.
+async fn authorized_gate() -> (Env, tempfile::TempDir) {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    let lists = tempfile::tempdir().unwrap().keep();
-    write(&lists, "client-groups.json", GROUPS);
-    write(&lists, "topic-spaces.json", SPACES);
-    write(&lists, "permission-bindings.json", BINDINGS);
-    setup.extra = format!(
-        "\n[authorization]\nclient_groups = \"{0}/client-groups.json\"\ntopic_spaces = \"{0}/topic-spaces.json\"\npermission_bindings = \"{0}/permission-bindings.json\"\n",
-        lists.display()
-    );
-    Env::start(pki, setup).await
+    let lists = tempfile::tempdir().unwrap();
+    setup.extra = authorization_section(lists.path(), GROUPS, SPACES, BINDINGS, None);
+    (Env::start(pki, setup).await, lists)
 }
 
 /// Waits until the broker has logged `line`.
@@ -111,7 +105,7 @@ fn broker_pub(env: &Env, user: &str, topic: &str, payload: &str) {
 ///    and nothing of it reaches the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_on_a_topic_the_client_may_not_publish_to_is_refused_at_connect() {
-    let env = authorized_gate().await;
+    let (env, _lists) = authorized_gate().await;
     let backend = backend_sub(&env.mosquitto, "devices/#").await;
     for (version, refused) in [
         (Version::V5, vec![0x20, 0x03, 0x00, 0x87, 0x00]),
@@ -168,7 +162,7 @@ async fn a_will_on_a_topic_the_client_may_not_publish_to_is_refused_at_connect()
 ///    Will is discarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_by_a_permission_change_does_not_publish_its_will() {
-    let env = authorized_gate().await;
+    let (env, lists) = authorized_gate().await;
     let backend = backend_sub(&env.mosquitto, "devices/#").await;
     let c = connect_bytes(
         Version::V5,
@@ -181,17 +175,7 @@ async fn a_session_ended_by_a_permission_change_does_not_publish_its_will() {
     let (mut tls, heard) = open(&env, "sensor-1", &c).await;
     assert_eq!(heard.unwrap()[3], 0x00);
     assert!(broker_logged(&env, "as sensor-1").await);
-    let text = std::fs::read_to_string(env.config_file.clone()).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("permission_bindings"))
-        .unwrap();
-    let bindings = line.split('"').nth(1).unwrap().to_string();
-    write(
-        std::path::Path::new(&bindings).parent().unwrap(),
-        "permission-bindings.json",
-        "[]",
-    );
+    write(lists.path(), "permission-bindings.json", "[]");
     let (bytes, closed) = read_until_close(&mut tls, Duration::from_secs(10)).await;
     assert!(closed, "the session ends");
     assert_eq!(bytes, mqttgate::mqtt::disconnect_v5(0x87), "{bytes:02x?}");
@@ -474,31 +458,8 @@ async fn audit_mode_never_sends_an_unverified_name_in_the_proxy_header() {
 }
 
 /// A JWT gate with the given `[upstream] username` mode.
-async fn jwt_gate(username: &str) -> Jwt {
-    let keys = tempfile::tempdir().unwrap();
-    let k1 = issuer_key(keys.path(), "k1");
-    let certs = keys.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::rename(keys.path().join("k1.pem"), certs.join("k1.pem")).unwrap();
-    let pki = Pki::new();
-    let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SUBJECT)));
-    setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    setup.username = Some(if username == "passthrough" {
-        "passthrough"
-    } else {
-        "rewrite"
-    });
-    setup.extra = format!(
-        "[auth.jwt]\nissuer = \"{}\"\naudiences = [\"{}\"]\nkeys = [\"{}\"]\nskew_seconds = 0\n",
-        ISSUER,
-        AUDIENCE,
-        certs.display()
-    );
-    Jwt {
-        env: Env::start(pki, setup).await,
-        keys,
-        k1,
-    }
+async fn jwt_gate(username: &'static str) -> Jwt {
+    gate_with("", |setup| setup.username = Some(username)).await
 }
 
 fn jwt_connect_as(username: Option<&str>, token: &str) -> Vec<u8> {

@@ -81,6 +81,22 @@ async fn mosquitto_21(dir: &std::path::Path) -> Broker21 {
     }
 }
 
+/// mqttgate with `setup` and `[upstream] proxy_protocol = "v2"`.
+async fn gate_sending_proxy_headers(
+    dir: &std::path::Path,
+    pki: &Pki,
+    setup: &Setup,
+) -> std::sync::Arc<mqttgate::server::Server> {
+    let file = write_config(dir, pki, setup, 0);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n");
+    std::fs::write(&file, text).unwrap();
+    mqttgate::server::Server::start(mqttgate::config::Config::load(&file).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_21_takes_the_identity_and_the_client_address_from_the_proxy_header() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,14 +112,7 @@ async fn mosquitto_21_takes_the_identity_and_the_client_address_from_the_proxy_h
     setup.upstream = Some(format!("127.0.0.1:{}", broker.proxied));
     // The CONNECT goes as the client sent it: the broker replaces the username itself.
     setup.username = Some("passthrough");
-    let file = write_config(dir.path(), &pki, &setup, 0);
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n");
-    std::fs::write(&file, text).unwrap();
-    let gate = mqttgate::server::Server::start(mqttgate::config::Config::load(&file).unwrap())
-        .await
-        .unwrap();
+    let gate = gate_sending_proxy_headers(dir.path(), &pki, &setup).await;
 
     // A back-end subscriber on the plain listener, subscribed before anything is published.
     let mut backend = Command::new(tool("mosquitto_sub"))
@@ -215,14 +224,7 @@ async fn audit_mode_asserts_only_verified_names_in_the_proxy_header() {
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     setup.upstream = Some(format!("127.0.0.1:{}", broker.proxied));
     setup.top = "mode = \"audit\"\n".into();
-    let file = write_config(dir.path(), &pki, &setup, 0);
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("[upstream]\n", "[upstream]\nproxy_protocol = \"v2\"\n");
-    std::fs::write(&file, text).unwrap();
-    let gate = mqttgate::server::Server::start(mqttgate::config::Config::load(&file).unwrap())
-        .await
-        .unwrap();
+    let gate = gate_sending_proxy_headers(dir.path(), &pki, &setup).await;
     let cert = pki.root.issue(&leaf("sensor-1")).unwrap();
 
     // sensor-1's certificate, typing sensor-2's name: enforcing mode would deny it.

@@ -213,6 +213,28 @@ impl Env {
     }
 }
 
+/// Writes the three authorization lists (Azure's client groups, topic spaces and
+/// permission bindings) to `dir` and returns the `[authorization]` section naming them,
+/// with `mode` when given.
+pub fn authorization_section(
+    dir: &Path,
+    groups: &str,
+    spaces: &str,
+    bindings: &str,
+    mode: Option<&str>,
+) -> String {
+    let at = |name, text| write(dir, name, text).display().to_string();
+    let mode = mode
+        .map(|m| format!("mode = \"{m}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "\n[authorization]\nclient_groups = \"{}\"\ntopic_spaces = \"{}\"\npermission_bindings = \"{}\"\n{mode}",
+        at("client-groups.json", groups),
+        at("topic-spaces.json", spaces),
+        at("permission-bindings.json", bindings),
+    )
+}
+
 pub fn write_config(dir: &Path, pki: &Pki, setup: &Setup, broker_port: u16) -> PathBuf {
     write(dir, "server.pem", &pki.server.cert_pem);
     write(dir, "server.key", &pki.server.key_pem);

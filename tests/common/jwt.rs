@@ -116,6 +116,11 @@ pub async fn gate(extra: &str) -> Jwt {
 
 /// As [`gate`], with top-level keys (`mode = "audit"`).
 pub async fn gate_with_top(extra: &str, top: &str) -> Jwt {
+    gate_with(extra, |setup| setup.top = top.to_string()).await
+}
+
+/// As [`gate`], with the setup adjusted by `adjust` before mqttgate starts.
+pub async fn gate_with(extra: &str, adjust: impl FnOnce(&mut Setup)) -> Jwt {
     let keys = tempfile::tempdir().unwrap();
     let k1 = issuer_key(keys.path(), "k1");
     // Only the certificates are key files; the private keys live beside them.
@@ -125,11 +130,11 @@ pub async fn gate_with_top(extra: &str, top: &str) -> Jwt {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!("[{}]", chain_client("sensor-1", SENSOR)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    setup.top = top.to_string();
     setup.extra = format!(
         "[auth.jwt]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nkeys = [\"{}\"]\nskew_seconds = 0\n{extra}",
         certs.display()
     );
+    adjust(&mut setup);
     Jwt {
         env: Env::start(pki, setup).await,
         keys,
