@@ -74,13 +74,18 @@ async fn a_slowloris_from_one_address_does_not_lock_out_a_real_client_from_it() 
     await_accepted(&env, FLOOD as f64).await;
     // Some of them drip a byte now and then while the real client connects.
     let drip: Vec<TcpStream> = flood.drain(FLOOD - 30..).collect();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let dripping = tokio::spawn(async move {
         let mut drip = drip;
-        for _ in 0..40 {
+        // Until the real client is done (or 30 s, a bound on the drip).
+        for _ in 0..120 {
             for s in drip.iter_mut() {
                 let _ = s.write_all(&[0]).await;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = &mut stopped => break,
+            }
         }
         drip
     });
@@ -97,11 +102,12 @@ async fn a_slowloris_from_one_address_does_not_lock_out_a_real_client_from_it() 
             &ca,
             &cert_file,
             &key_file,
-            &["-t", "t", "-m", "hello", "-q", "1", "-i", "real"],
+            &["-u", "sensor-1", "-t", "t", "-m", "hello", "-q", "1"],
         )
     })
     .await
     .unwrap();
+    let _ = stop.send(());
     assert_pub_ok(&out);
     let scrape = env.gate.metrics.render();
     assert!(
