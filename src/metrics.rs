@@ -36,6 +36,12 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// A pending connection's state (server/slots.rs): `idle` or `progressing`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PendingState {
+    pub state: &'static str,
+}
+
 /// Which side of a session was still open.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Side {
@@ -111,6 +117,9 @@ pub struct Metrics {
     pub refused_at_limit: Counter,
     pub admin_refused: Counter,
     pub admin_open: Gauge,
+    /// Pending connections (accepted, no session yet) by state: the idle ones are what a
+    /// full pending cap sheds.
+    pub pending: Family<PendingState, Gauge>,
     pub handshakes: Family<ResultReason, Counter>,
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
@@ -176,6 +185,12 @@ impl Metrics {
             "admin_connections_open",
             "Admin connections open and not yet answered, this scrape included",
             admin_open.clone(),
+        );
+        let pending = Family::<PendingState, Gauge>::default();
+        registry.register(
+            "connections_pending",
+            "Connections holding a pending slot, idle (waiting on the client to start its next step) or progressing",
+            pending.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();
         registry.register(
@@ -348,6 +363,7 @@ impl Metrics {
             refused_at_limit,
             admin_refused,
             admin_open,
+            pending,
             handshakes,
             handshake_seconds,
             decisions,

@@ -16,6 +16,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use super::frame::{self, ControlFrame, Decoder, FrameError, MAX_HEADER, OP_BINARY};
 use super::upgrade::{self, UpgradeRefusal};
+use crate::server::slots::{progress, Stage};
 use crate::transport::pool;
 
 /// Payload per data frame: with its header it stays within one TLS record, so a frame is
@@ -57,7 +58,11 @@ where
     })
     .await;
     match (result, sent) {
-        (Ok(_), Ok(Ok(()))) => Ok(WsConn::new(io)),
+        (Ok(_), Ok(Ok(()))) => {
+            // Idle again until the first CONNECT byte.
+            progress(Stage::Upgraded);
+            Ok(WsConn::new(io))
+        }
         (Ok(_), _) => Err(UpgradeRefusal::ClientGone),
         (Err(refusal), _) => {
             let _ = timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
@@ -89,6 +94,8 @@ where
         if n > room {
             return Err(UpgradeRefusal::TooLarge);
         }
+        // The request has begun: progressing, not idle (server/slots.rs).
+        progress(Stage::Upgrading);
         buf.extend_from_slice(&chunk[..n]);
         if let Some(accepted) = upgrade::parse(&buf, &rules.path)? {
             // RFC 6455 §4.1: a client waits for the answer before sending frames.
