@@ -28,6 +28,8 @@ const MAX_FRAME_PAYLOAD: usize = 16 * 1024 - 4;
 pub struct UpgradeRules {
     pub path: String,
     pub max_request_bytes: usize,
+    /// `websocket.allowed_origins`, lowercase (see upgrade.rs).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Reads and answers the opening handshake before `deadline`. A refusal has been
@@ -97,7 +99,7 @@ where
         // The request has begun: progressing, not idle (server/slots.rs).
         progress(Stage::Upgrading);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(accepted) = upgrade::parse(&buf, &rules.path)? {
+        if let Some(accepted) = upgrade::parse(&buf, &rules.path, &rules.allowed_origins)? {
             // RFC 6455 §4.1: a client waits for the answer before sending frames.
             if accepted.len != buf.len() {
                 return Err(UpgradeRefusal::BadRequest);
@@ -354,6 +356,7 @@ mod tests {
         UpgradeRules {
             path: "/mqtt".into(),
             max_request_bytes: 1024,
+            allowed_origins: Vec::new(),
         }
     }
 
