@@ -177,7 +177,7 @@ impl Metrics {
         let admin_refused = Counter::default();
         registry.register(
             "admin_connections_refused",
-            "Admin connections closed on accept because admin.max_connections were open",
+            "Admin connections closed to stay within admin.max_connections: the oldest idle one, or the newcomer when none was idle",
             admin_refused.clone(),
         );
         let admin_open = Gauge::default();
