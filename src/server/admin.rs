@@ -53,6 +53,31 @@ struct Conn {
     shed: Notify,
 }
 
+impl Open {
+    /// Makes room for a new connection under `max`: the oldest idle one is taken out (to
+    /// be told to close) when the cap is full; then the newcomer is registered, unless
+    /// every open one is being answered.
+    fn admit(&mut self, max: usize) -> (Option<Arc<Conn>>, Option<(u64, Arc<Conn>)>) {
+        let mut shed = None;
+        if self.conns.len() >= max {
+            let oldest_idle = self
+                .conns
+                .iter()
+                .find(|(_, c)| !c.answering.load(Ordering::Acquire))
+                .map(|(&id, _)| id);
+            shed = oldest_idle.and_then(|id| self.conns.remove(&id));
+        }
+        if self.conns.len() >= max {
+            return (shed, None);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = Arc::new(Conn::default());
+        self.conns.insert(id, conn.clone());
+        (shed, Some((id, conn)))
+    }
+}
+
 /// Serves at most `max_connections` at once; past that the oldest idle one is closed (and
 /// counted in `admin_connections_refused_total`) for the newcomer, or, if every one is
 /// being answered, the newcomer is.
@@ -63,31 +88,12 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, max_connections: 
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let admitted = {
-            let mut open = open.lock().expect("not poisoned");
-            if open.conns.len() >= max_connections {
-                let oldest_idle = open
-                    .conns
-                    .iter()
-                    .find(|(_, c)| !c.answering.load(Ordering::Acquire))
-                    .map(|(&id, _)| id);
-                if let Some(id) = oldest_idle {
-                    let shed = open.conns.remove(&id).expect("found above");
-                    // Stored if its task is not waiting yet: seen on its next poll.
-                    shed.shed.notify_one();
-                    server.metrics.admin_refused.inc();
-                }
-            }
-            if open.conns.len() < max_connections {
-                let id = open.next_id;
-                open.next_id += 1;
-                let conn = Arc::new(Conn::default());
-                open.conns.insert(id, conn.clone());
-                Some((id, conn))
-            } else {
-                None
-            }
-        };
+        let (shed, admitted) = open.lock().expect("not poisoned").admit(max_connections);
+        if let Some(shed) = shed {
+            // Stored if its task is not waiting yet: seen on its next poll.
+            shed.shed.notify_one();
+            server.metrics.admin_refused.inc();
+        }
         let Some((id, conn)) = admitted else {
             server.metrics.admin_refused.inc();
             drop(stream);
@@ -190,5 +196,29 @@ fn route(path: &str, server: &Server) -> (StatusCode, &'static str, String) {
             (status, "text/plain", format!("{why}\n"))
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_the_oldest_idle_goes_and_answering_ones_stay() {
+        let mut open = Open::default();
+        let (_, a) = open.admit(2);
+        let (_, b) = open.admit(2);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        a.1.answering.store(true, Ordering::Release);
+        // Full: `a` is being answered, so `b`, the oldest idle one, makes room.
+        let (shed, c) = open.admit(2);
+        assert!(Arc::ptr_eq(&shed.unwrap(), &b.1));
+        let c = c.unwrap();
+        assert_eq!(open.conns.keys().copied().collect::<Vec<_>>(), [a.0, c.0]);
+        // Every one answering: the newcomer is the one refused, nothing is shed.
+        c.1.answering.store(true, Ordering::Release);
+        let (shed, d) = open.admit(2);
+        assert!(shed.is_none() && d.is_none());
+        assert_eq!(open.conns.len(), 2);
     }
 }
