@@ -53,11 +53,14 @@ struct Conn {
     shed: Notify,
 }
 
+/// A connection let in: its id under the cap, and what the accept loop tells it.
+type Admitted = (u64, Arc<Conn>);
+
 impl Open {
     /// Makes room for a new connection under `max`: the oldest idle one is taken out (to
     /// be told to close) when the cap is full; then the newcomer is registered, unless
     /// every open one is being answered.
-    fn admit(&mut self, max: usize) -> (Option<Arc<Conn>>, Option<(u64, Arc<Conn>)>) {
+    fn admit(&mut self, max: usize) -> (Option<Arc<Conn>>, Option<Admitted>) {
         let mut shed = None;
         if self.conns.len() >= max {
             let oldest_idle = self
