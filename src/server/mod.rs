@@ -499,6 +499,9 @@ async fn accept_loop(
             }
             None => server.slots.make_room().await.0,
         };
+        // Its connect deadline starts now: if nothing was idle any more, it waited for a
+        // slot as it would have in the backlog, and that wait is not its time to connect.
+        let accepted = std::time::Instant::now();
         if inbound_proxy.is_some() {
             tokio::spawn(connection::serve_proxied(
                 ctx.clone(),
