@@ -5,11 +5,13 @@
 //!
 //! Origin: a browser names the page that opened the WebSocket in `Origin`, and the page's
 //! script can't change it, so a page on another site can't use a visitor's browser (and a
-//! client certificate installed in it) to reach the gate. Clients that are not browsers
-//! send no `Origin` and are not affected. With an `Origin`, the upgrade is accepted only
-//! when it is one of `[websocket] allowed_origins`, compared as ASCII case-insensitive
-//! strings (`scheme://host[:port]`, the port only when not the scheme's default, as
-//! browsers send it); the default, an empty list, refuses every browser page.
+//! client certificate installed in it) to reach the gate. With an `Origin`, the upgrade is
+//! accepted only when it is one of `[websocket] allowed_origins`, compared as ASCII
+//! case-insensitive strings (`scheme://host[:port]`, the port only when not the scheme's
+//! default, as browsers send it), or the gate's own origin (`https://` and the request's
+//! `Host`): paho-mqtt sends that one, and no page of another site can. The default, an
+//! empty list, refuses every other site's page. Clients that send no `Origin` (MQTT.js in
+//! Node, devices) are not affected.
 
 use aws_lc_rs::digest;
 use base64::Engine;
@@ -164,9 +166,20 @@ pub fn parse(
         .filter(|h| h.name.eq_ignore_ascii_case("origin"));
     if let Some(first) = origin.next() {
         let value = first.value.trim_ascii();
+        let host = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| h.value.trim_ascii());
+        let own = |host: &[u8]| {
+            value.len() == 8 + host.len()
+                && value[..8].eq_ignore_ascii_case(b"https://")
+                && value[8..].eq_ignore_ascii_case(host)
+        };
         let allowed = origins
             .iter()
-            .any(|o| o.as_bytes().eq_ignore_ascii_case(value));
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(value))
+            || host.is_some_and(|h| !h.is_empty() && own(h));
         // Two Origin headers: no browser sends that, so neither is trusted.
         if !allowed || origin.next().is_some() {
             return Err(UpgradeRefusal::ForbiddenOrigin);
@@ -339,6 +352,23 @@ mod tests {
         let mut l = GOOD.to_vec();
         l.push("Origin: https://app.example.com");
         assert_eq!(parse(&request(&l), "/mqtt", &[]), Err(ForbiddenOrigin));
+        // The gate's own origin (as paho-mqtt sends it) needs no listing; only over TLS.
+        let own = |origin: &'static str| {
+            let mut l = GOOD.to_vec();
+            l[1] = "Host: Gate.Example:8443";
+            l.push(origin);
+            parse(&request(&l), "/mqtt", &[])
+        };
+        assert!(own("Origin: https://gate.example:8443").unwrap().is_some());
+        assert_eq!(
+            own("Origin: http://gate.example:8443"),
+            Err(ForbiddenOrigin)
+        );
+        assert_eq!(own("Origin: https://gate.example"), Err(ForbiddenOrigin));
+        assert_eq!(
+            own("Origin: https://gate.example:8443.evil"),
+            Err(ForbiddenOrigin)
+        );
         // Two Origin headers, even both allowed, are refused.
         l.push("Origin: https://app.example.com");
         assert_eq!(parse(&request(&l), "/mqtt", &allowed), Err(ForbiddenOrigin));
