@@ -36,7 +36,8 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
-/// A pending connection's state (server/slots.rs): `idle` or `progressing`.
+/// A pending connection's state (server/slots.rs): `queued` (its task has not run yet),
+/// `idle` or `progressing`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PendingState {
     pub state: &'static str,
@@ -189,7 +190,7 @@ impl Metrics {
         let pending = Family::<PendingState, Gauge>::default();
         registry.register(
             "connections_pending",
-            "Connections holding a pending slot, idle (waiting on the client to start its next step) or progressing",
+            "Connections holding a pending slot: queued (not yet run by a busy server), idle (waiting on the client to start its next step) or progressing",
             pending.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();

@@ -127,13 +127,20 @@ async fn past_a_pending_cap_of_progressing_connections_new_ones_wait_in_the_back
     let mut slow = env.tls(&cert, &[]).await.unwrap();
     slow.write_all(&[0x10]).await.unwrap();
     slow.flush().await.unwrap();
+    // The server saw the CONNECT begin: its handshake is over (first scrape) and it is
+    // progressing since (a later one), so past the idle moment after the handshake.
     let env_ref = &env;
     assert!(
         eventually(Duration::from_secs(5), || {
-            metric(
+            let handshaken = metric(
                 &env_ref.gate.metrics.render(),
-                "mqttgate_connections_pending{state=\"progressing\"}",
-            ) == Some(1.0)
+                "mqttgate_tls_handshakes_total{result=\"ok\",reason=\"\"}",
+            ) == Some(1.0);
+            handshaken
+                && metric(
+                    &env_ref.gate.metrics.render(),
+                    "mqttgate_connections_pending{state=\"progressing\"}",
+                ) == Some(1.0)
         })
         .await,
         "the server saw the CONNECT begin"

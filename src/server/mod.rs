@@ -76,7 +76,8 @@ impl Server {
                 .get_or_create(&crate::metrics::PendingState { state })
                 .clone()
         };
-        let slots = Slots::with_gauges(&config.limits, (state("idle"), state("progressing")));
+        let gauges = [state("queued"), state("idle"), state("progressing")];
+        let slots = Slots::with_gauges(&config.limits, gauges);
         let ctx = Arc::new(connection_ctx(
             &config,
             trust_rx,

@@ -6,9 +6,14 @@
 //! **Shedding the idle.** A full pending cap must not lock real clients out, so when it is
 //! full the oldest pending connection that has made no progress is closed (outcome
 //! `shed_idle`) to admit the newcomer. A connection is *idle* while it waits for its peer
-//! to start the next step: before mqttgate has answered a complete ClientHello, and between
-//! the end of the handshake (or of the WebSocket upgrade) and the first byte after it. It
-//! is *progressing* once that step has started (a ClientHello answered, a CONNECT or
+//! to start the next step: from its first read until mqttgate has answered a complete
+//! ClientHello, and between the end of the handshake (or of the WebSocket upgrade) and the
+//! first byte after it. A connection whose task has not run yet is not idle: in a
+//! reconnect storm a busy server is behind, not its clients, and shedding those would only
+//! reset clients that did nothing wrong. A real client sends its ClientHello with the last
+//! packet of the TCP handshake and its CONNECT with its last handshake flight, so it is
+//! idle for moments only, whatever its round trip. It is *progressing* once that step has
+//! started (a ClientHello answered, a CONNECT or
 //! upgrade request under way, the decision, the dial) and is then never shed. The
 //! connection reports its steps through [`progress`], a task-local hook the TLS, upgrade
 //! and packet readers call; [`Pending::watch`] runs its phases with that hook and ends them
@@ -52,8 +57,8 @@ pub struct Slots {
     became_idle: Notify,
     share: usize,
     totals: (u32, u32, u32),
-    /// `mqttgate_connections_pending{state}`: idle and progressing.
-    gauges: (Gauge, Gauge),
+    /// `mqttgate_connections_pending{state}`: queued, idle and progressing.
+    gauges: [Gauge; 3],
 }
 
 /// The pending connections in accept order (ids only grow), and how many each source
@@ -87,7 +92,9 @@ pub enum AtAccept {
 /// peer (idle) or under way (progressing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
-    /// Accepted; no complete ClientHello answered yet.
+    /// Accepted; its task has not run yet (not idle: the server is behind).
+    Queued,
+    /// Its task is reading; no complete ClientHello answered yet.
     Accepted,
     /// mqttgate has answered a complete ClientHello: the handshake is under way.
     Hello,
@@ -102,7 +109,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn is_idle(self) -> bool {
+    pub fn is_idle(self) -> bool {
         matches!(self, Stage::Accepted | Stage::Handshaken | Stage::Upgraded)
     }
 }
@@ -132,6 +139,11 @@ impl Pending {
     /// [`AtAccept::ShedIdle`] if the connection is shed first.
     pub async fn watch<T>(&self, phases: impl Future<Output = T>) -> Result<T, AtAccept> {
         let shed = self.shed.notified();
+        let phases = async {
+            // Running now: from here, a peer that sends nothing is idle.
+            progress(Stage::Accepted);
+            phases.await
+        };
         tokio::select! {
             biased;
             _ = shed => Err(AtAccept::ShedIdle),
@@ -178,11 +190,11 @@ impl Table {
 
 impl Slots {
     pub fn new(limits: &Limits) -> Arc<Slots> {
-        Slots::with_gauges(limits, (Gauge::default(), Gauge::default()))
+        Slots::with_gauges(limits, Default::default())
     }
 
-    /// With the gauges of idle and progressing pending connections to keep.
-    pub fn with_gauges(limits: &Limits, gauges: (Gauge, Gauge)) -> Arc<Slots> {
+    /// With the gauges of queued, idle and progressing pending connections to keep.
+    pub fn with_gauges(limits: &Limits, gauges: [Gauge; 3]) -> Arc<Slots> {
         Arc::new(Slots {
             sessions: Arc::new(Semaphore::new(limits.max_connections)),
             pending: Arc::new(Semaphore::new(limits.max_pending)),
@@ -204,9 +216,10 @@ impl Slots {
     }
 
     fn gauge(&self, stage: Stage) -> &Gauge {
-        match stage.is_idle() {
-            true => &self.gauges.0,
-            false => &self.gauges.1,
+        match stage {
+            Stage::Queued => &self.gauges[0],
+            _ if stage.is_idle() => &self.gauges[1],
+            _ => &self.gauges[2],
         }
     }
 
@@ -318,12 +331,12 @@ impl Slots {
         let id = table.next_id;
         table.next_id += 1;
         *table.per_source.entry(source).or_default() += 1;
-        self.gauge(Stage::Accepted).inc();
+        self.gauge(Stage::Queued).inc();
         table.entries.insert(
             id,
             Entry {
                 source,
-                stage: Stage::Accepted,
+                stage: Stage::Queued,
                 permit,
                 shed: shed.clone(),
             },
@@ -378,6 +391,13 @@ mod tests {
 
     async fn slot(s: &Slots) -> OwnedSemaphorePermit {
         s.pending_slot().await.expect("a free slot")
+    }
+
+    /// Admitted, and its task has run: idle until it reports progress.
+    async fn running(s: &Arc<Slots>, ip: IpAddr) -> Pending {
+        let p = s.admit(slot(s).await, ip).unwrap();
+        report(&p, Stage::Accepted).await;
+        p
     }
 
     /// Runs `stage` as reported by the connection `p`.
@@ -461,22 +481,23 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_idle_connection_is_shed_and_its_slot_handed_over() {
         let s = Slots::new(&limits(10, 3, 3, 0));
-        let oldest = s.admit(slot(&s).await, A).unwrap();
-        let busy = s.admit(slot(&s).await, B).unwrap();
-        let newer = s.admit(slot(&s).await, B).unwrap();
+        let oldest = running(&s, A).await;
+        let busy = running(&s, B).await;
+        let newer = running(&s, B).await;
         // The oldest is progressing: the next oldest idle one goes.
         report(&oldest, Stage::Hello).await;
         assert!(s.pending_slot().await.is_none(), "something idle to shed");
         let (permit, shed) = s.make_room().await;
         assert!(shed);
         assert!(is_shed(&busy) && !is_shed(&oldest) && !is_shed(&newer));
-        let _newcomer = s.admit(permit, A).unwrap();
+        let newcomer = s.admit(permit, A).unwrap();
+        report(&newcomer, Stage::Accepted).await;
         // Its Pending dropping later gives nothing back twice.
         drop(busy);
         assert_eq!(s.pending.available_permits(), 0);
         assert_eq!(s.table().entries.len(), 3);
         // Two idle (the newcomer and `newer`), one progressing.
-        assert_eq!((s.gauges.0.get(), s.gauges.1.get()), (2, 1));
+        assert_eq!(s.gauges.each_ref().map(Gauge::get), [0, 2, 1]);
     }
 
     #[tokio::test]
@@ -515,10 +536,10 @@ mod tests {
     #[tokio::test]
     async fn a_source_holding_its_share_is_shed_first() {
         let s = Slots::new(&limits(10, 4, 3, 0));
-        let slow_elsewhere = s.admit(slot(&s).await, B).unwrap();
+        let slow_elsewhere = running(&s, B).await;
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(s.admit(slot(&s).await, A).unwrap());
+            held.push(running(&s, A).await);
         }
         let (_permit, shed) = s.make_room().await;
         assert!(shed);
@@ -530,5 +551,22 @@ mod tests {
         // Below its share, the oldest idle of all goes again.
         let (_permit, _) = s.make_room().await;
         assert!(is_shed(&slow_elsewhere));
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_task_has_not_run_is_not_shed() {
+        let s = Slots::new(&limits(10, 2, 2, 0));
+        // Accepted by a server too busy to have run its task yet: not the client's fault.
+        let queued = s.admit(slot(&s).await, A).unwrap();
+        let _progressing = s.admit(slot(&s).await, B).unwrap();
+        report(&_progressing, Stage::Hello).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), s.pending_slot()).await;
+        assert!(waiting.is_err(), "nothing is idle yet");
+        assert_eq!(s.gauges.each_ref().map(Gauge::get), [1, 0, 1]);
+        // Once it runs and its client has sent nothing, it is idle.
+        report(&queued, Stage::Accepted).await;
+        assert!(s.pending_slot().await.is_none());
+        let (_, shed) = s.make_room().await;
+        assert!(shed && is_shed(&queued));
     }
 }
