@@ -30,8 +30,9 @@
 //! instead of being reset: in a reconnect storm they are served as slots free up. The
 //! limits: a peer that completes a ClientHello (a full key exchange on both sides) and then
 //! stalls, or sends one byte after the handshake and stalls, counts as progressing until
-//! its connect deadline; and a newcomer is itself idle until its ClientHello arrives, so a
-//! flood of new connections faster than one pending cap per round trip can still shed it.
+//! its connect deadline; and a client whose ClientHello reaches us after its task first
+//! reads (a lossy link) is idle meanwhile, so a flood opening more than a pending cap of
+//! connections in that time can shed it (it reconnects).
 //!
 //! When the session slots are full, a connection still gets its TLS handshake and a
 //! "server busy" CONNACK while there are busy answers left; past those it is closed at
