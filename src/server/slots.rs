@@ -351,6 +351,12 @@ impl Slots {
         })
     }
 
+    /// The stages of the pending connections, oldest first (for the readers' tests).
+    #[cfg(test)]
+    pub(crate) fn stages(&self) -> Vec<Stage> {
+        self.table().entries.values().map(|e| e.stage).collect()
+    }
+
     /// A session slot, taken once the CONNECT is read; None when all are in use.
     pub fn session(&self) -> Option<OwnedSemaphorePermit> {
         self.sessions.clone().try_acquire_owned().ok()
