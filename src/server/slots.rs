@@ -42,6 +42,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -355,6 +357,43 @@ impl Slots {
     #[cfg(test)]
     pub(crate) fn stages(&self) -> Vec<Stage> {
         self.table().entries.values().map(|e| e.stage).collect()
+    }
+
+    /// Slots holding one pending connection (from 192.0.2.1), for the readers' tests.
+    #[cfg(test)]
+    pub(crate) fn one_pending() -> (Arc<Slots>, Pending) {
+        let second = Duration::from_secs(1);
+        let slots = Slots::new(&Limits {
+            connect_timeout: second,
+            dial_timeout: second,
+            max_connect_bytes: 1024,
+            max_connections: 1,
+            busy_answers: 0,
+            max_pending: 1,
+            max_pending_per_source: 1,
+            drain_timeout: second,
+            listen_backlog: 16,
+            linger: second,
+        });
+        let permit = slots.pending.clone().try_acquire_owned().unwrap();
+        let pending = slots.admit(permit, [192, 0, 2, 1].into()).unwrap();
+        (slots, pending)
+    }
+
+    /// Waits (up to 10 s) until the only pending connection is at `stage`.
+    #[cfg(test)]
+    pub(crate) async fn reaches(&self, stage: Stage) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.stages() != [stage] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "stuck at {:?}, not {stage:?}",
+            self.stages()
+        );
     }
 
     /// A session slot, taken once the CONNECT is read; None when all are in use.

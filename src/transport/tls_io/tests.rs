@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use super::*;
 use crate::cli::pki::{Ca, LeafSpec};
-use crate::server::slots::{Pending, Slots, Stage};
+use crate::server::slots::{Slots, Stage};
 
 const PIPE: usize = 4096;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -267,51 +267,13 @@ async fn key_updates_between_data_keep_both_directions_working() {
     s.unwrap();
 }
 
-/// Pending slots with one connection from 192.0.2.1 (its permit from a semaphore of its
-/// own: the slots only hold it).
-fn one_pending() -> (Arc<Slots>, Pending) {
-    let limits = crate::config::Limits {
-        connect_timeout: DEADLINE,
-        dial_timeout: DEADLINE,
-        max_connect_bytes: 1024,
-        max_connections: 1,
-        busy_answers: 0,
-        max_pending: 1,
-        max_pending_per_source: 1,
-        drain_timeout: DEADLINE,
-        listen_backlog: 16,
-        linger: DEADLINE,
-    };
-    let slots = Slots::new(&limits);
-    let permit = Arc::new(tokio::sync::Semaphore::new(1))
-        .try_acquire_owned()
-        .unwrap();
-    let pending = slots.admit(permit, [192, 0, 2, 1].into()).unwrap();
-    (slots, pending)
-}
-
-/// Waits until the only pending connection is at `stage`.
-async fn reaches(slots: &Slots, stage: Stage) {
-    let waited = timeout(DEADLINE, async {
-        while slots.stages() != [stage] {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "stuck at {:?}, not {stage:?}",
-        slots.stages()
-    );
-}
-
 #[tokio::test]
 async fn a_partial_client_hello_is_idle_and_an_answered_one_progressing() {
     let (server, client, _) = configs(0);
-    let (slots, pending) = one_pending();
+    let (slots, pending) = Slots::one_pending();
     let (a, mut b) = duplex(64 * 1024);
     let served = tokio::spawn(async move { pending.watch(TlsConn::accept(server, a)).await });
-    reaches(&slots, Stage::Accepted).await;
+    slots.reaches(Stage::Accepted).await;
     let mut hello = Vec::new();
     let name = ServerName::try_from("localhost").unwrap();
     rustls::ClientConnection::new(client, name)
@@ -324,7 +286,7 @@ async fn a_partial_client_hello_is_idle_and_an_answered_one_progressing() {
     assert_eq!(slots.stages(), [Stage::Accepted]);
     // The rest: mqttgate answers it, and the connection is progressing.
     b.write_all(&hello[hello.len() / 2..]).await.unwrap();
-    reaches(&slots, Stage::Hello).await;
+    slots.reaches(Stage::Hello).await;
     drop(b);
     let _ = timeout(DEADLINE, served)
         .await
@@ -334,7 +296,7 @@ async fn a_partial_client_hello_is_idle_and_an_answered_one_progressing() {
 #[tokio::test]
 async fn idle_after_the_handshake_until_the_first_connect_byte() {
     let (server, client, _) = configs(0);
-    let (slots, pending) = one_pending();
+    let (slots, pending) = Slots::one_pending();
     let (a, b) = duplex(PIPE);
     let served = tokio::spawn(async move {
         pending
@@ -352,11 +314,11 @@ async fn idle_after_the_handshake_until_the_first_connect_byte() {
     });
     let name = ServerName::try_from("localhost").unwrap();
     let mut c = TlsConnector::from(client).connect(name, b).await.unwrap();
-    reaches(&slots, Stage::Handshaken).await;
+    slots.reaches(Stage::Handshaken).await;
     // The first byte of a CONNECT (a PINGREQ's here): progressing from then on.
     c.write_all(&[0xc0]).await.unwrap();
     c.flush().await.unwrap();
-    reaches(&slots, Stage::Connecting).await;
+    slots.reaches(Stage::Connecting).await;
     c.write_all(&[0x00]).await.unwrap();
     c.flush().await.unwrap();
     let read = timeout(DEADLINE, served).await.unwrap().unwrap();

@@ -489,4 +489,30 @@ mod tests {
         let (_, data) = writer.await.unwrap();
         assert_eq!(got, data);
     }
+
+    #[tokio::test]
+    async fn the_upgrade_request_is_progress_and_idle_again_once_answered() {
+        use crate::server::slots::{progress, Slots, Stage};
+        let (slots, pending) = Slots::one_pending();
+        let (server, mut client) = duplex(1 << 16);
+        let served = tokio::spawn(async move {
+            let upgraded = pending
+                .watch(async {
+                    // As after the TLS handshake.
+                    progress(Stage::Handshaken);
+                    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                    accept(server, &rules(), deadline).await.map(|_| ())
+                })
+                .await;
+            // The slot stays taken (as while the CONNECT is awaited) for the last look.
+            (upgraded, pending)
+        });
+        slots.reaches(Stage::Handshaken).await;
+        client.write_all(&REQUEST.as_bytes()[..10]).await.unwrap();
+        slots.reaches(Stage::Upgrading).await;
+        client.write_all(&REQUEST.as_bytes()[10..]).await.unwrap();
+        let (upgraded, _pending) = served.await.unwrap();
+        assert_eq!(upgraded, Ok(Ok(())));
+        assert_eq!(slots.stages(), [Stage::Upgraded]);
+    }
 }
