@@ -14,7 +14,8 @@
 //! packet of the TCP handshake and its CONNECT with its last handshake flight, so it is
 //! idle for moments only, whatever its round trip. It is *progressing* once that step has
 //! started (a ClientHello answered, a CONNECT or
-//! upgrade request under way, the decision, the dial) and is then never shed. The
+//! upgrade request under way, the decision, the dial) and is then never shed (one chosen
+//! while idle that progresses in the microseconds before it hears so still goes). The
 //! connection reports its steps through [`progress`], a task-local hook the TLS, upgrade
 //! and packet readers call; [`Pending::watch`] runs its phases with that hook and ends them
 //! when it is shed.
@@ -279,7 +280,7 @@ impl Slots {
     }
 
     /// A slot for a connection accepted while the cap was full: a slot freed meanwhile, else
-    /// the slot of the idle connection [`Table::victim`] picks, which is told to close; if
+    /// the slot of the idle connection `Table::victim` picks, which is told to close; if
     /// nothing is idle any more, the next slot to free. Says whether one was shed.
     pub async fn make_room(&self) -> (OwnedSemaphorePermit, bool) {
         if let Ok(permit) = self.pending.clone().try_acquire_owned() {
