@@ -22,7 +22,7 @@ failed=()
 for target in $targets; do
     mkdir -p "corpus/$target"
     if [ -d "seeds/$target" ]; then
-        cp -n "seeds/$target"/* "corpus/$target/"
+        cp "seeds/$target"/* "corpus/$target/"
     fi
     echo "== $target: ${seconds} s"
     # -rss_limit_mb: a leak or a runaway allocation is a finding, not a stuck machine.
