@@ -39,6 +39,8 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;

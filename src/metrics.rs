@@ -36,6 +36,13 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// A pending connection's state (server/slots.rs): `queued` (its task has not run yet),
+/// `idle` or `progressing`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PendingState {
+    pub state: &'static str,
+}
+
 /// Which side of a session was still open.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Side {
@@ -111,6 +118,9 @@ pub struct Metrics {
     pub refused_at_limit: Counter,
     pub admin_refused: Counter,
     pub admin_open: Gauge,
+    /// Pending connections (accepted, no session yet) by state: the idle ones are what a
+    /// full pending cap sheds.
+    pub pending: Family<PendingState, Gauge>,
     pub handshakes: Family<ResultReason, Counter>,
     pub handshake_seconds: Histogram,
     pub decisions: Family<Decision, Counter>,
@@ -168,7 +178,7 @@ impl Metrics {
         let admin_refused = Counter::default();
         registry.register(
             "admin_connections_refused",
-            "Admin connections closed on accept because admin.max_connections were open",
+            "Admin connections closed to stay within admin.max_connections: the oldest idle one, or the newcomer when none was idle",
             admin_refused.clone(),
         );
         let admin_open = Gauge::default();
@@ -176,6 +186,12 @@ impl Metrics {
             "admin_connections_open",
             "Admin connections open and not yet answered, this scrape included",
             admin_open.clone(),
+        );
+        let pending = Family::<PendingState, Gauge>::default();
+        registry.register(
+            "connections_pending",
+            "Connections holding a pending slot: queued (not yet run by a busy server), idle (waiting on the client to start its next step) or progressing",
+            pending.clone(),
         );
         let handshakes = Family::<ResultReason, Counter>::default();
         registry.register(
@@ -348,6 +364,7 @@ impl Metrics {
             refused_at_limit,
             admin_refused,
             admin_open,
+            pending,
             handshakes,
             handshake_seconds,
             decisions,

@@ -1,11 +1,14 @@
-//! The admin listener's connection cap: past `admin.max_connections`, the newest
-//! connection is closed at once and counted; the ones already open are served as before.
+//! The admin listener's connection cap: past `admin.max_connections`, the oldest idle
+//! connection (no request head yet) is closed for the newcomer and counted, so a scrape
+//! behind idle connections is answered; an idle one is also closed at its header deadline.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use mqttgate::config::Config;
+use mqttgate::server::Server;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -13,74 +16,69 @@ const SUBJECT: &str = "SubjectMatchesAuthenticationName";
 const CAP: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_connection_past_the_cap_is_closed_at_once_and_counted() {
+async fn past_the_cap_the_oldest_idle_admin_connection_is_closed_and_counted() {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!("[{}]", chain_client("dev-1", SUBJECT)));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
     let env = Env::start(pki, setup).await;
-    let bin = env.spawn_binary("admin-cap", &[], |c| {
-        c.replace(
-            "upstream_check_interval_ms = 200\n",
-            &format!("upstream_check_interval_ms = 200\nmax_connections = {CAP}\n"),
+    // A second mqttgate in-process on the same files with the small cap: its metrics are
+    // read without a scrape, so no scrape of ours is still holding a slot when we start.
+    let text = std::fs::read_to_string(&env.config_file).unwrap().replace(
+        "upstream_check_interval_ms = 200\n",
+        &format!("upstream_check_interval_ms = 200\nmax_connections = {CAP}\n"),
+    );
+    let config = write(env.dir.path(), "admin-cap.toml", &text);
+    let gate = Server::start(Config::load(&config).unwrap()).await.unwrap();
+    let admin = gate.admin_addr();
+    let refused = || {
+        metric(
+            &gate.metrics.render(),
+            "mqttgate_admin_connections_refused_total",
         )
-    });
-    // Start from no other admin connection (the startup probes gone): the scrape sees
-    // only itself, and its slot is free once its answer arrives.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, scrape) = admin_get(bin.admin, "/metrics").await;
-        if metric(&scrape, "mqttgate_admin_connections_open") == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{scrape}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert_eq!(
+        metric(&gate.metrics.render(), "mqttgate_admin_connections_open"),
+        Some(0.0)
+    );
 
     // Idle connections that never send a request hold every slot.
+    let opened = Instant::now();
     let mut idle = Vec::new();
     for _ in 0..CAP {
-        idle.push(TcpStream::connect(bin.admin).await.unwrap());
+        idle.push(TcpStream::connect(admin).await.unwrap());
     }
-    let mut newest = TcpStream::connect(bin.admin).await.unwrap();
+    let newest = TcpStream::connect(admin).await.unwrap();
     let mut byte = [0u8; 1];
-    // Well inside the 5 s request deadline that would otherwise end it.
-    let closed = tokio::time::timeout(Duration::from_secs(1), newest.read(&mut byte))
+    // Well inside the header deadline (2 s) that would otherwise end it.
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle[0].read(&mut byte))
         .await
-        .expect("the connection past the cap is closed at once");
+        .expect("the oldest idle connection is closed at once");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
-    // The accept loop is sequential: had an idle one been refused, its close would have
-    // come before the newest one's.
-    for s in &idle {
+    // The accept loop is sequential: the others and the newest are still open.
+    for s in idle[1..].iter().chain([&newest]) {
         let mut b = [0u8; 1];
         assert!(
             matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "the connections within the cap stay open"
+            "only the oldest idle connection is closed"
         );
     }
-    let mut refused = 1;
-
-    drop(idle);
-    // Polled: the server sees the idle ones close a moment after we do; until then a
-    // scrape is itself refused, and counted.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let scrape = loop {
-        let (status, body) = admin_get(bin.admin, "/metrics").await;
-        if status == 200 {
-            break body;
-        }
-        // Closed unanswered: the server had not yet seen the idle ones go.
-        assert_eq!(status, 0, "{body}");
-        refused += 1;
-        assert!(
-            Instant::now() < deadline,
-            "the admin listener answers once the idle ones close"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(
-        metric(&scrape, "mqttgate_admin_connections_refused_total"),
-        Some(refused as f64),
-        "{scrape}"
+    // A scrape now sheds the next idle one and is answered at once.
+    let started = Instant::now();
+    let (status, scrape) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{scrape}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The oldest idle one for the newest, the next for the scrape.
+    assert_eq!(refused(), Some(2.0), "{scrape}");
+    // The idle ones left are closed at their header deadline (2 s), unanswered, well
+    // before the whole exchange's deadline (5 s).
+    for mut s in idle.into_iter().skip(2).chain([newest]) {
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_millis(4500),
+        "closed after {:?}",
+        opened.elapsed()
     );
-    assert_eq!(admin_get(bin.admin, "/readyz").await.0, 200);
+    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
 }

@@ -1,5 +1,6 @@
 //! SPEC §7 "Bounded": connections that have not completed their CONNECT have a cap of their
-//! own (and one per source address), so they can never take the slots of sessions.
+//! own, so they can never take the slots of sessions. Past it, the oldest idle one is shed
+//! (a source holding its share first); with nothing idle, new ones wait in the backlog.
 
 mod common;
 
@@ -67,38 +68,28 @@ async fn idle_tcp_connections_do_not_take_the_slots_of_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_source_address_cannot_hold_more_than_its_pending_share() {
-    let env = gate("max_pending = 8\nmax_pending_per_source = 2\n").await;
-    let _a = idle_from("127.0.0.1", env.addr()).await;
-    let _b = idle_from("127.0.0.1", env.addr()).await;
+async fn a_source_holding_its_share_has_its_own_idle_connection_shed_first() {
+    let env = gate("max_pending = 4\nmax_pending_per_source = 2\n").await;
+    // The oldest idle connection is from another address.
+    let mut elsewhere = idle_from("127.0.0.2", env.addr()).await;
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        flood.push(idle_from("127.0.0.1", env.addr()).await);
+    }
     let env_ref = &env;
     assert!(
-        eventually(Duration::from_secs(3), || {
+        eventually(Duration::from_secs(5), || {
             metric(
                 &env_ref.gate.metrics.render(),
                 "mqttgate_connections_accepted_total",
-            ) == Some(2.0)
+            ) == Some(4.0)
         })
         .await
     );
-    // The third from the same address is closed at once, before any TLS work.
-    let mut third = idle_from("127.0.0.1", env.addr()).await;
-    let (bytes, closed) = read_until_close(&mut third, Duration::from_secs(3)).await;
-    assert!(closed && bytes.is_empty(), "{bytes:02x?}");
-    let scrape = env.gate.metrics.render();
-    assert_eq!(
-        metric(
-            &scrape,
-            "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"source_pending_limit\",transport=\"tls\"}"
-        ),
-        Some(1.0),
-        "{scrape}"
-    );
-    // Another address is unaffected.
+    // A real client from the flooding address: past its share (it holds 3 of 4), so its
+    // own oldest idle connection goes, not the older one from elsewhere.
     let cert = env.pki.root.issue(&leaf("sensor-1")).unwrap();
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let tcp = socket.connect(env.addr()).await.unwrap();
+    let tcp = idle_from("127.0.0.1", env.addr()).await;
     let mut tls = tls_over(tcp, &env.pki.root.cert.cert_pem, &cert, &[])
         .await
         .unwrap();
@@ -107,21 +98,69 @@ async fn one_source_address_cannot_hold_more_than_its_pending_share() {
         .unwrap();
     let connack = read_packet(&mut tls, Duration::from_secs(5)).await.unwrap();
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
-    assert_eq!(accepted_count(&env).await, 4.0);
+    let (bytes, closed) = read_until_close(&mut flood[0], Duration::from_secs(5)).await;
+    assert!(closed && bytes.is_empty(), "{bytes:02x?}");
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(elsewhere.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the idle connection from elsewhere stays"
+    );
+    let scrape = env.gate.metrics.render();
+    assert_eq!(
+        metric(
+            &scrape,
+            "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"shed_idle\",transport=\"tls\"}"
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(accepted_count(&env).await, 5.0);
+    let _ = elsewhere.flush().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_pending_cap_new_connections_wait_in_the_backlog_until_a_slot_frees() {
+async fn past_a_pending_cap_of_progressing_connections_new_ones_wait_in_the_backlog() {
     let env = gate("max_pending = 1\nconnect_timeout_ms = 800\n").await;
-    let silent = idle_from("127.0.0.1", env.addr()).await;
     let cert = env.pki.root.issue(&leaf("sensor-1")).unwrap();
-    // This client is not served while the silent one holds the only pending slot; it is
-    // once the connect deadline has closed the silent one.
+    // A client that finished its handshake and sent the first byte of its CONNECT: it is
+    // progressing, so it is never shed, and holds the only pending slot until its deadline.
+    let mut slow = env.tls(&cert, &[]).await.unwrap();
+    slow.write_all(&[0x10]).await.unwrap();
+    slow.flush().await.unwrap();
+    // The server saw the CONNECT begin: its handshake is over (first scrape) and it is
+    // progressing since (a later one), so past the idle moment after the handshake.
+    let env_ref = &env;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let handshaken = metric(
+                &env_ref.gate.metrics.render(),
+                "mqttgate_tls_handshakes_total{result=\"ok\",reason=\"\"}",
+            ) == Some(1.0);
+            handshaken
+                && metric(
+                    &env_ref.gate.metrics.render(),
+                    "mqttgate_connections_pending{state=\"progressing\"}",
+                ) == Some(1.0)
+        })
+        .await,
+        "the server saw the CONNECT begin"
+    );
+    // This client is not served while the slow one holds the only pending slot; it is
+    // once the connect deadline has closed the slow one.
     let started = std::time::Instant::now();
     assert_accepted(&env, &cert, &[], 4, Some("sensor-1")).await;
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "served while the pending cap was full"
+        started.elapsed() >= Duration::from_millis(300),
+        "served while the pending cap was full of progressing connections"
     );
-    drop(silent);
+    let scrape = env.gate.metrics.render();
+    assert_eq!(
+        metric(
+            &scrape,
+            "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"shed_idle\",transport=\"tls\"}"
+        ),
+        None,
+        "{scrape}"
+    );
+    drop(slow);
 }

@@ -18,6 +18,11 @@ const SUBJECT: &str = "SubjectMatchesAuthenticationName";
 const WS: &str = "[websocket]\nlisten = \"127.0.0.1:0\"\n";
 
 async fn gate() -> Env {
+    gate_with("").await
+}
+
+/// With `ws_extra` added to the `[websocket]` section.
+async fn gate_with(ws_extra: &str) -> Env {
     let pki = Pki::new();
     let mut setup = Setup::new(&format!(
         "[{},{}]",
@@ -25,7 +30,7 @@ async fn gate() -> Env {
         chain_client("sensor-2", SUBJECT)
     ));
     setup.ca_pems = vec![pki.root.cert.cert_pem.clone()];
-    setup.extra = WS.to_string();
+    setup.extra = format!("{WS}{ws_extra}");
     Env::start(pki, setup).await
 }
 
@@ -61,6 +66,20 @@ fn spawn_mqttjs(
     payload: usize,
     mode: &str,
 ) -> tokio::process::Child {
+    spawn_mqttjs_from(env, name, username, version, payload, mode, None)
+}
+
+/// As [`spawn_mqttjs`], sending `origin` in the upgrade's `Origin` header as a browser
+/// page would.
+fn spawn_mqttjs_from(
+    env: &Env,
+    name: &str,
+    username: &str,
+    version: u8,
+    payload: usize,
+    mode: &str,
+    origin: Option<&str>,
+) -> tokio::process::Child {
     let script = mqttjs();
     let leaf_cert = env.pki.root.issue(&leaf(name)).unwrap();
     let (cert, key) = env.client_files(&format!("js-{name}-{version}"), &leaf_cert, &[]);
@@ -74,6 +93,8 @@ fn spawn_mqttjs(
         .arg(version.to_string())
         .arg(payload.to_string())
         .arg(mode)
+        .env_remove("MQTTJS_ORIGIN")
+        .envs(origin.map(|o| ("MQTTJS_ORIGIN", o)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -432,6 +453,55 @@ async fn refused_upgrades_get_an_http_status_and_are_counted() {
     let (heard, closed) = read_until_close(&mut tls, Duration::from_secs(5)).await;
     assert!(closed);
     assert!(!heard.starts_with(b"HTTP"), "{heard:02x?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_origin_is_accepted_only_when_allowed_and_clients_without_one_as_before() {
+    // paho-mqtt sends the gate's own origin, accepted without listing it: the paho test
+    // above runs with the default (empty) list.
+    let env = gate_with("allowed_origins = [\"https://App.Example.com\"]\n").await;
+    let run = |origin: Option<&'static str>| {
+        let mut child = spawn_mqttjs_from(&env, "sensor-1", "sensor-1", 5, 16, "roundtrip", origin);
+        async move {
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut seen = Vec::new();
+            events_until(&mut lines, &mut seen, |v| v["event"] == "close").await;
+            let _ = child.wait().await;
+            seen
+        }
+    };
+    // Allowed (compared case-insensitively), and absent (not a browser): served.
+    for origin in [Some("https://app.example.com"), None] {
+        let seen = run(origin).await;
+        assert_eq!(
+            event(&seen, "connack").map(|v| &v["code"]),
+            Some(&0.into()),
+            "{origin:?}: {seen:?}"
+        );
+        assert_eq!(
+            event(&seen, "roundtrip").map(|v| &v["ok"]),
+            Some(&true.into()),
+            "{origin:?}: {seen:?}"
+        );
+    }
+    // Another origin: refused before any MQTT byte (MQTT.js only reports the close)...
+    let seen = run(Some("https://evil.example.com")).await;
+    assert!(event(&seen, "connack").is_none(), "{seen:?}");
+    assert!(event(&seen, "close").is_some(), "{seen:?}");
+    // ...with a 403, as a byte-level client sees.
+    let request = UPGRADE.replace(
+        "Host: localhost\r\n",
+        "Host: localhost\r\nOrigin: https://evil.example.com\r\n",
+    );
+    let (mut tls, head) = http_exchange(&env, "sensor-1", &request).await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let (rest, closed) = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty());
+    env.await_metric(
+        "mqttgate_connections_closed_total{outcome=\"refused\",reason=\"upgrade_forbidden_origin\",transport=\"websocket\"}",
+        2.0,
+    )
+    .await;
 }
 
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;

@@ -45,10 +45,12 @@ pub struct Limits {
     /// Connections past `max_connections` that still get a TLS handshake and a
     /// "server busy" CONNACK; past that, new TCP connections are closed before any TLS work.
     pub busy_answers: usize,
-    /// Connections still in their TLS handshake or CONNECT (SPEC §7); past it, accepting
-    /// pauses and new connections wait in the kernel's backlog.
+    /// Connections still in their TLS handshake or CONNECT (SPEC §7); past it, the oldest
+    /// idle one is shed for a newcomer, or, with none idle, accepting pauses and new
+    /// connections wait in the kernel's backlog.
     pub max_pending: usize,
-    /// Pending connections from one source address; past it, closed at accept.
+    /// Pending connections from one source address before its idle ones are the first
+    /// shed when the pending cap is full (server/slots.rs); never a refusal.
     pub max_pending_per_source: usize,
     /// Once one side of a session has closed, how long the other side may take to close
     /// too before mqttgate closes it (and how long a refusal or DISCONNECT may take to send).

@@ -17,6 +17,8 @@ pub(super) struct RawWebSocket {
     /// "required": like the top-level key, for this listener (same `trusted_proxies`).
     proxy_protocol: Option<String>,
     max_request_bytes: Option<usize>,
+    /// Browser origins that may open a WebSocket (transport/ws/upgrade.rs).
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// The WebSocket listener: its address, its upgrade rules and its PROXY protocol setting.
@@ -81,11 +83,18 @@ impl RawWebSocket {
                 ))
             }
         };
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .flatten()
+            .map(|o| origin(o).map_err(|e| ("websocket.allowed_origins", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(WebSocketListener {
             listen: parse_addr("websocket.listen", &self.listen)?,
             rules: UpgradeRules {
                 path,
                 max_request_bytes,
+                allowed_origins,
             },
             inbound_proxy: parse_inbound_proxy(
                 "websocket.proxy_protocol",
@@ -93,5 +102,83 @@ impl RawWebSocket {
                 trusted_proxies,
             )?,
         })
+    }
+}
+
+/// One `allowed_origins` entry, lowercased: `scheme://host[:port]` as a browser sends it
+/// in `Origin` (no path, no trailing slash, no user), so it can be compared as a string.
+fn origin(entry: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("{entry:?} is not scheme://host[:port] ({why})");
+    let (scheme, rest) = entry.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(bad("bad scheme"));
+    }
+    // A bracketed IPv6 literal keeps its colons inside the brackets.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+        && (host.contains('[') == host.ends_with(']'))
+        && (!host.contains(':') || host.starts_with('['));
+    if !host_ok {
+        return Err(bad("bad host"));
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && !port.starts_with('0') => {}
+            _ => return Err(bad("bad port")),
+        }
+    }
+    Ok(entry.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin;
+
+    #[test]
+    fn origins_as_browsers_send_them_are_taken_lowercased() {
+        for (entry, want) in [
+            ("https://app.example.com", "https://app.example.com"),
+            ("HTTP://LocalHost:3000", "http://localhost:3000"),
+            ("https://[2001:db8::1]:8443", "https://[2001:db8::1]:8443"),
+            ("https://[::1]", "https://[::1]"),
+            ("chrome-extension://abcdef", "chrome-extension://abcdef"),
+        ] {
+            assert_eq!(origin(entry).as_deref(), Ok(want), "{entry}");
+        }
+    }
+
+    #[test]
+    fn anything_but_scheme_host_port_is_refused_naming_the_entry() {
+        for entry in [
+            "",
+            "app.example.com",
+            "https://",
+            "https://app.example.com/",
+            "https://app.example.com/mqtt",
+            "https://user@app.example.com",
+            "https://app.example.com:",
+            "https://app.example.com:0",
+            "https://app.example.com:65536",
+            "https://app.example.com:08",
+            "https://app example.com",
+            "https://a:b:c",
+            "https://[::1",
+            "1http://x",
+            "*",
+            "null",
+        ] {
+            let e = origin(entry).expect_err(entry);
+            assert!(e.contains(&format!("{entry:?}")), "{e}");
+        }
     }
 }

@@ -48,6 +48,10 @@ fn listen_backlog_and_admin_cap_are_bounded() {
             "limits.listen_backlog:",
         ),
         ("[admin]\nmax_connections = 0\n", "admin.max_connections:"),
+        (
+            "[websocket]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://a.example/\"]\n",
+            "websocket.allowed_origins:",
+        ),
     ] {
         let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
         assert!(err.contains(field), "{err}");

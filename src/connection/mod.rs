@@ -157,7 +157,8 @@ async fn open_session_owned(
     pending: Pending,
     accepted: Instant,
 ) -> Result<Opened, Outcome> {
-    let opened = open_session(&ctx, tcp, peer, accepted).await;
+    let opened = pending.watch(open_session(&ctx, tcp, peer, accepted)).await;
+    let opened = opened.unwrap_or_else(|shed| Err(Outcome::Refused(Refused::AtAccept(shed))));
     drop(pending);
     opened
 }

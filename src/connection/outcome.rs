@@ -43,8 +43,8 @@ pub enum Refused {
     Webhook(Version, WebhookFailure),
     #[error("read failed: {0}")]
     Io(std::io::Error),
-    /// Closed at accept, before any TLS work: past the connection limit and its busy
-    /// answers, or past its source address's share of pending slots.
+    /// Closed at accept, before any TLS work, past the connection limit and its busy
+    /// answers; or shed while idle to admit a newer connection (server/slots.rs).
     #[error("closed at accept: {0:?}")]
     AtAccept(AtAccept),
     /// Closed before TLS on a listener that requires a PROXY v2 header.
@@ -88,7 +88,7 @@ impl Refused {
             Refused::Webhook(_, f) => f.refusal_label(),
             Refused::Io(_) => "io",
             Refused::AtAccept(AtAccept::OverLimit) => "over_limit",
-            Refused::AtAccept(AtAccept::SourceOverLimit) => "source_pending_limit",
+            Refused::AtAccept(AtAccept::ShedIdle) => "shed_idle",
             Refused::Proxy(ProxyRefusal::Untrusted) => "proxy_untrusted",
             Refused::Proxy(ProxyRefusal::Malformed) => "proxy_malformed",
             Refused::Proxy(ProxyRefusal::Timeout) => "proxy_timeout",

@@ -70,7 +70,14 @@ impl Server {
         metrics.last_reload.set(trust::unix_now());
         let (trust_tx, trust_rx) = trust::publish(trust);
         let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Running);
-        let slots = Slots::new(&config.limits);
+        let state = |state| {
+            metrics
+                .pending
+                .get_or_create(&crate::metrics::PendingState { state })
+                .clone()
+        };
+        let gauges = [state("queued"), state("idle"), state("progressing")];
+        let slots = Slots::with_gauges(&config.limits, gauges);
         let ctx = Arc::new(connection_ctx(
             &config,
             trust_rx,
@@ -442,7 +449,8 @@ async fn accept_loop(
     ctx: Arc<Ctx>,
 ) {
     loop {
-        // Past the pending cap, stop accepting: new connections wait in the backlog.
+        // Past the pending cap, stop accepting (new connections wait in the backlog) unless
+        // an idle pending connection can be shed for the next one (slots.rs).
         let permit = server.slots.pending_slot().await;
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -461,7 +469,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         if let Some(trusted) = &inbound_proxy {
             // SPEC §8: only a trusted load balancer may speak for a client; its header names
-            // the client, and the per-source share applies to that address.
+            // the client, and that address is the one the pending slots see.
             if !trusted.iter().any(|net| net.contains(peer.ip())) {
                 let outcome = connection::Outcome::Refused(connection::Refused::Proxy(
                     connection::ProxyRefusal::Untrusted,
@@ -469,6 +477,21 @@ async fn accept_loop(
                 connection::record(&ctx, peer, accepted, &outcome);
                 continue;
             }
+        }
+        let permit = match permit {
+            Some(permit) => permit,
+            // Nothing is shed for a connection that is closed at once anyway (a proxied one
+            // learns it once its header names the client).
+            None if inbound_proxy.is_none() && server.slots.over_limit() => {
+                refuse_at_accept(&server, &ctx, tcp, peer, accepted, AtAccept::OverLimit);
+                continue;
+            }
+            None => server.slots.make_room().await.0,
+        };
+        // Its connect deadline starts now: if nothing was idle any more, it waited for a
+        // slot as it would have in the backlog, and that wait is not its time to connect.
+        let accepted = std::time::Instant::now();
+        if inbound_proxy.is_some() {
             tokio::spawn(connection::serve_proxied(
                 ctx.clone(),
                 tcp,
@@ -481,18 +504,29 @@ async fn accept_loop(
         let pending = match server.slots.admit(permit, peer.ip()) {
             Ok(p) => p,
             Err(why) => {
-                // No TLS work at all.
-                if why == AtAccept::OverLimit {
-                    server.metrics.refused_at_limit.inc();
-                }
-                drop(tcp);
-                let outcome = connection::Outcome::Refused(connection::Refused::AtAccept(why));
-                connection::record(&ctx, peer, accepted, &outcome);
+                refuse_at_accept(&server, &ctx, tcp, peer, accepted, why);
                 continue;
             }
         };
         tokio::spawn(connection::serve(ctx.clone(), tcp, peer, pending, accepted));
     }
+}
+
+/// Closes a connection at accept, with no TLS work at all, and records why.
+fn refuse_at_accept(
+    server: &Server,
+    ctx: &Ctx,
+    tcp: tokio::net::TcpStream,
+    peer: Peer,
+    accepted: std::time::Instant,
+    why: AtAccept,
+) {
+    if why == AtAccept::OverLimit {
+        server.metrics.refused_at_limit.inc();
+    }
+    drop(tcp);
+    let outcome = connection::Outcome::Refused(connection::Refused::AtAccept(why));
+    connection::record(ctx, peer, accepted, &outcome);
 }
 
 #[cfg(test)]

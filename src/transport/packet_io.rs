@@ -8,6 +8,8 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{timeout_at, Instant};
 
+use crate::server::slots::{progress, Stage};
+
 /// The smallest read: a buffer with less spare room than this doubles first.
 const MIN_READ: usize = 64;
 
@@ -69,6 +71,8 @@ where
         if read? == 0 {
             return Err(ReadError::Closed);
         }
+        // A pending connection's CONNECT has begun: it is progressing (server/slots.rs).
+        progress(Stage::Connecting);
     }
 }
 

@@ -28,6 +28,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::server::slots::{progress, Stage};
 use crate::transport::pool;
 
 /// The receive buffer is one pooled record buffer (`pool::SIZE`); handshake messages (a
@@ -94,6 +95,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
             close_sent: false,
         };
         poll_fn(|cx| t.poll_handshake(cx)).await?;
+        // Idle again until the client's first byte after the handshake (server/slots.rs).
+        progress(Stage::Handshaken);
         Ok(t)
     }
 
@@ -127,7 +130,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsConn<IO> {
             };
             match step {
                 Step::Again | Step::Idle | Step::Wrote(_) => {}
-                Step::Flush => ready!(self.poll_flush_out(cx))?,
+                Step::Flush => {
+                    // Our first flight answers a complete ClientHello: the peer is
+                    // progressing, not idle (server/slots.rs).
+                    progress(Stage::Hello);
+                    ready!(self.poll_flush_out(cx))?
+                }
                 Step::Read => {
                     if ready!(self.poll_read_more(cx))? == 0 {
                         return Poll::Ready(Err(io::Error::new(

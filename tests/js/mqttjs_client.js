@@ -9,6 +9,7 @@
 // usage: mqttjs_client.js URL CAFILE CERT KEY USERNAME (4|5) PAYLOAD_BYTES (roundtrip|hold)
 // roundtrip: subscribe devices/USERNAME/js, publish PAYLOAD_BYTES, wait for it, exit.
 // hold: connect and stay until the server ends the session.
+// MQTTJS_ORIGIN in the environment: the Origin header a browser page would send.
 'use strict';
 const fs = require('fs');
 const mqtt = require('mqtt');
@@ -29,6 +30,8 @@ const client = mqtt.connect(url, {
   reconnectPeriod: 0,
   connectTimeout: 10000,
   keepalive: 30,
+  // MQTT.js copies ca, cert and key into wsOptions when they are not set there.
+  wsOptions: process.env.MQTTJS_ORIGIN ? { origin: process.env.MQTTJS_ORIGIN } : undefined,
 });
 const topic = `devices/${username}/js`;
 const timer = setTimeout(() => {

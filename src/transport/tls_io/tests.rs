@@ -13,6 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use super::*;
 use crate::cli::pki::{Ca, LeafSpec};
+use crate::server::slots::{Slots, Stage};
 
 const PIPE: usize = 4096;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -264,4 +265,62 @@ async fn key_updates_between_data_keep_both_directions_working() {
         .expect("no hang");
     c.unwrap();
     s.unwrap();
+}
+
+#[tokio::test]
+async fn a_partial_client_hello_is_idle_and_an_answered_one_progressing() {
+    let (server, client, _) = configs(0);
+    let (slots, pending) = Slots::one_pending();
+    let (a, mut b) = duplex(64 * 1024);
+    let served = tokio::spawn(async move { pending.watch(TlsConn::accept(server, a)).await });
+    slots.reaches(Stage::Accepted).await;
+    let mut hello = Vec::new();
+    let name = ServerName::try_from("localhost").unwrap();
+    rustls::ClientConnection::new(client, name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    // Half a ClientHello, however long it takes to drip: still idle.
+    b.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(slots.stages(), [Stage::Accepted]);
+    // The rest: mqttgate answers it, and the connection is progressing.
+    b.write_all(&hello[hello.len() / 2..]).await.unwrap();
+    slots.reaches(Stage::Hello).await;
+    drop(b);
+    let _ = timeout(DEADLINE, served)
+        .await
+        .expect("ends once the client is gone");
+}
+
+#[tokio::test]
+async fn idle_after_the_handshake_until_the_first_connect_byte() {
+    let (server, client, _) = configs(0);
+    let (slots, pending) = Slots::one_pending();
+    let (a, b) = duplex(PIPE);
+    let served = tokio::spawn(async move {
+        pending
+            .watch(async {
+                let mut tls = TlsConn::accept(server, a).await.unwrap();
+                let mut buf = Vec::new();
+                let deadline = tokio::time::Instant::now() + DEADLINE;
+                crate::transport::packet_io::read_packet(&mut tls, &mut buf, deadline, 64, |b| {
+                    crate::mqtt::packet_len(b).map(|n| n.filter(|&n| b.len() >= n))
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+            .await
+    });
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut c = TlsConnector::from(client).connect(name, b).await.unwrap();
+    slots.reaches(Stage::Handshaken).await;
+    // The first byte of a CONNECT (a PINGREQ's here): progressing from then on.
+    c.write_all(&[0xc0]).await.unwrap();
+    c.flush().await.unwrap();
+    slots.reaches(Stage::Connecting).await;
+    c.write_all(&[0x00]).await.unwrap();
+    c.flush().await.unwrap();
+    let read = timeout(DEADLINE, served).await.unwrap().unwrap();
+    assert_eq!(read, Ok(Ok(2)));
 }

@@ -16,6 +16,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use super::frame::{self, ControlFrame, Decoder, FrameError, MAX_HEADER, OP_BINARY};
 use super::upgrade::{self, UpgradeRefusal};
+use crate::server::slots::{progress, Stage};
 use crate::transport::pool;
 
 /// Payload per data frame: with its header it stays within one TLS record, so a frame is
@@ -27,6 +28,8 @@ const MAX_FRAME_PAYLOAD: usize = 16 * 1024 - 4;
 pub struct UpgradeRules {
     pub path: String,
     pub max_request_bytes: usize,
+    /// `websocket.allowed_origins`, lowercase (see upgrade.rs).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Reads and answers the opening handshake before `deadline`. A refusal has been
@@ -57,7 +60,11 @@ where
     })
     .await;
     match (result, sent) {
-        (Ok(_), Ok(Ok(()))) => Ok(WsConn::new(io)),
+        (Ok(_), Ok(Ok(()))) => {
+            // Idle again until the first CONNECT byte.
+            progress(Stage::Upgraded);
+            Ok(WsConn::new(io))
+        }
         (Ok(_), _) => Err(UpgradeRefusal::ClientGone),
         (Err(refusal), _) => {
             let _ = timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
@@ -89,8 +96,10 @@ where
         if n > room {
             return Err(UpgradeRefusal::TooLarge);
         }
+        // The request has begun: progressing, not idle (server/slots.rs).
+        progress(Stage::Upgrading);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(accepted) = upgrade::parse(&buf, &rules.path)? {
+        if let Some(accepted) = upgrade::parse(&buf, &rules.path, &rules.allowed_origins)? {
             // RFC 6455 §4.1: a client waits for the answer before sending frames.
             if accepted.len != buf.len() {
                 return Err(UpgradeRefusal::BadRequest);
@@ -347,6 +356,7 @@ mod tests {
         UpgradeRules {
             path: "/mqtt".into(),
             max_request_bytes: 1024,
+            allowed_origins: Vec::new(),
         }
     }
 
@@ -478,5 +488,31 @@ mod tests {
         }
         let (_, data) = writer.await.unwrap();
         assert_eq!(got, data);
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_request_is_progress_and_idle_again_once_answered() {
+        use crate::server::slots::{progress, Slots, Stage};
+        let (slots, pending) = Slots::one_pending();
+        let (server, mut client) = duplex(1 << 16);
+        let served = tokio::spawn(async move {
+            let upgraded = pending
+                .watch(async {
+                    // As after the TLS handshake.
+                    progress(Stage::Handshaken);
+                    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                    accept(server, &rules(), deadline).await.map(|_| ())
+                })
+                .await;
+            // The slot stays taken (as while the CONNECT is awaited) for the last look.
+            (upgraded, pending)
+        });
+        slots.reaches(Stage::Handshaken).await;
+        client.write_all(&REQUEST.as_bytes()[..10]).await.unwrap();
+        slots.reaches(Stage::Upgrading).await;
+        client.write_all(&REQUEST.as_bytes()[10..]).await.unwrap();
+        let (upgraded, _pending) = served.await.unwrap();
+        assert_eq!(upgraded, Ok(Ok(())));
+        assert_eq!(slots.stages(), [Stage::Upgraded]);
     }
 }

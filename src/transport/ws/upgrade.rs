@@ -1,6 +1,17 @@
 //! The WebSocket opening handshake (RFC 6455 §4.2), I/O-free: the client's HTTP/1.1
-//! Upgrade request checked against the listener's path and MQTT's subprotocols (MQTT 5.0
-//! §6), and the exact response bytes for an accepted or a refused upgrade.
+//! Upgrade request checked against the listener's path, its allowed origins and MQTT's
+//! subprotocols (MQTT 5.0 §6), and the exact response bytes for an accepted or a refused
+//! upgrade.
+//!
+//! Origin: a browser names the page that opened the WebSocket in `Origin`, and the page's
+//! script can't change it, so a page on another site can't use a visitor's browser (and a
+//! client certificate installed in it) to reach the gate. With an `Origin`, the upgrade is
+//! accepted only when it is one of `[websocket] allowed_origins`, compared as ASCII
+//! case-insensitive strings (`scheme://host[:port]`, the port only when not the scheme's
+//! default, as browsers send it), or the gate's own origin (`https://` and the request's
+//! `Host`): paho-mqtt sends that one, and no page of another site can. The default, an
+//! empty list, refuses every other site's page. Clients that send no `Origin` (MQTT.js in
+//! Node, devices) are not affected.
 
 use aws_lc_rs::digest;
 use base64::Engine;
@@ -25,6 +36,9 @@ pub enum UpgradeRefusal {
     UpgradeRequired,
     /// No `mqtt` or `mqttv3.1` among the offered subprotocols (MQTT-6.0.0-3/4).
     NoSubprotocol,
+    /// An `Origin` header (a browser page) not in `websocket.allowed_origins`, or more
+    /// than one.
+    ForbiddenOrigin,
     /// The request is longer than `websocket.max_request_bytes`.
     TooLarge,
     /// No complete request within the connect deadline.
@@ -40,6 +54,7 @@ impl UpgradeRefusal {
             UpgradeRefusal::NotFound => "upgrade_not_found",
             UpgradeRefusal::UpgradeRequired => "upgrade_required",
             UpgradeRefusal::NoSubprotocol => "upgrade_no_subprotocol",
+            UpgradeRefusal::ForbiddenOrigin => "upgrade_forbidden_origin",
             UpgradeRefusal::TooLarge => "upgrade_too_large",
             UpgradeRefusal::Timeout => "upgrade_timeout",
             UpgradeRefusal::ClientGone => "upgrade_client_gone",
@@ -54,6 +69,9 @@ impl UpgradeRefusal {
             }
             UpgradeRefusal::NotFound => {
                 "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            UpgradeRefusal::ForbiddenOrigin => {
+                "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
             UpgradeRefusal::UpgradeRequired => {
                 "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -88,8 +106,13 @@ impl Accepted {
     }
 }
 
-/// Checks the request at the start of `bytes`: `Ok(None)` while it is incomplete.
-pub fn parse(bytes: &[u8], path: &str) -> Result<Option<Accepted>, UpgradeRefusal> {
+/// Checks the request at the start of `bytes` against the listener's `path` and allowed
+/// `origins` (lowercase): `Ok(None)` while it is incomplete.
+pub fn parse(
+    bytes: &[u8],
+    path: &str,
+    origins: &[String],
+) -> Result<Option<Accepted>, UpgradeRefusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(bytes) {
@@ -137,6 +160,31 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Option<Accepted>, UpgradeRefusa
         Ok(k) if k.len() == 16 => {}
         _ => return Err(UpgradeRefusal::BadRequest),
     }
+    let mut origin = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("origin"));
+    if let Some(first) = origin.next() {
+        let value = first.value.trim_ascii();
+        let host = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| h.value.trim_ascii());
+        let own = |host: &[u8]| {
+            value.len() == 8 + host.len()
+                && value[..8].eq_ignore_ascii_case(b"https://")
+                && value[8..].eq_ignore_ascii_case(host)
+        };
+        let allowed = origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(value))
+            || host.is_some_and(|h| !h.is_empty() && own(h));
+        // Two Origin headers: no browser sends that, so neither is trusted.
+        if !allowed || origin.next().is_some() {
+            return Err(UpgradeRefusal::ForbiddenOrigin);
+        }
+    }
     let offered = tokens("sec-websocket-protocol");
     let subprotocol = SUBPROTOCOLS
         .into_iter()
@@ -181,7 +229,7 @@ mod tests {
     #[test]
     fn the_rfc_example_key_and_mqtt_preferred() {
         let bytes = request(&GOOD);
-        let a = parse(&bytes, "/mqtt").unwrap().unwrap();
+        let a = parse(&bytes, "/mqtt", &[]).unwrap().unwrap();
         // RFC 6455 §1.3's worked example.
         assert_eq!(a.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(a.subprotocol, "mqtt");
@@ -196,7 +244,7 @@ mod tests {
     fn every_prefix_is_incomplete_not_refused() {
         let bytes = request(&GOOD);
         for end in 0..bytes.len() {
-            assert_eq!(parse(&bytes[..end], "/mqtt"), Ok(None), "prefix {end}");
+            assert_eq!(parse(&bytes[..end], "/mqtt", &[]), Ok(None), "prefix {end}");
         }
     }
 
@@ -205,7 +253,7 @@ mod tests {
         let mut lines = GOOD;
         lines[0] = "GET /mqtt?x=1 HTTP/1.1";
         lines[6] = "sec-websocket-protocol: mqttv3.1";
-        let a = parse(&request(&lines), "/mqtt").unwrap().unwrap();
+        let a = parse(&request(&lines), "/mqtt", &[]).unwrap().unwrap();
         assert_eq!(a.subprotocol, "mqttv3.1");
     }
 
@@ -218,7 +266,7 @@ mod tests {
             } else {
                 l[i] = line;
             }
-            parse(&request(&l), "/mqtt")
+            parse(&request(&l), "/mqtt", &[])
         };
         use UpgradeRefusal::*;
         assert_eq!(with(0, "GET /other HTTP/1.1"), Err(NotFound));
@@ -232,12 +280,13 @@ mod tests {
         assert_eq!(with(6, ""), Err(NoSubprotocol));
         assert_eq!(with(6, "Sec-WebSocket-Protocol: chat"), Err(NoSubprotocol));
         assert_eq!(
-            parse(b"\x16\x03\x01garbage\r\n\r\n", "/mqtt"),
+            parse(b"\x16\x03\x01garbage\r\n\r\n", "/mqtt", &[]),
             Err(BadRequest)
         );
         for r in [
             BadRequest,
             NotFound,
+            ForbiddenOrigin,
             UpgradeRequired,
             NoSubprotocol,
             TooLarge,
@@ -248,6 +297,7 @@ mod tests {
             let want = match r {
                 BadRequest | NoSubprotocol => "400",
                 NotFound => "404",
+                ForbiddenOrigin => "403",
                 UpgradeRequired => "426",
                 TooLarge => "431",
                 Timeout => "408",
@@ -256,5 +306,71 @@ mod tests {
             assert_eq!(status, want, "{r:?}");
         }
         assert_eq!(ClientGone.response(), None);
+    }
+
+    #[test]
+    fn an_origin_is_accepted_only_when_allowed_and_no_origin_changes_nothing() {
+        let allowed = [
+            "https://app.example.com".to_string(),
+            "http://localhost:3000".to_string(),
+        ];
+        let with_origin = |origin: &str| {
+            let mut l = GOOD.to_vec();
+            l.push(origin);
+            parse(&request(&l), "/mqtt", &allowed)
+        };
+        assert!(with_origin("Origin: https://app.example.com")
+            .unwrap()
+            .is_some());
+        // Case-insensitive, as hosts and schemes are.
+        assert!(with_origin("origin: HTTPS://App.Example.COM")
+            .unwrap()
+            .is_some());
+        assert!(with_origin("Origin: http://localhost:3000")
+            .unwrap()
+            .is_some());
+        use UpgradeRefusal::ForbiddenOrigin;
+        assert_eq!(
+            with_origin("Origin: https://evil.example"),
+            Err(ForbiddenOrigin)
+        );
+        // Another port or scheme is another origin.
+        assert_eq!(
+            with_origin("Origin: http://localhost:3001"),
+            Err(ForbiddenOrigin)
+        );
+        assert_eq!(
+            with_origin("Origin: http://app.example.com"),
+            Err(ForbiddenOrigin)
+        );
+        assert_eq!(with_origin("Origin: null"), Err(ForbiddenOrigin));
+        assert_eq!(with_origin("Origin: \u{e9}"), Err(ForbiddenOrigin));
+        // No Origin: not a browser page, nothing changes, whatever the list.
+        assert!(parse(&request(&GOOD), "/mqtt", &allowed).unwrap().is_some());
+        assert!(parse(&request(&GOOD), "/mqtt", &[]).unwrap().is_some());
+        // An empty list refuses every page.
+        let mut l = GOOD.to_vec();
+        l.push("Origin: https://app.example.com");
+        assert_eq!(parse(&request(&l), "/mqtt", &[]), Err(ForbiddenOrigin));
+        // The gate's own origin (as paho-mqtt sends it) needs no listing; only over TLS.
+        let own = |origin: &'static str| {
+            let mut l = GOOD.to_vec();
+            l[1] = "Host: Gate.Example:8443";
+            l.push(origin);
+            parse(&request(&l), "/mqtt", &[])
+        };
+        assert!(own("Origin: https://gate.example:8443").unwrap().is_some());
+        assert_eq!(
+            own("Origin: http://gate.example:8443"),
+            Err(ForbiddenOrigin)
+        );
+        assert_eq!(own("Origin: https://gate.example"), Err(ForbiddenOrigin));
+        assert_eq!(
+            own("Origin: https://gate.example:8443.evil"),
+            Err(ForbiddenOrigin)
+        );
+        // Two Origin headers, even both allowed, are refused.
+        l.push("Origin: https://app.example.com");
+        assert_eq!(parse(&request(&l), "/mqtt", &allowed), Err(ForbiddenOrigin));
     }
 }
