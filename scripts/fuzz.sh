@@ -13,8 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"
 export RUSTC_BOOTSTRAP=1
+# cargo-fuzz, when missing, goes into the repository's target/ (nothing installed outside
+# the checkout).
+tools="$PWD/../target/tools"
+export PATH="$tools/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked --root "$tools"
 fi
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 cargo fuzz build
