@@ -66,46 +66,63 @@ impl Env {
         global: &[&str],
         edit: impl Fn(String) -> String,
     ) -> Binary {
-        let (port, admin) = (free_port(), free_port());
-        let config = std::fs::read_to_string(&self.config_file)
-            .unwrap()
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-                1,
-            )
-            .replace(
-                "[admin]\nlisten = \"127.0.0.1:0\"",
-                &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-            );
-        let config_file = write(self.dir.path(), &format!("{name}.toml"), &edit(config));
-        let log = self.path(&format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
-            .args(global)
-            .args(["run", "--config"])
-            .arg(&config_file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err()
-            || std::net::TcpStream::connect(admin).is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the mqttgate binary did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // Another test may take a port between free_port() and the bind: the binary then
+        // exits at start, and is started again on other ports.
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let config = std::fs::read_to_string(&self.config_file)
+                .unwrap()
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"127.0.0.1:{port}\""),
+                    1,
+                )
+                .replace(
+                    "[admin]\nlisten = \"127.0.0.1:0\"",
+                    &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+                );
+            let config_file = write(self.dir.path(), &format!("{name}.toml"), &edit(config));
+            let log = self.path(&format!("{name}.log"));
+            let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
+                // The tests read its info lines (and wait for "listening").
+                .env("RUST_LOG", "info")
+                .args(global)
+                .args(["run", "--config"])
+                .arg(&config_file)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+            let started = Instant::now();
+            // Listening is logged once both listeners are bound; a port another process
+            // holds would answer a connect without it.
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // a port was taken: try others
+                }
+                let listening =
+                    std::fs::read_to_string(&log).is_ok_and(|l| l.contains("mqttgate listening"));
+                if listening
+                    && std::net::TcpStream::connect(addr).is_ok()
+                    && std::net::TcpStream::connect(admin).is_ok()
+                {
+                    return Binary {
+                        child: Some(child),
+                        addr,
+                        admin,
+                        log,
+                    };
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the mqttgate binary did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        Binary {
-            child: Some(child),
-            addr,
-            admin,
-            log,
-        }
+        panic!("the mqttgate binary exited at start 5 times (ports taken?)");
     }
 }
