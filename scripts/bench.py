@@ -468,10 +468,10 @@ def main():
             if time_left() < 60:
                 errors.append(f"reconnect: stopped after {rnd} rounds to stay within the time limit")
                 break
-            for t in ["mqttgate", "mosquitto-tls"]:
+            for t in ["mqttgate", "mosquitto-tls"] + BASE_TARGETS:
                 s.restart("mosquitto")
-                if t == "mqttgate":
-                    s.restart("mqttgate")
+                if t.startswith("mqttgate"):
+                    s.restart(t)
                 r = load(
                     s.client_args(t)
                     + ["--threads", "2", "reconnect", "--clients", str(RECONNECT_CLIENTS), "--timeout", "60"],
@@ -767,6 +767,8 @@ def base_table(g):
         ("connect storm: CPU-s per 1,000 connections", "storm_cpu_per_1k", 3),
         ("small messages: mqttgate CPU µs per message", "relay_term_us_per_msg", 2),
         ("idle: RSS KiB per connection", "idle_kib", 1),
+        (f"reconnect storm ({RECONNECT_CLIENTS:,} at once): seconds until all admitted", "reconnect_s", 2),
+        ("reconnect storm: median client's wait (ms)", "reconnect_p50_ms", 0),
     ]
     out = [f"\n\n| this build vs MQTTGATE_BASE ({Path(BASE).name}) | this build | base | this / base |", "|---|---|---|---|"]
     for label, key, d in rows:
