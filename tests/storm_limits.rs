@@ -65,18 +65,7 @@ fn spawn_limited(
     edit: impl Fn(String) -> String,
 ) -> (Child, std::path::PathBuf) {
     let (port, admin) = (free_port(), free_port());
-    let config = std::fs::read_to_string(&env.config_file)
-        .unwrap()
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
-    let config_file = write(env.dir.path(), &format!("{name}.toml"), &edit(config));
+    let config_file = env.config_on_ports(name, port, admin, edit);
     let log = env.path(&format!("{name}.log"));
     let child = Command::new("prlimit")
         .arg(format!("--nofile={nofile}"))

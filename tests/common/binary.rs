@@ -57,6 +57,29 @@ impl Drop for Binary {
 }
 
 impl Env {
+    /// This environment's configuration on listen port `port` and admin port `admin`,
+    /// rewritten by `edit`, written as `<name>.toml`.
+    pub fn config_on_ports(
+        &self,
+        name: &str,
+        port: u16,
+        admin: u16,
+        edit: impl Fn(String) -> String,
+    ) -> PathBuf {
+        let config = std::fs::read_to_string(&self.config_file)
+            .unwrap()
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+                1,
+            )
+            .replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+            );
+        write(self.dir.path(), &format!("{name}.toml"), &edit(config))
+    }
+
     /// Starts the binary with this environment's configuration, rewritten by `edit`, on
     /// fresh listen and admin ports, with `global` arguments before `run` (e.g.
     /// `--log-format json`). Returns once the listener accepts connections.
@@ -70,18 +93,7 @@ impl Env {
         // exits at start, and is started again on other ports.
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
-            let config = std::fs::read_to_string(&self.config_file)
-                .unwrap()
-                .replacen(
-                    "listen = \"127.0.0.1:0\"",
-                    &format!("listen = \"127.0.0.1:{port}\""),
-                    1,
-                )
-                .replace(
-                    "[admin]\nlisten = \"127.0.0.1:0\"",
-                    &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-                );
-            let config_file = write(self.dir.path(), &format!("{name}.toml"), &edit(config));
+            let config_file = self.config_on_ports(name, port, admin, &edit);
             let log = self.path(&format!("{name}.log"));
             let mut child = Command::new(env!("CARGO_BIN_EXE_mqttgate"))
                 // The tests read its info lines (and wait for "listening").
