@@ -272,11 +272,7 @@ fn on_relay_end(
             deadlines.linger_until = Some(tokio::time::Instant::now() + ctx.limits.linger);
             // SPEC §13: the session ended at the broker, so its place among the identity's
             // sessions is free now, not when the client finally closes.
-            let first = match authorized {
-                Some(a) => a.first_to_close(),
-                None => relay.first_to_close(),
-            };
-            if first == Some(false) {
+            if first_to_close(relay, authorized) == Some(false) {
                 session.claim = None;
             }
             Next::Continue
@@ -348,11 +344,7 @@ fn on_deadline(
         .is_some_and(|l| l <= tokio::time::Instant::now())
     {
         // The side still open is closed when the session's sockets are dropped.
-        let first = match authorized {
-            Some(a) => a.first_to_close(),
-            None => relay.first_to_close(),
-        };
-        let client_first = first == Some(true);
+        let client_first = first_to_close(relay, authorized) == Some(true);
         let side = if client_first { "upstream" } else { "client" };
         ctx.metrics
             .linger_expired
@@ -376,6 +368,14 @@ fn on_deadline(
         return Next::Continue;
     }
     Next::Stop(closed, mqtt::code::V5_ADMINISTRATIVE_ACTION)
+}
+
+/// Which side closed first, once one has (the client: true), from the session's relay.
+fn first_to_close(relay: &Relay, authorized: &Option<Box<AuthorizedRelay>>) -> Option<bool> {
+    match authorized {
+        Some(a) => a.first_to_close(),
+        None => relay.first_to_close(),
+    }
 }
 
 /// The session's relay: the authorized one when `[authorization]` is configured or the
